@@ -1,0 +1,301 @@
+"""The command-line edge: the only module that prints or maps errors to exit codes.
+
+Exit codes: 0 ok, 1 something checked or attempted failed, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import registry
+from .errors import InputError, NotBuiltError, ProvisionerError
+from .models import Inventory
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+HELP = """Host every agency (OPD) of a regency centrally and prove its site is up.
+
+Onboard gives an agency its subdomain, nginx virtual host, TLS certificate and a
+starter site that publishes its public-service standards; sweep verifies every
+agency site at once. The inventory (--inventory, default ./inventory) is the
+source of truth; run 'provisioner registry check' after editing it.
+"""
+
+app = typer.Typer(help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
+                  add_completion=False, rich_markup_mode=None)
+lab_app = typer.Typer(help="Start, stop and inspect the local lab (real BIND, nginx, "
+                           "OpenSSH and Pebble on loopback addresses).", no_args_is_help=True)
+registry_app = typer.Typer(help="Validate, list and import the agency registry.",
+                           no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+app.add_typer(registry_app, name="registry")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@dataclass
+class Context:
+    inventory_dir: Path
+    state_dir: Path | None
+
+    def inventory(self) -> Inventory:
+        return registry.load_inventory(self.inventory_dir, self.state_dir)
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return (self.state_dir or registry.default_state_dir(self.inventory_dir)).resolve()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    inventory: Path = typer.Option(Path("inventory"), "--inventory", "-i",
+                                   envvar="PROVISIONER_INVENTORY",
+                                   help="Inventory folder (hosts.yml, group_vars/, agencies/)."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="PROVISIONER_STATE_DIR",
+                                             help="Where the toolkit keeps keys, archives, history "
+                                                  "and lab files [default: state/ beside the "
+                                                  "inventory]."),
+) -> None:
+    ctx.obj = Context(inventory_dir=inventory, state_dir=state_dir)
+
+
+def handles_errors(func: Callable) -> Callable:
+    """Map the package's exceptions to one clear message and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            for problem in exc.problems:
+                err_console.print(f"error: {problem}", markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except ProvisionerError as exc:
+            err_console.print(f"error: {exc}", markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: re-run the same command to converge")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def emit_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    t = Table(title=title)
+    for column in columns:
+        t.add_column(column)
+    for row in rows:
+        t.add_row(*("" if v is None else str(v) for v in row))
+    console.print(t)
+
+
+def not_built(command: str, issue: int) -> None:
+    raise NotBuiltError(f"'provisioner {command}' is not built yet (planned in issue #{issue}); "
+                        "nothing was done")
+
+
+# --------------------------------------------------------------------------- registry
+
+@registry_app.command("check")
+@handles_errors
+def registry_check(ctx: typer.Context,
+                   fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Validate the whole inventory and report every problem (file:line: field: message)."""
+    inv = ctx.obj.inventory()
+    hosted = sum(1 for a in inv.agencies.values() if a.hosted)
+    if fmt is Format.json:
+        emit_json({"ok": True, "agencies": len(inv.agencies), "hosted": hosted,
+                   "hosts": len(inv.hosts), "zone": inv.settings.zone})
+        return
+    console.print(f"ok: {len(inv.agencies)} agencies ({hosted} hosted here) on "
+                  f"{len(inv.hosts)} hosts, zone {inv.settings.zone}")
+
+
+@registry_app.command("list")
+@handles_errors
+def registry_list(ctx: typer.Context,
+                  fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """List the agencies: slug, name, site, host, services."""
+    inv = ctx.obj.inventory()
+    rows = [{"slug": a.slug, "name": a.name, "short_name": a.short_name, "fqdn": a.fqdn, "host": a.host,
+             "external": a.external_url, "services": len(a.services),
+             "status": "offboarded" if a.offboarded else "active", "sample": a.sample}
+            for a in inv.agencies.values()]
+    if fmt is Format.json:
+        emit_json(rows)
+        return
+    table(["slug", "name", "site", "host", "services", "status"],
+          [[r["slug"], r["short_name"], r["fqdn"], r["host"] or f"external: {r['external']}",
+            r["services"], r["status"]] for r in rows],
+          title=f"{len(rows)} agencies in {inv.settings.zone}")
+
+
+@registry_app.command("import")
+@handles_errors
+def registry_import(ctx: typer.Context, csv_file: Path = typer.Argument(..., metavar="FILE.csv"),
+                    force: bool = typer.Option(False, "--force",
+                                               help="Overwrite existing agency files."),
+                    dry_run: bool = typer.Option(False, "--dry-run",
+                                                 help="Show what would be written."),
+                    fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Create agency files from a spreadsheet export (CSV, one row per service)."""
+    not_built("registry import", 2)
+
+
+@app.command("init")
+@handles_errors
+def init(directory: Path = typer.Argument(..., metavar="DIR"),
+         zone: str = typer.Option(..., "--zone", help="The regency's zone, e.g. paserkab.go.id.")) -> None:
+    """Create a fresh inventory for another regency, with commented examples."""
+    not_built("init", 2)
+
+
+# --------------------------------------------------------------------------- lab
+
+@lab_app.command("up")
+@handles_errors
+def lab_up(ctx: typer.Context, fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Start the lab servers (idempotent: servers already up are left alone)."""
+    not_built("lab up", 3)
+
+
+@lab_app.command("down")
+@handles_errors
+def lab_down(ctx: typer.Context) -> None:
+    """Stop the servers the lab started and remove the loopback addresses it added."""
+    not_built("lab down", 3)
+
+
+@lab_app.command("status")
+@handles_errors
+def lab_status(ctx: typer.Context,
+               fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Show each lab server's address, PID and health (from a real probe)."""
+    not_built("lab status", 3)
+
+
+@lab_app.command("reset")
+@handles_errors
+def lab_reset(ctx: typer.Context) -> None:
+    """Wipe provisioned sites, records and certificates; keep keys."""
+    not_built("lab reset", 3)
+
+
+# --------------------------------------------------------------------------- main jobs
+
+@app.command("plan")
+@handles_errors
+def plan(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
+         all_: bool = typer.Option(False, "--all", help="Every active agency."),
+         fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Show what onboarding would change (DNS records, files, certificates), changing nothing."""
+    not_built("plan", 4)
+
+
+@app.command("onboard")
+@handles_errors
+def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
+            all_: bool = typer.Option(False, "--all", help="Every active agency."),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop."),
+            yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
+            force: bool = typer.Option(False, "--force",
+                                       help="Adopt unowned records and pass the safety gate."),
+            only: Optional[str] = typer.Option(None, "--only",
+                                               help="Run one step: dns, web, tls or verify."),
+            fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Give agencies their DNS record, vhost, starter site and certificate, then verify."""
+    not_built("onboard", 6)
+
+
+@app.command("render")
+@handles_errors
+def render(ctx: typer.Context, agency: str = typer.Argument(...),
+           output: Path = typer.Option(..., "--output", "-o", help="Folder to write to."),
+           fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Write an agency's starter site and vhost to a folder for review (no host touched)."""
+    not_built("render", 5)
+
+
+@app.command("verify")
+@handles_errors
+def verify(ctx: typer.Context, target: str = typer.Argument(..., metavar="AGENCY|URL"),
+           fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Check one agency site or URL: DNS, HTTP redirect, TLS, HTTPS and publication."""
+    not_built("verify", 7)
+
+
+@app.command("sweep")
+@handles_errors
+def sweep(ctx: typer.Context) -> None:
+    """Verify every agency site at once and report the regency's '% active' figure."""
+    not_built("sweep", 7)
+
+
+@app.command("history")
+@handles_errors
+def history(ctx: typer.Context) -> None:
+    """Show the trend of the active share and publication score over past sweeps."""
+    not_built("history", 7)
+
+
+@app.command("offboard")
+@handles_errors
+def offboard(ctx: typer.Context, agency: str = typer.Argument(...)) -> None:
+    """Archive an agency's site, then remove its vhost, files, certificate and DNS records."""
+    not_built("offboard", 8)
+
+
+@app.command("restore")
+@handles_errors
+def restore(ctx: typer.Context, archive: Path = typer.Argument(...)) -> None:
+    """Bring an offboarded site back from its archive."""
+    not_built("restore", 8)
+
+
+@app.command("renew")
+@handles_errors
+def renew(ctx: typer.Context) -> None:
+    """Renew certificates that expire within N days, install them and verify the served serial."""
+    not_built("renew", 6)
+
+
+@app.command("certs")
+@handles_errors
+def certs(ctx: typer.Context) -> None:
+    """List every certificate with its expiry."""
+    not_built("certs", 6)
+
+
+@app.command("demo")
+@handles_errors
+def demo(ctx: typer.Context) -> None:
+    """Bring the lab up, onboard every sample agency, sweep, and write the HTML report."""
+    not_built("demo", 9)
+
+
+def main() -> None:
+    app(prog_name="provisioner")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""One exception tree for the whole package.
+
+Only ``cli.py`` turns these into messages and exit codes:
+
+* ``InputError`` / ``UsageError`` -> exit 2 (a user mistake: nothing was changed)
+* every other ``ProvisionerError`` -> exit 1 (something checked or attempted failed)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ProvisionerError(Exception):
+    """Base of every error the package raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message + (f" (hint: {self.hint})" if self.hint else "")
+
+
+class UsageError(ProvisionerError):
+    """Wrong command-line use (unknown agency, conflicting flags)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in an input file: ``file:line: field: message (hint)``."""
+
+    file: Path | str
+    line: int | None
+    field: str
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else f"{self.file}"
+        text = f"{where}: {self.field}: {self.message}"
+        return text + (f" (hint: {self.hint})" if self.hint else "")
+
+
+class InputError(ProvisionerError):
+    """The inventory (or another input file) is invalid; carries every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        first = str(self.problems[0]) if self.problems else "invalid input"
+        super().__init__(first)
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+class ExternalError(ProvisionerError):
+    """A server or tool outside the package failed or refused (DNS, SSH, ACME, nginx)."""
+
+    def __init__(self, system: str, target: str, message: str, *, hint: str | None = None):
+        super().__init__(f"{system} {target}: {message}", hint=hint)
+        self.system = system
+        self.target = target
+
+
+class DNSError(ExternalError):
+    def __init__(self, server: str, name: str, message: str, *, hint: str | None = None):
+        super().__init__("dns", f"{server} ({name})", message, hint=hint)
+
+
+class HostError(ExternalError):
+    def __init__(self, host: str, message: str, *, hint: str | None = None):
+        super().__init__("host", host, message, hint=hint)
+
+
+class AcmeError(ExternalError):
+    def __init__(self, target: str, message: str, *, hint: str | None = None):
+        super().__init__("acme", target, message, hint=hint)
+
+
+class LabError(ExternalError):
+    def __init__(self, server: str, message: str, *, hint: str | None = None):
+        super().__init__("lab", server, message, hint=hint)
+
+
+class SafetyError(ProvisionerError):
+    """A safety gate refused the run (too many changes, unowned record, conflict)."""
+
+
+class LockedError(ProvisionerError):
+    """Another run holds the inventory lock."""
+
+
+class NotBuiltError(ProvisionerError):
+    """A command that is not built yet: said plainly, never pretended."""
+
+    exit_code = 2

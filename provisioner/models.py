@@ -1,0 +1,176 @@
+"""The registry's data, as plain immutable dataclasses.
+
+Everything here is validated by ``registry.py`` before it is built, so the rest of
+the package can trust these values (hostnames are valid DNS names, paths are
+absolute, no field holds characters that could break a generated config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DELIVERY_COMPONENTS: tuple[str, ...] = (
+    "persyaratan",
+    "prosedur",
+    "jangka_waktu",
+    "biaya",
+    "produk",
+    "pengaduan",
+)
+"""The six service-delivery components (PermenPANRB 15/2014) every service must publish."""
+
+MANAGEMENT_COMPONENTS: tuple[str, ...] = (
+    "dasar_hukum",
+    "sarana",
+    "kompetensi",
+    "pengawasan",
+    "jumlah_pelaksana",
+    "jaminan_pelayanan",
+    "jaminan_keamanan",
+    "evaluasi_kinerja",
+)
+"""The eight internal-management components (UU 25/2009 art. 21), optional to publish."""
+
+LAPOR_CHANNEL_NAME = "SP4N-LAPOR!"
+
+TLS_MODES = ("http-01", "dns-01-wildcard")
+RECORD_TYPES = ("A", "CNAME")
+
+
+@dataclass(frozen=True)
+class ComplaintChannel:
+    name: str
+    contact: str
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Head:
+    name: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    slug: str
+    description: str
+    # Each delivery/management component is a list of paragraphs or list items.
+    components: dict[str, tuple[str, ...]]
+    management: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Agency:
+    slug: str
+    name: str
+    short_name: str
+    subdomain: str
+    fqdn: str
+    host: str | None  # inventory host name, None when external
+    external_url: str | None
+    description: str
+    address: str
+    phone: str
+    email: str
+    opening_hours: tuple[str, ...]
+    head: Head
+    maklumat: str
+    complaint_channels: tuple[ComplaintChannel, ...]
+    services: tuple[Service, ...]
+    sample: bool
+    offboarded: bool
+    record_type: str  # "A" or "CNAME"
+    source: Path  # the YAML file it came from
+
+    @property
+    def hosted(self) -> bool:
+        return self.host is not None and not self.offboarded
+
+
+@dataclass(frozen=True)
+class Host:
+    """A web hosting server from hosts.yml (paths are absolute, resolved)."""
+
+    name: str
+    ssh_address: str
+    ssh_port: int
+    ssh_user: str
+    ssh_key_file: Path
+    public_ipv4: str
+    public_ipv6: str | None
+    fqdn: str | None  # the host's own DNS name, target of CNAME records
+    nginx_binary: str
+    nginx_main_config: Path
+    nginx_sites_dir: Path
+    web_root: Path
+    acme_webroot: Path
+    tls_dir: Path
+    log_dir: Path
+    lab: bool
+
+
+@dataclass(frozen=True)
+class Nameserver:
+    name: str
+    address: str
+    port: int = 53
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    directory: str
+    contact: str
+    ca_bundle: Path | None  # trust for the ACME API's own TLS (Pebble's), None: system store
+    revoke_on_offboard: bool
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    dir: Path
+    ns1: str
+    ns2: str
+    acme: str
+    acme_port: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Group vars: the zone and how to reach its DNS, ACME and hosts."""
+
+    inventory_id: str
+    zone: str
+    primary: Nameserver
+    nameservers: tuple[Nameserver, ...]
+    tsig_key_file: Path
+    record_ttl: int
+    acme: AcmeSettings
+    tls_mode: str
+    trust_roots: tuple[Path, ...]  # extra CA roots the verifier trusts (lab: Pebble's root)
+    known_hosts_file: Path
+    max_change_ratio: float  # safety gate on updates/deletes of owned records
+    lab: LabSettings | None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    root: Path
+    state_dir: Path
+    settings: Settings
+    hosts: dict[str, Host]
+    agencies: dict[str, Agency]  # by slug, in file-name order
+
+    def select(self, slugs: list[str] | tuple[str, ...], *, all_: bool = False) -> list[Agency]:
+        """Agencies named on the command line (or all active ones); unknown names raise."""
+        from .errors import UsageError
+
+        if all_:
+            return [a for a in self.agencies.values() if not a.offboarded]
+        missing = [s for s in slugs if s not in self.agencies]
+        if missing:
+            raise UsageError(
+                f"unknown agency {', '.join(missing)}",
+                hint="run 'provisioner registry list' to see the slugs",
+            )
+        return [self.agencies[s] for s in slugs]

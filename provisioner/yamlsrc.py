@@ -1,0 +1,89 @@
+"""Safe YAML loading that remembers the line of every value, for error messages.
+
+``load(path)`` returns ``(data, lines)`` where ``lines`` maps a key path such as
+``("services", 0, "biaya")`` to the 1-based line it stands on. Only the safe YAML
+subset is accepted (no tags, no Python objects), and non-UTF-8 or invalid files
+raise ``InputError`` naming the file and line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError, Problem
+
+KeyPath = tuple[Any, ...]
+
+
+def load(path: Path) -> tuple[Any, dict[KeyPath, int]]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError([Problem(path, None, "file", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(
+            [Problem(path, line, "file", "not valid UTF-8", hint="save the file as UTF-8")]
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise InputError([Problem(path, line, "file", "contains a NUL byte")])
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        reason = getattr(exc, "problem", None) or "invalid YAML"
+        raise InputError([Problem(path, line, "file", f"not valid YAML: {reason}")]) from None
+    lines: dict[KeyPath, int] = {}
+    if node is None:
+        return None, lines
+    try:
+        return _build(node, (), lines, set()), lines
+    except _BadNode as exc:
+        raise InputError([Problem(path, exc.line, "file", exc.message)]) from None
+
+
+class _BadNode(Exception):
+    def __init__(self, line: int, message: str):
+        self.line = line
+        self.message = message
+
+
+_SAFE_CONSTRUCTOR = yaml.SafeLoader("")
+
+
+def _build(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], seen: set[int]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.CollectionNode):
+        # An alias reuses a node; refusing them rules out exponential "billion laughs" input.
+        if id(node) in seen:
+            raise _BadNode(node.start_mark.line + 1, "YAML aliases (*name) are not supported")
+        seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _BadNode(key_node.start_mark.line + 1, "a mapping key must be plain text")
+            key = _scalar(key_node)
+            if key == "<<":
+                raise _BadNode(key_node.start_mark.line + 1, "YAML merge keys are not supported")
+            if key in result:
+                raise _BadNode(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+            result[key] = _build(value_node, (*path, key), lines, seen)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, i), lines, seen) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    try:
+        return _SAFE_CONSTRUCTOR.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        raise _BadNode(node.start_mark.line + 1, f"bad value: {exc}") from None
