@@ -91,6 +91,12 @@ class LabError(ExternalError):
         super().__init__("lab", server, message, hint=hint)
 
 
+class RenderError(ProvisionerError):
+    """A value refused at render time (hostile host name or path); nothing was written."""
+
+    exit_code = 2
+
+
 class SafetyError(ProvisionerError):
     """A safety gate refused the run (too many changes, unowned record, conflict)."""
 
