@@ -22,8 +22,8 @@ from . import registry
 from .errors import InputError, NotBuiltError, ProvisionerError
 from .models import Inventory
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 HELP = """Host every agency (OPD) of a regency centrally and prove its site is up.
 

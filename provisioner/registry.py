@@ -52,11 +52,9 @@ AGENCY_OPTIONAL = (
     "sample", "status", "record_type",
 )
 SERVICE_OPTIONAL = ("slug", "description", *MANAGEMENT_COMPONENTS)
-SETTINGS_REQUIRED = (
+SETTINGS_KEYS = (
     "inventory_id", "zone", "dns_primary", "nameservers", "tsig_key_file",
     "acme_directory", "acme_contact", "tls_mode", "known_hosts_file",
-)
-SETTINGS_OPTIONAL = (
     "record_ttl", "max_change_ratio", "acme_ca_bundle", "acme_revoke_on_offboard",
     "trust_roots", "lab",
 )
@@ -107,6 +105,9 @@ class _Collector:
             line = self.lines.get(tuple(keypath[:i]))
             if line:
                 break
+        if keypath[:1] == ("all",) and "hosts" in keypath:
+            # Name host fields "web1.key", not by their position in the group tree.
+            keypath = keypath[keypath.index("hosts") + 1:]
         field = ".".join(str(k) for k in keypath) or "file"
         self.problems.append(Problem(self.path, line, field, message, hint))
 
@@ -145,7 +146,7 @@ class _Collector:
         value = data.get(key)
         if value is None:
             if required:
-                self.add((*prefix, key), "missing", "every service must publish this component")
+                self.add((*prefix, key), "missing", "required: a text or a list of texts")
             return None
         if isinstance(value, list):
             texts = [self.text({i: item}, i, (*prefix, key), multiline=True)
@@ -246,26 +247,21 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
     if not isinstance(data, dict):
         c.add((), "must be a mapping of settings")
         return None, c.problems
-    allowed = SETTINGS_REQUIRED + SETTINGS_OPTIONAL
-    c.unknown_keys({k: v for k, v in data.items() if not str(k).startswith("ansible_")}, allowed)
-    for key in SETTINGS_REQUIRED:
-        if key not in data:
-            c.add((key,), "missing", "this setting is required")
-
-    inventory_id = c.text(data, "inventory_id", required=False)
+    c.unknown_keys({k: v for k, v in data.items() if not str(k).startswith("ansible_")},
+                   SETTINGS_KEYS)
+    inventory_id = c.text(data, "inventory_id")
     if inventory_id and not LABEL_RE.match(inventory_id):
         c.add(("inventory_id",), "must be a DNS-label-like id (a-z, 0-9, -)")
-    zone = _hostname(c, data, "zone", (), required=False)
+    zone = _hostname(c, data, "zone", ())
     primary = _nameserver(c, data.get("dns_primary"), ("dns_primary",))
     nameservers = []
-    if "nameservers" in data:
-        if not isinstance(data["nameservers"], list) or not data["nameservers"]:
-            c.add(("nameservers",), "must be a non-empty list")
-        else:
-            nameservers = [_nameserver(c, ns, ("nameservers", i))
-                           for i, ns in enumerate(data["nameservers"])]
-    tsig = _safe_path(c, data, "tsig_key_file", variables, required=False)
-    known_hosts = _safe_path(c, data, "known_hosts_file", variables, required=False)
+    if not isinstance(data.get("nameservers"), list) or not data["nameservers"]:
+        c.add(("nameservers",), "must be a non-empty list of {name, address, port}")
+    else:
+        nameservers = [_nameserver(c, ns, ("nameservers", i))
+                       for i, ns in enumerate(data["nameservers"])]
+    tsig = _safe_path(c, data, "tsig_key_file", variables)
+    known_hosts = _safe_path(c, data, "known_hosts_file", variables)
     ca_bundle = _safe_path(c, data, "acme_ca_bundle", variables, required=False)
     roots = []
     raw_roots = data.get("trust_roots") or []
@@ -277,14 +273,14 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
         if root:
             roots.append(root)
     directory = data.get("acme_directory")
-    if directory is not None and not (isinstance(directory, str) and URL_RE.match(directory)
-                                      and directory.startswith("https://")):
+    if not (isinstance(directory, str) and URL_RE.match(directory)
+            and directory.startswith("https://")):
         c.add(("acme_directory",), "must be an https:// URL")
-    contact = c.text(data, "acme_contact", required=False)
+    contact = c.text(data, "acme_contact")
     if contact and not EMAIL_RE.match(contact.removeprefix("mailto:")):
         c.add(("acme_contact",), "must be an e-mail address (mailto:...)")
     tls_mode = data.get("tls_mode")
-    if tls_mode is not None and tls_mode not in TLS_MODES:
+    if tls_mode not in TLS_MODES:
         c.add(("tls_mode",), f"unknown mode {tls_mode!r}", f"one of: {', '.join(TLS_MODES)}")
     ttl = data.get("record_ttl", 300)
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 30 <= ttl <= 86400:
@@ -299,7 +295,6 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
         _check_secret_file(c, tsig, "tsig_key_file", lab)
     if c.problems:
         return None, c.problems
-    assert zone and primary and tsig and known_hosts and contact and inventory_id
     return Settings(
         inventory_id=inventory_id,
         zone=zone,
@@ -330,8 +325,6 @@ def _check_secret_file(c: _Collector, path: Path, key: str, lab: LabSettings | N
 
 
 def _nameserver(c: _Collector, data: Any, prefix: tuple) -> Nameserver | None:
-    if data is None:
-        return None
     if not isinstance(data, dict):
         c.add(prefix, "must be a mapping with name, address and port")
         return None
@@ -367,24 +360,26 @@ def _lab_settings(c: _Collector, data: Any, variables: dict[str, str]) -> LabSet
 
 # --------------------------------------------------------------------------- hosts
 
-def _load_hosts(path: Path, variables: dict[str, str]) -> tuple[dict[str, Host], list[Problem]]:
+def _load_hosts(path: Path, variables: dict[str, str]) -> tuple[dict[str, Host | None], list[Problem]]:
+    """Every declared host; an invalid one maps to None (its problems are reported)."""
     data, lines = yamlsrc.load(path)
     c = _Collector(path, lines)
-    hosts: dict[str, Host] = {}
+    hosts: dict[str, Host | None] = {}
     if not isinstance(data, dict) or not isinstance(data.get("all"), dict):
         c.add((), "must be an Ansible YAML inventory starting with 'all:'")
         return hosts, c.problems
     for name, host_vars, keypath in _walk_inventory(c, data["all"], ("all",), {}):
-        host = _host(c, name, host_vars, keypath, variables)
-        if host:
-            hosts[name] = host
+        hosts[name] = _host(c, name, host_vars, keypath, variables)
     if not hosts and not c.problems:
         c.add(("all",), "no hosts defined")
     return hosts, c.problems
 
 
-def _walk_inventory(c: _Collector, group: dict, keypath: tuple, inherited: dict):
+def _walk_inventory(c: _Collector, group: Any, keypath: tuple, inherited: dict):
     """Yield (host, merged vars, keypath) for every host, group vars applied top-down."""
+    if not isinstance(group, dict):
+        c.add(keypath, "a group must be a mapping of hosts, vars and children")
+        return
     c.unknown_keys(group, ("hosts", "vars", "children"), keypath)
     group_vars = group.get("vars") or {}
     if not isinstance(group_vars, dict):
@@ -398,6 +393,9 @@ def _walk_inventory(c: _Collector, group: dict, keypath: tuple, inherited: dict)
     for name, host_vars in hosts.items():
         if not isinstance(name, str) or not LABEL_RE.match(name):
             c.add((*keypath, "hosts", name), "host name must be a DNS label (a-z, 0-9, -)")
+            continue
+        if host_vars is not None and not isinstance(host_vars, dict):
+            c.add((*keypath, "hosts", name), "host vars must be a mapping")
             continue
         yield name, {**merged, **(host_vars or {})}, (*keypath, "hosts", name)
     children = group.get("children") or {}
@@ -493,7 +491,7 @@ def _agency(c: _Collector, data: Any, path: Path, zone: str, hosts: dict[str, Ho
     record_type = data.get("record_type", "A")
     if record_type not in RECORD_TYPES:
         c.add(("record_type",), f"unknown record type {record_type!r}", "A or CNAME")
-    elif record_type == "CNAME" and host and not hosts[host].fqdn:
+    elif record_type == "CNAME" and host and hosts[host] and not hosts[host].fqdn:
         c.add(("record_type",), f"CNAME needs host_fqdn on host {host!r} in hosts.yml")
     status = data.get("status", "active")
     if status not in ("active", "offboarded"):
@@ -527,7 +525,7 @@ def _placement(c: _Collector, data: dict, hosts: dict[str, Host]) -> tuple[str |
               "host: web1 (hosted here) or external: https://... (hosted elsewhere)")
         return None, None
     if host is not None:
-        if host not in hosts:
+        if not isinstance(host, str) or host not in hosts:
             known = ", ".join(sorted(hosts)) or "none"
             c.add(("host",), f"unknown host {host!r}", f"hosts in hosts.yml: {known}")
             return None, None
@@ -639,7 +637,7 @@ def load_inventory(inventory_dir: Path, state_dir: Path | None = None) -> Invent
         raise InputError(problems)
     assert settings is not None
     return Inventory(root=inventory_dir, state_dir=state_dir, settings=settings,
-                     hosts=hosts, agencies=agencies)
+                     hosts={name: host for name, host in hosts.items() if host}, agencies=agencies)
 
 
 def _load_agencies(inventory_dir: Path, settings: Settings | None, hosts: dict[str, Host],

@@ -56,11 +56,15 @@ class _BadNode(Exception):
 
 
 _SAFE_CONSTRUCTOR = yaml.SafeLoader("")
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
 def _build(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], seen: set[int]) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.CollectionNode):
+        if node.tag not in (_MAP_TAG, _SEQ_TAG):
+            raise _BadNode(node.start_mark.line + 1, f"unsupported YAML tag {node.tag}")
         # An alias reuses a node; refusing them rules out exponential "billion laughs" input.
         if id(node) in seen:
             raise _BadNode(node.start_mark.line + 1, "YAML aliases (*name) are not supported")
