@@ -1,0 +1,1223 @@
+"""The local lab: real BIND, nginx, OpenSSH and Pebble on loopback addresses.
+
+Three layers, top to bottom:
+
+* layout and rendering: where every lab file lives and what goes in it (pure
+  functions of the inventory, unit-tested without servers);
+* system helpers: keys and certificates, loopback addresses, processes, probes;
+* ``Lab``: ``up`` / ``down`` / ``status`` / ``reset``, returning dataclasses that
+  ``cli.py`` renders.
+
+The lab owns only what it created: processes by the PID files it wrote (checked
+against /proc/PID/cmdline before any signal), the loopback addresses it recorded as
+added, and the files under ``lab.dir`` plus the key, trust and known_hosts files
+the inventory names.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import httpx
+import jinja2
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .errors import LabError
+from .models import Host, Inventory, LabSettings, Settings
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "lab"
+PEBBLE_BINARY = "/usr/bin/pebble"
+NAMED_BINARY = "/usr/sbin/named"
+SSHD_BINARY = "/usr/sbin/sshd"
+PEBBLE_MANAGEMENT_PORT = 15000
+READY_TIMEOUT = 20.0  # seconds a server may take to answer its probe after start
+STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+# A server that is still starting does not answer (UDP: no error at all): probe briefly
+# and often while waiting, patiently for 'lab status'.
+READY_PROBE_TIMEOUT = 0.1
+STATUS_PROBE_TIMEOUT = 2.0
+MAX_KEPT_ROOTS = 20  # Pebble roots of earlier starts kept in the trust file
+LOG_TAIL_LINES = 25
+
+
+# =========================================================================== layout
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Lab-internal files of one web host (the inventory names the nginx/site paths)."""
+
+    dir: Path
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.dir / "ssh"
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.ssh_dir / "sshd_config"
+
+    @property
+    def host_key(self) -> Path:
+        return self.ssh_dir / "ssh_host_ed25519_key"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.ssh_dir / "authorized_keys"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def sshd_pid(self) -> Path:
+        return self.run_dir / "sshd.pid"
+
+    @property
+    def nginx_pid(self) -> Path:
+        """nginx's own pid file: ``nginx -c CONF -s reload`` reads it."""
+        return self.run_dir / "nginx.pid"
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.dir / "tmp"
+
+    @property
+    def sshd_log(self) -> Path:
+        return self.dir / "sshd.log"
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    """Every file the lab keeps under ``lab.dir``."""
+
+    dir: Path
+
+    @property
+    def run_dir(self) -> Path:
+        """The lab's own PID files and the record of loopback addresses it added."""
+        return self.dir / "run"
+
+    @property
+    def addresses_file(self) -> Path:
+        return self.run_dir / "addresses.json"
+
+    def pid_file(self, server: str) -> Path:
+        return self.run_dir / f"{server}.pid"
+
+    def ns_dir(self, server: str) -> Path:
+        return self.dir / server
+
+    def named_conf(self, server: str) -> Path:
+        return self.ns_dir(server) / "named.conf"
+
+    def zone_file(self, server: str, zone: str) -> Path:
+        return self.ns_dir(server) / f"db.{zone}"
+
+    def host(self, host: Host) -> HostPaths:
+        return HostPaths(self.dir / host.name)
+
+    @property
+    def pebble_dir(self) -> Path:
+        return self.dir / "pebble"
+
+    @property
+    def pebble_config(self) -> Path:
+        return self.pebble_dir / "pebble.json"
+
+    @property
+    def api_ca_key(self) -> Path:
+        return self.pebble_dir / "api-ca.key"
+
+    @property
+    def api_cert(self) -> Path:
+        return self.pebble_dir / "api-cert.pem"
+
+    @property
+    def api_key(self) -> Path:
+        return self.pebble_dir / "api-key.pem"
+
+    @property
+    def pebble_intermediates(self) -> Path:
+        return self.pebble_dir / "intermediates.pem"
+
+    @property
+    def default_api_ca(self) -> Path:
+        return self.pebble_dir / "api-ca.pem"
+
+    @property
+    def control_dir(self) -> Path:
+        """Ansible's ANSIBLE_SSH_CONTROL_PATH_DIR: short, Unix sockets allow ~107 bytes."""
+        return self.dir / "cp"
+
+    @property
+    def ansible_local_tmp(self) -> Path:
+        return self.dir / "ansible" / "local"
+
+    @property
+    def ansible_remote_tmp(self) -> Path:
+        return self.dir / "ansible" / "remote"
+
+
+# =========================================================================== rendering (pure)
+
+_jinja = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+def render(template: str, **values: object) -> str:
+    return _jinja.get_template(template).render(**values)
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str  # absolute, with the trailing dot
+    type: str
+    value: str
+
+
+def _absolute(name: str) -> str:
+    return name.rstrip(".") + "."
+
+
+def _in_zone(name: str, zone: str) -> bool:
+    name, zone = name.rstrip(".").lower(), zone.rstrip(".").lower()
+    return name == zone or name.endswith("." + zone)
+
+
+def zone_records(settings: Settings, hosts: Iterable[Host]) -> list[Record]:
+    """The initial zone's records besides SOA: NS, their glue, and the web hosts' names."""
+    zone = settings.zone
+    records: list[Record] = []
+    for ns in settings.nameservers:
+        records.append(Record(_absolute(zone), "NS", _absolute(ns.name)))
+    seen: set[tuple[str, str]] = set()
+
+    def address(name: str, value: str) -> None:
+        rtype = "A" if ipaddress.ip_address(value).version == 4 else "AAAA"
+        if _in_zone(name, zone) and (name, value) not in seen:
+            seen.add((name, value))
+            records.append(Record(_absolute(name), rtype, value))
+
+    for ns in settings.nameservers:
+        address(ns.name, ns.address)
+    for host in hosts:
+        if host.fqdn:
+            address(host.fqdn, host.public_ipv4)
+            if host.public_ipv6:
+                address(host.fqdn, host.public_ipv6)
+    return records
+
+
+def zone_file_text(settings: Settings, hosts: Iterable[Host], serial: int) -> str:
+    zone = settings.zone
+    mname = settings.nameservers[0].name if settings.nameservers else settings.primary.name
+    return render(
+        "zone.db.j2",
+        zone=zone,
+        origin=_absolute(zone),
+        ttl=settings.record_ttl,
+        mname=_absolute(mname),
+        rname=_absolute(f"hostmaster.{zone}"),
+        serial=serial,
+        records=zone_records(settings, hosts),
+    )
+
+
+@dataclass(frozen=True)
+class DnsEndpoints:
+    """Where the two lab nameservers listen (from the inventory's lab block)."""
+
+    ns1: str
+    ns1_port: int
+    ns2: str
+    ns2_port: int
+
+
+def dns_endpoints(settings: Settings) -> DnsEndpoints:
+    lab = _require_lab(settings)
+    ns2_port = next((ns.port for ns in settings.nameservers if ns.address == lab.ns2), 53)
+    return DnsEndpoints(lab.ns1, settings.primary.port, lab.ns2, ns2_port)
+
+
+def named_primary_conf(settings: Settings, paths: LabPaths, key_name: str) -> str:
+    ep = dns_endpoints(settings)
+    return render(
+        "named-primary.conf.j2",
+        zone=settings.zone,
+        dir=paths.ns_dir("ns1"),
+        zone_file=paths.zone_file("ns1", settings.zone),
+        tsig_key_file=settings.tsig_key_file,
+        key_name=key_name,
+        address=ep.ns1,
+        port=ep.ns1_port,
+        secondary_address=ep.ns2,
+        secondary_port=ep.ns2_port,
+    )
+
+
+def named_secondary_conf(settings: Settings, paths: LabPaths, key_name: str) -> str:
+    ep = dns_endpoints(settings)
+    return render(
+        "named-secondary.conf.j2",
+        zone=settings.zone,
+        dir=paths.ns_dir("ns2"),
+        zone_file=paths.zone_file("ns2", settings.zone),
+        tsig_key_file=settings.tsig_key_file,
+        key_name=key_name,
+        address=ep.ns2,
+        port=ep.ns2_port,
+        primary_address=ep.ns1,
+        primary_port=ep.ns1_port,
+    )
+
+
+def nginx_conf(host: Host, hp: HostPaths) -> str:
+    return render(
+        "nginx.conf.j2",
+        host=host.name,
+        address=host.public_ipv4,
+        pid_file=hp.nginx_pid,
+        log_dir=host.log_dir,
+        temp_dir=hp.temp_dir,
+        sites_dir=host.nginx_sites_dir,
+    )
+
+
+def sshd_config(host: Host, hp: HostPaths) -> str:
+    return render(
+        "sshd_config.j2",
+        host=host.name,
+        address=host.ssh_address,
+        port=host.ssh_port,
+        host_key=hp.host_key,
+        pid_file=hp.sshd_pid,
+        authorized_keys=hp.authorized_keys,
+    )
+
+
+def pebble_config(lab: LabSettings, paths: LabPaths) -> str:
+    return render(
+        "pebble.json.j2",
+        listen=f"{lab.acme}:{lab.acme_port}",
+        management_listen=f"{lab.acme}:{PEBBLE_MANAGEMENT_PORT}",
+        certificate=str(paths.api_cert),
+        private_key=str(paths.api_key),
+    )
+
+
+@dataclass(frozen=True)
+class TsigKey:
+    name: str
+    algorithm: str
+    secret: str  # base64
+
+
+_KEY_RE = re.compile(
+    r'key\s+"?(?P<name>[A-Za-z0-9._-]+)"?\s*\{\s*'
+    r'algorithm\s+"?(?P<algorithm>[A-Za-z0-9-]+)"?\s*;\s*'
+    r'secret\s+"(?P<secret>[A-Za-z0-9+/=]+)"\s*;\s*\}\s*;',
+    re.S,
+)
+
+
+def tsig_key_text(key: TsigKey) -> str:
+    """BIND key-file format, as tsig-keygen writes it."""
+    return f'key "{key.name}" {{\n\talgorithm {key.algorithm};\n\tsecret "{key.secret}";\n}};\n'
+
+
+def parse_tsig_key(text: str) -> TsigKey:
+    match = _KEY_RE.search(text)
+    if not match:
+        raise ValueError('not a BIND key file (key "NAME" { algorithm ...; secret "..."; };)')
+    return TsigKey(match["name"], match["algorithm"].lower(), match["secret"])
+
+
+def read_tsig_key(path: Path) -> TsigKey:
+    try:
+        return parse_tsig_key(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise LabError("tsig", f"cannot read TSIG key {path}: {exc}") from None
+
+
+def known_hosts_lines(address: str, port: int, public_key: str) -> list[str]:
+    """Entries for one host, matched by OpenSSH and paramiko alike.
+
+    Both look a host on port 22 up by its bare address and any other port as
+    ``[ADDR]:PORT``; the bracketed form on port 22 is added for tools that always
+    bracket.
+    """
+    key = " ".join(public_key.split()[:2])
+    lines = [f"[{address}]:{port} {key}"]
+    if port == 22:
+        lines.insert(0, f"{address} {key}")
+    return lines
+
+
+def merge_known_hosts(existing: str, entries: dict[str, list[str]]) -> str:
+    """Replace the lines of the given host patterns, keep every other line."""
+    patterns = {line.split()[0] for lines in entries.values() for line in lines}
+    kept = [line for line in existing.splitlines()
+            if line.strip() and line.split()[0] not in patterns]
+    new = [line for lines in entries.values() for line in lines]
+    return "\n".join(kept + new) + "\n"
+
+
+# =========================================================================== files, keys, certs
+
+
+def write_file(path: Path, data: str | bytes, mode: int = 0o644) -> bool:
+    """Write atomically with ``mode`` (set before any byte lands); False when unchanged."""
+    raw = data.encode() if isinstance(data, str) else data
+    path = Path(path)
+    try:
+        if path.read_bytes() == raw and (path.stat().st_mode & 0o777) == mode:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, raw)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return True
+
+
+def ensure_tsig_key(path: Path, default_name: str) -> TsigKey:
+    """Read the TSIG key file, or create it (hmac-sha256, 256-bit secret, mode 0600)."""
+    if Path(path).exists():
+        return read_tsig_key(path)
+    key = TsigKey(default_name, "hmac-sha256", base64.b64encode(secrets.token_bytes(32)).decode())
+    write_file(path, tsig_key_text(key), 0o600)
+    return key
+
+
+def ensure_ssh_key(path: Path, comment: str) -> str:
+    """Return the public key line of an ed25519 key, creating the key pair if missing."""
+    path = Path(path)
+    if path.exists():
+        try:
+            private = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise LabError("ssh", f"cannot read private key {path}: {exc}") from None
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+        write_file(path, private.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.OpenSSH,
+                                               serialization.NoEncryption()), 0o600)
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode()
+    line = f"{public} {comment}\n"
+    write_file(path.with_name(path.name + ".pub"), line, 0o644)
+    return line.strip()
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def make_api_ca() -> tuple[bytes, bytes]:
+    """A small CA for Pebble's own API certificate: (cert PEM, key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("provisioner lab API CA"))
+        .issuer_name(_name("provisioner lab API CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def make_api_cert(ca_cert_pem: bytes, ca_key_pem: bytes, address: str) -> tuple[bytes, bytes]:
+    """Pebble's API server certificate for ``address`` (IP SAN), signed by the lab CA."""
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("pebble"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName("localhost")]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def api_cert_fits(cert_path: Path, ca_path: Path, address: str) -> bool:
+    """True when the existing API certificate names ``address``, is signed by the CA
+    file we would hand out, and stays valid for another 30 days."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
+        ips = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName) \
+            .value.get_values_for_type(x509.IPAddress)
+        cert.verify_directly_issued_by(ca)
+    except Exception:  # noqa: BLE001 - any unreadable or foreign file means "regenerate"
+        return False
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30)
+    return ipaddress.ip_address(address) in ips and cert.not_valid_after_utc > soon
+
+
+def split_pem(text: str) -> list[str]:
+    return re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", text, re.S)
+
+
+def merge_roots(current: str, existing: str, keep: int = MAX_KEPT_ROOTS) -> str:
+    """The current Pebble root first, then roots of earlier starts (deduplicated).
+
+    Pebble makes a new root at every start; keeping earlier ones lets certificates
+    issued before a lab restart still verify.
+    """
+    roots: list[str] = []
+    for pem in split_pem(current) + split_pem(existing):
+        pem = pem.strip() + "\n"
+        if pem not in roots:
+            roots.append(pem)
+    return "".join(roots[:keep])
+
+
+# =========================================================================== loopback addresses
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+
+
+def loopback_addresses() -> set[str]:
+    result = _ip("-j", "-4", "addr", "show", "dev", "lo")
+    if result.returncode != 0:
+        raise LabError("loopback", f"'ip addr show dev lo' failed: {result.stderr.strip()}")
+    return {info["local"] for iface in json.loads(result.stdout or "[]")
+            for info in iface.get("addr_info", []) if "local" in info}
+
+
+def add_loopback(address: str) -> None:
+    result = _ip("addr", "add", f"{address}/32", "dev", "lo")
+    if result.returncode != 0 and "File exists" not in result.stderr:
+        raise LabError("loopback", f"cannot add {address} to lo: {result.stderr.strip()}",
+                       hint="the lab needs root (CAP_NET_ADMIN) to add loopback addresses")
+
+
+def remove_loopback(address: str) -> None:
+    result = _ip("addr", "del", f"{address}/32", "dev", "lo")
+    if result.returncode != 0 and "Cannot assign" not in result.stderr:
+        raise LabError("loopback", f"cannot remove {address} from lo: {result.stderr.strip()}")
+
+
+# =========================================================================== processes
+
+_children: dict[int, subprocess.Popen] = {}
+"""Servers started by this Python process, so that stopping them also reaps them."""
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, None when it does not exist."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[1])
+
+
+def process_cmdline(pid: int) -> str | None:
+    """The command line of a live process (zombies and missing processes: None)."""
+    stat = _proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or None
+
+
+def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    return process_cmdline(pid) is not None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (e.g. sshd's per-connection processes)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat and stat[0] not in ("Z", "X"):
+                parents.setdefault(stat[1], []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def terminate(pids: Iterable[int], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, wait, then SIGKILL what is left; reap the ones that are our children."""
+    pids = [p for p in pids if _alive(p)]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        if pids:
+            time.sleep(0.02)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    for pid in list(_children):
+        if _children[pid].poll() is not None:
+            del _children[pid]
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# =========================================================================== probes
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    detail: str
+
+
+def probe_dns(address: str, port: int, zone: str, timeout: float = 1.0) -> Probe:
+    """SOA query: healthy when the server answers authoritatively for the zone."""
+    try:
+        response = dns.query.udp(dns.message.make_query(zone, dns.rdatatype.SOA), address,
+                                 port=port, timeout=timeout)
+    except (OSError, dns.exception.DNSException) as exc:
+        return Probe(False, f"no answer: {exc.__class__.__name__}")
+    if response.rcode() != dns.rcode.NOERROR:
+        return Probe(False, f"answered {dns.rcode.to_text(response.rcode())}")
+    for rrset in response.answer:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return Probe(True, f"SOA serial {rrset[0].serial}")
+    return Probe(False, "no SOA in the answer")
+
+
+def probe_ssh(address: str, port: int, timeout: float = 1.0) -> Probe:
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            banner = sock.recv(256)
+    except OSError as exc:
+        return Probe(False, f"no connection: {exc.strerror or exc}")
+    if banner.startswith(b"SSH-2.0"):
+        return Probe(True, banner.split()[0].decode(errors="replace"))
+    return Probe(False, f"unexpected banner {banner[:40]!r}")
+
+
+def probe_tcp(address: str, ports: Iterable[int], timeout: float = 1.0) -> Probe:
+    for port in ports:
+        try:
+            socket.create_connection((address, port), timeout=timeout).close()
+        except OSError as exc:
+            return Probe(False, f"port {port}: {exc.strerror or exc}")
+    return Probe(True, "accepts on " + ", ".join(str(p) for p in ports))
+
+
+def probe_acme(url: str, ca_file: Path, timeout: float = 2.0) -> Probe:
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file))
+        response = httpx.get(url, verify=context, timeout=timeout)
+        directory = response.json() if response.status_code == 200 else {}
+    except (OSError, ssl.SSLError, httpx.HTTPError, ValueError) as exc:
+        return Probe(False, f"{exc.__class__.__name__}: {exc}")
+    if "newNonce" in directory:
+        return Probe(True, "directory answers")
+    return Probe(False, f"HTTP {response.status_code}, no ACME directory")
+
+
+# =========================================================================== the lab
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one lab server and how to tell it is ours and healthy."""
+
+    name: str  # "ns1", "web1-nginx", ...
+    role: str
+    address: str  # shown to the user: "127.0.0.10:53"
+    argv: tuple[str, ...]
+    cwd: Path
+    log: Path  # stdout and stderr of the process
+    marker: str  # a string unique to this lab in the process's command line (its config path)
+    probe: Callable[[float], Probe] = field(compare=False)  # timeout -> result
+    env: dict[str, str] = field(default_factory=dict, compare=False)
+    extra_logs: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerResult:
+    name: str
+    role: str
+    address: str
+    pid: int | None
+    action: str  # started | already up | stopped | not running | stale pid file removed
+
+
+@dataclass(frozen=True)
+class UpReport:
+    lab_dir: Path
+    servers: tuple[ServerResult, ...]
+    addresses_added: tuple[str, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DownReport:
+    lab_dir: Path
+    servers: tuple[ServerResult, ...]
+    addresses_removed: tuple[str, ...]
+    ssh_masters_closed: int
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    name: str
+    role: str
+    address: str
+    pid: int | None
+    running: bool
+    healthy: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ResetReport:
+    lab_dir: Path
+    sites_removed: tuple[str, ...]
+    files_removed: int
+    zone_serial: int
+    restarted: tuple[str, ...]
+    reloaded: tuple[str, ...]
+
+
+def _require_lab(settings: Settings) -> LabSettings:
+    if settings.lab is None:
+        raise LabError("inventory", "group_vars/all.yml has no 'lab' block",
+                       hint="the lab needs lab: {dir, ns1, ns2, acme, acme_port}")
+    return settings.lab
+
+
+def _loopback_ipv4(value: str, what: str) -> str:
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise LabError(what, f"{value!r} is not an IP address",
+                       hint="lab hosts need an IPv4 loopback ansible_host") from None
+    if addr.version != 4 or not addr.is_loopback:
+        raise LabError(what, f"{value} is not in 127.0.0.0/8", hint="the lab only runs on loopback")
+    return str(addr)
+
+
+class Lab:
+    """The lab of one inventory: its servers, their files and their processes."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+        self.settings = inventory.settings
+        self.lab = _require_lab(self.settings)
+        self.paths = LabPaths(self.lab.dir)
+        self.hosts = [h for h in inventory.hosts.values() if h.lab]
+        if self.settings.primary.address != self.lab.ns1:
+            raise LabError("ns1", f"dns_primary is {self.settings.primary.address} but the lab's "
+                                  f"ns1 is {self.lab.ns1}",
+                           hint="make dns_primary.address equal lab.ns1")
+        for name in ("ns1", "ns2", "acme"):
+            _loopback_ipv4(getattr(self.lab, name), name)
+        for host in self.hosts:
+            _loopback_ipv4(host.ssh_address, host.name)
+            _loopback_ipv4(host.public_ipv4, host.name)
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def acme_ca_file(self) -> Path:
+        return self.settings.acme.ca_bundle or self.paths.default_api_ca
+
+    @property
+    def acme_directory_url(self) -> str:
+        return f"https://{self.lab.acme}:{self.lab.acme_port}/dir"
+
+    def addresses(self) -> list[str]:
+        """Every loopback address a lab server listens on, in start order."""
+        wanted = [self.lab.ns1, self.lab.ns2]
+        for host in self.hosts:
+            wanted += [host.ssh_address, host.public_ipv4]
+        wanted.append(self.lab.acme)
+        return list(dict.fromkeys(wanted))
+
+    def key_name(self) -> str:
+        if self.settings.tsig_key_file.exists():
+            return read_tsig_key(self.settings.tsig_key_file).name
+        return f"{self.settings.inventory_id}-lab"
+
+    def servers(self) -> list[ServerSpec]:
+        """Every lab server, ns1 first (ns2 transfers from it)."""
+        ep = dns_endpoints(self.settings)
+        zone = self.settings.zone
+        specs = []
+        for name, address, port in (("ns1", ep.ns1, ep.ns1_port), ("ns2", ep.ns2, ep.ns2_port)):
+            conf = self.paths.named_conf(name)
+            specs.append(ServerSpec(
+                name=name,
+                role="DNS primary" if name == "ns1" else "DNS secondary",
+                address=f"{address}:{port}",
+                argv=(NAMED_BINARY, "-f", "-4", "-c", str(conf)),
+                cwd=self.paths.ns_dir(name),
+                log=self.paths.ns_dir(name) / "named.out",
+                marker=str(conf),
+                probe=lambda t, a=address, p=port: probe_dns(a, p, zone, t),
+                extra_logs=(self.paths.ns_dir(name) / "named.log",),
+            ))
+        for host in self.hosts:
+            hp = self.paths.host(host)
+            specs.append(ServerSpec(
+                name=f"{host.name}-sshd",
+                role=f"{host.name} OpenSSH",
+                address=f"{host.ssh_address}:{host.ssh_port}",
+                argv=(SSHD_BINARY, "-D", "-e", "-f", str(hp.sshd_config)),
+                cwd=hp.dir,
+                log=hp.sshd_log,
+                marker=str(hp.sshd_config),
+                probe=lambda t, a=host.ssh_address, p=host.ssh_port: probe_ssh(a, p, t),
+            ))
+        for host in self.hosts:
+            error_log = host.log_dir / "error.log"
+            specs.append(ServerSpec(
+                name=f"{host.name}-nginx",
+                role=f"{host.name} nginx",
+                address=f"{host.public_ipv4}:80,443",
+                argv=(host.nginx_binary, "-c", str(host.nginx_main_config), "-e", str(error_log),
+                      "-g", "daemon off;"),
+                cwd=self.paths.host(host).dir,
+                log=self.paths.host(host).dir / "nginx.out",
+                marker=str(host.nginx_main_config),
+                probe=lambda t, a=host.public_ipv4: probe_tcp(a, (80, 443), t),
+                extra_logs=(error_log,),
+            ))
+        specs.append(ServerSpec(
+            name="acme",
+            role="ACME CA (Pebble)",
+            address=f"{self.lab.acme}:{self.lab.acme_port}",
+            argv=(PEBBLE_BINARY, "-config", str(self.paths.pebble_config),
+                  "-dnsserver", f"{ep.ns1}:{ep.ns1_port}"),
+            cwd=self.paths.pebble_dir,
+            log=self.paths.pebble_dir / "pebble.log",
+            marker=str(self.paths.pebble_config),
+            probe=lambda t: probe_acme(self.acme_directory_url, self.acme_ca_file, t),
+            env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+        ))
+        return specs
+
+    def ansible_env(self) -> dict[str, str]:
+        """Environment for ansible(-runner) against the lab hosts.
+
+        Control sockets and temp files stay in the lab dir, so ``lab down`` can close
+        ControlPersist masters and nothing lands in ~/.ansible.
+        """
+        known_hosts = self.settings.known_hosts_file
+        return {
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.paths.control_dir),
+            "ANSIBLE_LOCAL_TEMP": str(self.paths.ansible_local_tmp),
+            "ANSIBLE_REMOTE_TEMP": str(self.paths.ansible_remote_tmp),
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_SSH_ARGS": (f"-o ControlMaster=auto -o ControlPersist=60s "
+                                 f"-o UserKnownHostsFile={known_hosts} "
+                                 f"-o StrictHostKeyChecking=yes"),
+        }
+
+    def ansible_vars(self) -> dict[str, str]:
+        """Extra vars for playbooks against the lab hosts (same machine as the controller)."""
+        return {"ansible_remote_tmp": str(self.paths.ansible_remote_tmp)}
+
+    # ------------------------------------------------------------------ files
+
+    def prepare(self) -> None:
+        """Create dirs, keys, certificates and configs (idempotent, keeps existing keys)."""
+        self.paths.dir.mkdir(parents=True, exist_ok=True)
+        for d in (self.paths.run_dir, self.paths.control_dir, self.paths.ansible_local_tmp,
+                  self.paths.ansible_remote_tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        key = ensure_tsig_key(self.settings.tsig_key_file, f"{self.settings.inventory_id}-lab")
+        self._prepare_dns(key.name)
+        self._prepare_hosts()
+        self._prepare_pebble()
+
+    def _prepare_dns(self, key_name: str) -> None:
+        for name, text in (("ns1", named_primary_conf(self.settings, self.paths, key_name)),
+                           ("ns2", named_secondary_conf(self.settings, self.paths, key_name))):
+            self.paths.ns_dir(name).mkdir(parents=True, exist_ok=True)
+            write_file(self.paths.named_conf(name), text)
+        zone_file = self.paths.zone_file("ns1", self.settings.zone)
+        if not zone_file.exists():
+            self.write_fresh_zone()
+
+    def write_fresh_zone(self) -> int:
+        """Write ns1's initial zone (serial = Unix time, so it always moves forward)."""
+        serial = int(time.time())
+        text = zone_file_text(self.settings, self.inventory.hosts.values(), serial)
+        write_file(self.paths.zone_file("ns1", self.settings.zone), text)
+        return serial
+
+    def _prepare_hosts(self) -> None:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        client_keys: dict[Path, str] = {}
+        known: dict[str, list[str]] = {}
+        for host in self.hosts:
+            hp = self.paths.host(host)
+            for d in (hp.ssh_dir, hp.run_dir, hp.temp_dir, host.nginx_main_config.parent,
+                      host.nginx_sites_dir, host.web_root, host.acme_webroot, host.tls_dir,
+                      host.log_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            if host.ssh_key_file not in client_keys:
+                client_keys[host.ssh_key_file] = ensure_ssh_key(host.ssh_key_file,
+                                                                "provisioner-lab")
+            write_file(hp.authorized_keys, client_keys[host.ssh_key_file] + "\n")
+            host_public = ensure_ssh_key(hp.host_key, f"{host.name}-lab-host")
+            known[host.name] = known_hosts_lines(host.ssh_address, host.ssh_port, host_public)
+            write_file(hp.sshd_config, sshd_config(host, hp))
+            write_file(host.nginx_main_config, nginx_conf(host, hp))
+        known_hosts = self.settings.known_hosts_file
+        existing = known_hosts.read_text() if known_hosts.exists() else ""
+        write_file(known_hosts, merge_known_hosts(existing, known))
+
+    def _prepare_pebble(self) -> None:
+        p = self.paths
+        p.pebble_dir.mkdir(parents=True, exist_ok=True)
+        ca_file = self.acme_ca_file
+        if not api_cert_fits(p.api_cert, ca_file, self.lab.acme) or not p.api_key.exists():
+            if ca_file.exists() and p.api_ca_key.exists():
+                ca_pem, ca_key = ca_file.read_bytes(), p.api_ca_key.read_bytes()
+            else:
+                ca_pem, ca_key = make_api_ca()
+                write_file(p.api_ca_key, ca_key, 0o600)
+                write_file(ca_file, ca_pem)
+            cert, key = make_api_cert(ca_pem, ca_key, self.lab.acme)
+            write_file(p.api_key, key, 0o600)
+            write_file(p.api_cert, cert)
+        write_file(p.pebble_config, pebble_config(self.lab, p))
+
+    # ------------------------------------------------------------------ processes
+
+    def running_pid(self, spec: ServerSpec) -> int | None:
+        """The PID from the lab's PID file, if that process is alive and is this server."""
+        pid = read_pid(self.paths.pid_file(spec.name))
+        if pid is None:
+            return None
+        cmdline = process_cmdline(pid)
+        if cmdline and spec.marker in cmdline and Path(spec.argv[0]).name in cmdline:
+            return pid
+        return None
+
+    def _spawn(self, spec: ServerSpec) -> int:
+        spec.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(spec.log, "ab") as log:
+            log.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} "
+                      f"provisioner lab: {' '.join(spec.argv)}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(spec.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, cwd=spec.cwd,
+                                        env={**os.environ, **spec.env}, start_new_session=True)
+            except OSError as exc:
+                raise LabError(spec.name, f"cannot start {spec.argv[0]}: {exc}",
+                               hint="is the Debian package installed?") from None
+        _children[proc.pid] = proc
+        write_file(self.paths.pid_file(spec.name), f"{proc.pid}\n")
+        return proc.pid
+
+    def _failure(self, spec: ServerSpec, what: str) -> LabError:
+        logs = "\n".join(f"--- {log}:\n{tail(log)}" for log in (spec.log, *spec.extra_logs)
+                         if log.exists())
+        return LabError(spec.name, f"{what}\n{logs}",
+                        hint="fix the cause shown in the log, then run 'provisioner lab up' again")
+
+    def _start(self, specs: list[ServerSpec]) -> list[ServerResult]:
+        """Start the servers that are not running, then wait until every one answers."""
+        results: dict[str, ServerResult] = {}
+        pending: dict[str, tuple[ServerSpec, int]] = {}
+        for spec in specs:
+            pid = self.running_pid(spec)
+            if pid is not None:
+                results[spec.name] = ServerResult(spec.name, spec.role, spec.address, pid,
+                                                  "already up")
+                continue
+            self.paths.pid_file(spec.name).unlink(missing_ok=True)
+            pending[spec.name] = (spec, self._spawn(spec))
+        deadline = time.monotonic() + READY_TIMEOUT
+        while pending:
+            for name, (spec, pid) in list(pending.items()):
+                if not _alive(pid):
+                    child = _children.get(pid)
+                    code = child.returncode if child else "?"
+                    self.paths.pid_file(name).unlink(missing_ok=True)
+                    raise self._failure(spec, f"exited during start (exit code {code})")
+                if spec.probe(READY_PROBE_TIMEOUT).ok:
+                    results[name] = ServerResult(name, spec.role, spec.address, pid, "started")
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                spec = next(iter(pending.values()))[0]
+                raise self._failure(spec, f"no healthy answer within {READY_TIMEOUT:.0f}s")
+            if pending:
+                time.sleep(0.05)
+        return [results[s.name] for s in specs]
+
+    def _stop(self, specs: list[ServerSpec]) -> list[ServerResult]:
+        results, pids = [], []
+        for spec in specs:
+            pid_file = self.paths.pid_file(spec.name)
+            pid = self.running_pid(spec)
+            if pid is not None:
+                pids.append(pid)
+                pids += _descendants(pid)  # sshd connections, nginx workers
+                results.append(ServerResult(spec.name, spec.role, spec.address, pid, "stopped"))
+            elif pid_file.exists():
+                results.append(ServerResult(spec.name, spec.role, spec.address,
+                                            read_pid(pid_file), "stale pid file removed"))
+            else:
+                results.append(ServerResult(spec.name, spec.role, spec.address, None,
+                                            "not running"))
+        terminate(pids)
+        for spec in specs:
+            self.paths.pid_file(spec.name).unlink(missing_ok=True)
+        return results
+
+    # ------------------------------------------------------------------ addresses
+
+    def _recorded_addresses(self) -> list[str]:
+        try:
+            return list(json.loads(self.paths.addresses_file.read_text())["added"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
+    def _ensure_addresses(self) -> list[str]:
+        present = loopback_addresses()
+        recorded = self._recorded_addresses()
+        added = []
+        for address in self.addresses():
+            if address != "127.0.0.1" and address not in present:
+                add_loopback(address)
+                added.append(address)
+                # Record at once: a later failure must not orphan the address.
+                write_file(self.paths.addresses_file,
+                           json.dumps({"added": sorted(set(recorded + added))}) + "\n")
+        return added
+
+    def _remove_addresses(self) -> list[str]:
+        present = loopback_addresses()
+        removed = []
+        for address in self._recorded_addresses():
+            if address in present:
+                remove_loopback(address)
+                removed.append(address)
+        self.paths.addresses_file.unlink(missing_ok=True)
+        return removed
+
+    # ------------------------------------------------------------------ ssh masters
+
+    def _close_ssh_masters(self) -> int:
+        """Close Ansible's ControlPersist masters whose sockets live in the lab dir."""
+        closed = 0
+        control = self.paths.control_dir
+        if control.is_dir():
+            for sock in control.iterdir():
+                if sock.is_socket():
+                    subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab"],
+                                   capture_output=True, timeout=10)
+                    closed += 1
+        pattern = re.compile(r"ControlPath=\"?" + re.escape(str(self.paths.dir)) + "/")
+        leftovers = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                cmdline = process_cmdline(int(entry.name))
+                if cmdline and cmdline.split()[0].endswith("ssh") and pattern.search(cmdline):
+                    leftovers.append(int(entry.name))
+        terminate(leftovers)
+        return closed + len(leftovers)
+
+    # ------------------------------------------------------------------ commands
+
+    def up(self) -> UpReport:
+        """Start every server that is not running; servers already up are left alone."""
+        started = time.monotonic()
+        self.prepare()
+        added = self._ensure_addresses()
+        specs = self.servers()
+        results = self._start(specs[:1])  # ns2 transfers from ns1 as soon as it starts
+        results += self._start(specs[1:])
+        self.refresh_trust_roots()
+        return UpReport(self.paths.dir, tuple(results), tuple(added),
+                        round(time.monotonic() - started, 2))
+
+    def down(self) -> DownReport:
+        """Stop what the lab started and remove the loopback addresses it added."""
+        closed = self._close_ssh_masters()
+        results = self._stop(list(reversed(self.servers())))
+        removed = self._remove_addresses()
+        return DownReport(self.paths.dir, tuple(reversed(results)), tuple(removed), closed)
+
+    def status(self) -> list[ServerStatus]:
+        statuses = []
+        for spec in self.servers():
+            pid = self.running_pid(spec)
+            if pid is None:
+                stale = self.paths.pid_file(spec.name).exists()
+                statuses.append(ServerStatus(spec.name, spec.role, spec.address, None, False,
+                                             False, "stale pid file" if stale else "not running"))
+                continue
+            probe = spec.probe(STATUS_PROBE_TIMEOUT)
+            statuses.append(ServerStatus(spec.name, spec.role, spec.address, pid, True,
+                                         probe.ok, probe.detail))
+        return statuses
+
+    def reset(self) -> ResetReport:
+        """Wipe provisioned sites, agency records and installed certificates; keep keys."""
+        for host in self.hosts:
+            for d in (host.nginx_sites_dir, host.web_root, host.acme_webroot, host.tls_dir):
+                if not d.resolve().is_relative_to(self.paths.dir.resolve()):
+                    raise LabError(host.name, f"{d} is outside the lab dir {self.paths.dir}",
+                                   hint="lab reset only wipes folders inside lab.dir")
+        self.prepare()
+        sites, removed = [], 0
+        for host in self.hosts:
+            sites += [f"{host.name}:{p.name}" for p in sorted(host.nginx_sites_dir.iterdir())]
+            for d in (host.nginx_sites_dir, host.web_root, host.acme_webroot, host.tls_dir):
+                removed += _empty_dir(d)
+        specs = {s.name: s for s in self.servers()}
+        dns_specs = [specs["ns1"], specs["ns2"]]
+        was_running = [s.name for s in dns_specs if self.running_pid(s) is not None]
+        self._stop(dns_specs)
+        for server in ("ns1", "ns2"):
+            zone_file = self.paths.zone_file(server, self.settings.zone)
+            for path in (zone_file, zone_file.with_name(zone_file.name + ".jnl")):
+                path.unlink(missing_ok=True)
+        serial = self.write_fresh_zone()
+        if was_running:
+            self._start(dns_specs[:1])
+            self._start(dns_specs[1:])
+        reloaded = []
+        for host in self.hosts:
+            pid = self.running_pid(specs[f"{host.name}-nginx"])
+            if pid is not None:
+                _signal(pid, signal.SIGHUP)  # nginx reload: drops the removed vhosts
+                reloaded.append(host.name)
+        return ResetReport(self.paths.dir, tuple(sites), removed, serial, tuple(was_running),
+                           tuple(reloaded))
+
+    # ------------------------------------------------------------------ Pebble roots
+
+    def refresh_trust_roots(self) -> None:
+        """Fetch Pebble's issuing root (new at every start) into trust_roots[0]."""
+        base = f"https://{self.lab.acme}:{PEBBLE_MANAGEMENT_PORT}"
+        context = ssl.create_default_context(cafile=str(self.acme_ca_file))
+        try:
+            root = httpx.get(f"{base}/roots/0", verify=context, timeout=5)
+            intermediate = httpx.get(f"{base}/intermediates/0", verify=context, timeout=5)
+            root.raise_for_status()
+            intermediate.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise LabError("acme", f"cannot fetch Pebble's roots from {base}: {exc}") from None
+        write_file(self.paths.pebble_intermediates, intermediate.text)
+        write_file(self.paths.pebble_dir / "root.pem", root.text)
+        if self.settings.trust_roots:
+            target = self.settings.trust_roots[0]
+            existing = target.read_text() if target.exists() else ""
+            write_file(target, merge_roots(root.text, existing))
+
+
+def _empty_dir(path: Path) -> int:
+    """Delete everything inside ``path`` (not ``path`` itself); return how many entries."""
+    count = 0
+    if not path.is_dir():
+        return 0
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        count += 1
+    return count
