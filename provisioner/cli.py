@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 something checked or attempted failed, 2 usage or input erro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -172,33 +173,84 @@ def init(directory: Path = typer.Argument(..., metavar="DIR"),
 
 # --------------------------------------------------------------------------- lab
 
+def _lab(ctx: typer.Context):
+    from .lab import Lab  # imported here: the lab's dependencies are not needed elsewhere
+
+    return Lab(ctx.obj.inventory())
+
+
+def _server_rows(servers: Any) -> list[list[Any]]:
+    return [[s.name, s.role, s.address, s.pid, s.action] for s in servers]
+
+
 @lab_app.command("up")
 @handles_errors
 def lab_up(ctx: typer.Context, fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
     """Start the lab servers (idempotent: servers already up are left alone)."""
-    not_built("lab up", 3)
+    report = _lab(ctx).up()
+    if fmt is Format.json:
+        emit_json(dataclasses.asdict(report))
+        return
+    table(["server", "role", "address", "pid", "result"], _server_rows(report.servers),
+          title=f"lab up in {report.seconds:.2f} s ({report.lab_dir})")
+    if report.addresses_added:
+        console.print("added to lo: " + ", ".join(report.addresses_added))
 
 
 @lab_app.command("down")
 @handles_errors
-def lab_down(ctx: typer.Context) -> None:
+def lab_down(ctx: typer.Context, fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
     """Stop the servers the lab started and remove the loopback addresses it added."""
-    not_built("lab down", 3)
+    report = _lab(ctx).down()
+    if fmt is Format.json:
+        emit_json(dataclasses.asdict(report))
+        return
+    table(["server", "role", "address", "pid", "result"], _server_rows(report.servers),
+          title=f"lab down ({report.lab_dir})")
+    if report.ssh_masters_closed:
+        console.print(f"closed {report.ssh_masters_closed} ssh control master(s)")
+    if report.addresses_removed:
+        console.print("removed from lo: " + ", ".join(report.addresses_removed))
 
 
 @lab_app.command("status")
 @handles_errors
 def lab_status(ctx: typer.Context,
                fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
-    """Show each lab server's address, PID and health (from a real probe)."""
-    not_built("lab status", 3)
+    """Show each lab server's address, PID and health (from a real probe).
+
+    Exit code 1 when any server is down or unhealthy.
+    """
+    statuses = _lab(ctx).status()
+    healthy = all(s.healthy for s in statuses)
+    if fmt is Format.json:
+        emit_json({"healthy": healthy, "servers": [dataclasses.asdict(s) for s in statuses]})
+    else:
+        table(["server", "role", "address", "pid", "health", "detail"],
+              [[s.name, s.role, s.address, s.pid,
+                "healthy" if s.healthy else ("UNHEALTHY" if s.running else "down"), s.detail]
+               for s in statuses],
+              title="lab status: " + ("all healthy" if healthy else "NOT all healthy"))
+    if not healthy:
+        raise typer.Exit(1)
 
 
 @lab_app.command("reset")
 @handles_errors
-def lab_reset(ctx: typer.Context) -> None:
-    """Wipe provisioned sites, records and certificates; keep keys."""
-    not_built("lab reset", 3)
+def lab_reset(ctx: typer.Context,
+              fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Wipe provisioned sites, agency DNS records and installed certificates; keep keys."""
+    report = _lab(ctx).reset()
+    if fmt is Format.json:
+        emit_json(dataclasses.asdict(report))
+        return
+    console.print(f"removed {len(report.sites_removed)} vhost(s) and {report.files_removed} "
+                  f"entries from site, certificate and challenge folders")
+    console.print(f"zone reloaded fresh with serial {report.zone_serial}"
+                  + (f" (restarted {', '.join(report.restarted)})" if report.restarted
+                     else " (nameservers not running: takes effect at 'lab up')"))
+    if report.reloaded:
+        console.print("nginx reloaded on " + ", ".join(report.reloaded))
 
 
 # --------------------------------------------------------------------------- main jobs
