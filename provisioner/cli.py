@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import registry
+from . import csvimport, registry, scaffold
 from .errors import InputError, NotBuiltError, ProvisionerError
 from .models import Inventory
 
@@ -156,11 +156,35 @@ def registry_list(ctx: typer.Context,
 def registry_import(ctx: typer.Context, csv_file: Path = typer.Argument(..., metavar="FILE.csv"),
                     force: bool = typer.Option(False, "--force",
                                                help="Overwrite existing agency files."),
+                    skip_bad: bool = typer.Option(False, "--skip-bad",
+                                                  help="Write the usable agencies and report "
+                                                       "the rows that could not be used."),
                     dry_run: bool = typer.Option(False, "--dry-run",
-                                                 help="Show what would be written."),
+                                                 help="Validate and show what would be written."),
                     fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
-    """Create agency files from a spreadsheet export (CSV, one row per service)."""
-    not_built("registry import", 2)
+    """Create agency files from a spreadsheet export (CSV UTF-8, one row per service).
+
+    Columns: slug, name, short_name, host (or external), address, phone, email,
+    opening_hours, head_name, head_title, maklumat, service_name, persyaratan,
+    prosedur, jangka_waktu, biaya, produk, pengaduan (optional: subdomain,
+    description, sample, service_description and the management components).
+    List cells separate items with line breaks or " | ".
+    """
+    result = csvimport.import_csv(ctx.obj.inventory(), csv_file, force=force,
+                                  skip_bad=skip_bad, dry_run=dry_run)
+    if fmt is Format.json:
+        emit_json({"written": [str(p) for p in result.written],
+                   "would_write": [str(p) for p in result.would_write],
+                   "skipped": [str(p) for p in result.skipped_rows]})
+    else:
+        for path in result.would_write:
+            console.print(f"would write {path}")
+        for path in result.written:
+            console.print(f"wrote {path}")
+        for problem in result.skipped_rows:
+            err_console.print(f"skipped: {problem}", markup=False)
+    if result.skipped_rows:
+        raise typer.Exit(2)
 
 
 @app.command("init")
@@ -168,7 +192,10 @@ def registry_import(ctx: typer.Context, csv_file: Path = typer.Argument(..., met
 def init(directory: Path = typer.Argument(..., metavar="DIR"),
          zone: str = typer.Option(..., "--zone", help="The regency's zone, e.g. paserkab.go.id.")) -> None:
     """Create a fresh inventory for another regency, with commented examples."""
-    not_built("init", 2)
+    for path in scaffold.create_inventory(directory, zone):
+        console.print(f"wrote {path}")
+    console.print(f"next: create the TSIG key file named in {directory}/group_vars/all.yml, "
+                  f"edit the files, then run 'provisioner --inventory {directory} registry check'")
 
 
 # --------------------------------------------------------------------------- lab
