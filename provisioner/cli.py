@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import csvimport, registry, scaffold
+from . import site
 from .errors import InputError, NotBuiltError, ProvisionerError
 from .models import Inventory
 
@@ -308,11 +309,33 @@ def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metav
 
 @app.command("render")
 @handles_errors
-def render(ctx: typer.Context, agency: str = typer.Argument(...),
-           output: Path = typer.Option(..., "--output", "-o", help="Folder to write to."),
+def render(ctx: typer.Context, agency: str = typer.Argument(..., help="The agency's slug."),
+           output: Path = typer.Option(..., "--output", "-o",
+                                       help="Folder to write to: the site goes to site/, the "
+                                            "vhost to nginx/<slug>.conf (same-named files are "
+                                            "overwritten)."),
+           tls_ready: bool = typer.Option(True, "--tls/--no-tls",
+                                          help="Render the vhost as it is once the certificate "
+                                               "is installed (HTTPS, HTTP redirects), or as "
+                                               "before it (site served over HTTP)."),
            fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
-    """Write an agency's starter site and vhost to a folder for review (no host touched)."""
-    not_built("render", 5)
+    """Write an agency's starter site and vhost to a folder for review (no host touched).
+
+    The site is what onboarding installs in <web_root>/<slug>/ on the agency's host,
+    including .provisioner-manifest.json (sha256 of every generated file), which lets
+    a later onboarding keep pages the agency has edited.
+    """
+    inv = ctx.obj.inventory()
+    files = site.render_preview(inv.select([agency])[0], inv, tls_ready=tls_ready)
+    site.write_files(files, output)
+    rows = [{"path": path, "bytes": len(data), "sha256": site.sha256_hex(data)}
+            for path, data in sorted(files.items())]
+    if fmt is Format.json:
+        emit_json({"agency": agency, "output": str(output), "tls_ready": tls_ready,
+                   "files": rows})
+        return
+    table(["file", "bytes", "sha256"], [[r["path"], r["bytes"], r["sha256"][:16]] for r in rows],
+          title=f"{agency}: {len(rows)} files written to {output}")
 
 
 @app.command("verify")
