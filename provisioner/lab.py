@@ -1017,27 +1017,30 @@ class Lab:
                         hint="fix the cause shown in the log, then run 'provisioner lab up' again")
 
     def _start(self, specs: list[ServerSpec]) -> list[ServerResult]:
-        """Start the servers that are not running, then wait until every one answers."""
+        """Start the servers that are not running, then wait until every one answers.
+
+        Servers already running are waited for too: one started a moment ago by an
+        earlier, failed ``lab up`` may still be coming up.
+        """
         results: dict[str, ServerResult] = {}
-        pending: dict[str, tuple[ServerSpec, int]] = {}
+        pending: dict[str, tuple[ServerSpec, int, str]] = {}
         for spec in specs:
             pid = self.running_pid(spec)
             if pid is not None:
-                results[spec.name] = ServerResult(spec.name, spec.role, spec.address, pid,
-                                                  "already up")
+                pending[spec.name] = (spec, pid, "already up")
                 continue
             self.paths.pid_file(spec.name).unlink(missing_ok=True)
-            pending[spec.name] = (spec, self._spawn(spec))
+            pending[spec.name] = (spec, self._spawn(spec), "started")
         deadline = time.monotonic() + READY_TIMEOUT
         while pending:
-            for name, (spec, pid) in list(pending.items()):
+            for name, (spec, pid, action) in list(pending.items()):
                 if not _alive(pid):
                     child = _children.get(pid)
                     code = child.returncode if child else "?"
                     self.paths.pid_file(name).unlink(missing_ok=True)
                     raise self._failure(spec, f"exited during start (exit code {code})")
                 if spec.probe(READY_PROBE_TIMEOUT).ok:
-                    results[name] = ServerResult(name, spec.role, spec.address, pid, "started")
+                    results[name] = ServerResult(name, spec.role, spec.address, pid, action)
                     del pending[name]
             if pending and time.monotonic() > deadline:
                 spec = next(iter(pending.values()))[0]
@@ -1181,12 +1184,37 @@ class Lab:
             self._start(dns_specs[1:])
         reloaded = []
         for host in self.hosts:
-            pid = self.running_pid(specs[f"{host.name}-nginx"])
-            if pid is not None:
-                _signal(pid, signal.SIGHUP)  # nginx reload: drops the removed vhosts
+            if self.running_pid(specs[f"{host.name}-nginx"]) is not None:
+                self.reload_nginx(host)  # drops the removed vhosts
                 reloaded.append(host.name)
         return ResetReport(self.paths.dir, tuple(sites), removed, serial, tuple(was_running),
                            tuple(reloaded))
+
+    def reload_nginx(self, host: Host, timeout: float = STOP_TIMEOUT) -> None:
+        """``nginx -s reload`` on a lab host, returning once the new config serves.
+
+        The signal returns at once, and the old workers keep accepting connections
+        for a moment while they shut down (a request then gets the old config), so
+        wait until every pre-reload worker is gone. If nginx rejects the new config
+        it keeps the old workers: that is reported with nginx's error log.
+        """
+        spec = next(s for s in self.servers() if s.name == f"{host.name}-nginx")
+        master = self.running_pid(spec)
+        if master is None:
+            raise LabError(spec.name, "not running", hint="run 'provisioner lab up'")
+        old = set(_descendants(master))
+        done = subprocess.run([host.nginx_binary, "-c", str(host.nginx_main_config), "-s", "reload"],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise LabError(spec.name, f"reload failed: {done.stderr.strip()}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = set(_descendants(master))
+            if workers and not workers & old:
+                return
+            time.sleep(0.01)
+        raise self._failure(spec, f"old workers still running {timeout:.0f}s after reload "
+                                  "(was the new configuration rejected?)")
 
     # ------------------------------------------------------------------ Pebble roots
 
