@@ -14,6 +14,7 @@ already checked: a hostile value raises ``RenderError`` and is never written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -35,7 +36,7 @@ from .models import (
     Service,
     Settings,
 )
-from .registry import LABEL_RE, UNSAFE_RE, is_hostname
+from .registry import LABEL_RE, UNSAFE_RE, URL_RE, is_hostname
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 SCHEMA = "provisioner/standar-pelayanan/v1"
@@ -46,22 +47,22 @@ STATIC_ASSETS = ("assets/situs.css", "assets/logo.svg")
 LAPOR_URL = "https://www.lapor.go.id"
 LAPOR_SMS = "1708"
 
-# Headings of the 14 components of UU 25/2009 art. 21 (letter, heading).
-COMPONENT_HEADINGS: dict[str, tuple[str, str]] = {
-    "dasar_hukum": ("a", "Dasar Hukum"),
-    "persyaratan": ("b", "Persyaratan"),
-    "prosedur": ("c", "Sistem, Mekanisme, dan Prosedur"),
-    "jangka_waktu": ("d", "Jangka Waktu Penyelesaian"),
-    "biaya": ("e", "Biaya/Tarif"),
-    "produk": ("f", "Produk Pelayanan"),
-    "sarana": ("g", "Sarana, Prasarana, dan/atau Fasilitas"),
-    "kompetensi": ("h", "Kompetensi Pelaksana"),
-    "pengawasan": ("i", "Pengawasan Internal"),
-    "pengaduan": ("j", "Penanganan Pengaduan, Saran, dan Masukan"),
-    "jumlah_pelaksana": ("k", "Jumlah Pelaksana"),
-    "jaminan_pelayanan": ("l", "Jaminan Pelayanan"),
-    "jaminan_keamanan": ("m", "Jaminan Keamanan dan Keselamatan Pelayanan"),
-    "evaluasi_kinerja": ("n", "Evaluasi Kinerja Pelaksana"),
+# Headings of the 14 components of UU 25/2009 art. 21, in the law's order (letters a-n).
+COMPONENT_HEADINGS: dict[str, str] = {
+    "dasar_hukum": "Dasar Hukum",
+    "persyaratan": "Persyaratan",
+    "prosedur": "Sistem, Mekanisme, dan Prosedur",
+    "jangka_waktu": "Jangka Waktu Penyelesaian",
+    "biaya": "Biaya/Tarif",
+    "produk": "Produk Pelayanan",
+    "sarana": "Sarana, Prasarana, dan/atau Fasilitas",
+    "kompetensi": "Kompetensi Pelaksana",
+    "pengawasan": "Pengawasan Internal",
+    "pengaduan": "Penanganan Pengaduan, Saran, dan Masukan",
+    "jumlah_pelaksana": "Jumlah Pelaksana",
+    "jaminan_pelayanan": "Jaminan Pelayanan",
+    "jaminan_keamanan": "Jaminan Keamanan dan Keselamatan Pelayanan",
+    "evaluasi_kinerja": "Evaluasi Kinerja Pelaksana",
 }
 assert set(COMPONENT_HEADINGS) == set(DELIVERY_COMPONENTS) | set(MANAGEMENT_COMPONENTS)
 
@@ -73,7 +74,6 @@ class Component:
     """One published component of a service, as the page and the JSON show it."""
 
     key: str
-    letter: str
     heading: str
     items: tuple[str, ...]
 
@@ -101,8 +101,7 @@ def management_components(service: Service) -> list[Component]:
 
 
 def _component(key: str, items: tuple[str, ...]) -> Component:
-    letter, heading = COMPONENT_HEADINGS[key]
-    return Component(key=key, letter=letter, heading=heading, items=tuple(items))
+    return Component(key=key, heading=COMPONENT_HEADINGS[key], items=tuple(items))
 
 
 def own_complaint_channels(agency: Agency) -> list[ComplaintChannel]:
@@ -152,8 +151,7 @@ def render_site(agency: Agency) -> dict[str, bytes]:
     The output is deterministic (no dates), so re-rendering unchanged data changes nothing.
     """
     _checked_fqdn(agency)
-    if not LABEL_RE.match(agency.slug):
-        raise RenderError(f"agency slug {agency.slug!r} is not a safe name")
+    _checked_slug(agency)
     env = _site_env()
     pages = {"index.html": ("index.html.j2", {}),
              "maklumat.html": ("maklumat.html.j2", {}),
@@ -182,9 +180,10 @@ def _root_of(path: str) -> str:
 
 def _http_url(url: str | None) -> str | None:
     """Only plain http(s) URLs become links (defence in depth behind the registry)."""
-    return url if url and url.startswith(("https://", "http://")) else None
+    return url if url and URL_RE.match(url) else None
 
 
+@functools.cache
 def _site_env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR / "site"),
@@ -389,6 +388,7 @@ def render_vhost(agency: Agency, host: Host, settings: Settings, *, tls_ready: b
     return _nginx_env().get_template("vhost.conf.j2").render(context).encode()
 
 
+@functools.cache
 def _nginx_env() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR / "nginx"),
