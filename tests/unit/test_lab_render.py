@@ -1,0 +1,323 @@
+"""The lab's rendered configs, keys and helpers, checked without starting a server.
+
+Where Debian ships a checker (named-checkconf, named-checkzone, nginx -t, sshd -t)
+the rendered file is fed to it, so a template typo fails here, not at 'lab up'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+
+import dns.rdatatype
+import dns.zone
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from provisioner import lab as L
+from provisioner.errors import LabError
+from provisioner.models import Inventory
+from provisioner.registry import load_inventory
+
+SAMPLE = Path(__file__).resolve().parents[2] / "inventory"
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Inventory:
+    return load_inventory(SAMPLE, tmp_path / "state")
+
+
+@pytest.fixture
+def lab(inventory: Inventory) -> L.Lab:
+    return L.Lab(inventory)
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+# --------------------------------------------------------------------------- zone
+
+
+def test_zone_holds_only_soa_ns_glue_and_web_hosts(inventory: Inventory):
+    text = L.zone_file_text(inventory.settings, inventory.hosts.values(), 2024010101)
+    zone = dns.zone.from_text(text, origin=inventory.settings.zone, relativize=False)
+    found = {(name.to_text(), dns.rdatatype.to_text(rds.rdtype), rdata.to_text())
+             for name, rds in zone.iterate_rdatasets() for rdata in rds
+             if rds.rdtype != dns.rdatatype.SOA}
+    assert found == {
+        ("paserkab.go.id.", "NS", "ns1.paserkab.go.id."),
+        ("paserkab.go.id.", "NS", "ns2.paserkab.go.id."),
+        ("ns1.paserkab.go.id.", "A", "127.0.0.10"),
+        ("ns2.paserkab.go.id.", "A", "127.0.0.11"),
+        ("web1.paserkab.go.id.", "A", "127.0.0.20"),
+        ("web2.paserkab.go.id.", "A", "127.0.0.21"),
+    }
+    soa = zone.get_rdataset("paserkab.go.id.", "SOA")[0]
+    assert soa.serial == 2024010101
+    assert soa.mname.to_text() == "ns1.paserkab.go.id."
+
+
+def test_zone_passes_named_checkzone(inventory: Inventory, tmp_path: Path):
+    path = tmp_path / "db.zone"
+    path.write_text(L.zone_file_text(inventory.settings, inventory.hosts.values(), 7))
+    checked = run("named-checkzone", "-i", "local", inventory.settings.zone, str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_hosts_outside_the_zone_get_no_record(inventory: Inventory):
+    host = dataclasses.replace(inventory.hosts["web1"], fqdn="web1.example.net")
+    names = {r.name for r in L.zone_records(inventory.settings, [host])}
+    assert "web1.example.net." not in names
+
+
+def test_ipv6_host_gets_aaaa(inventory: Inventory):
+    host = dataclasses.replace(inventory.hosts["web1"], public_ipv6="fd00::20")
+    records = L.zone_records(inventory.settings, [host])
+    assert L.Record("web1.paserkab.go.id.", "AAAA", "fd00::20") in records
+
+
+# --------------------------------------------------------------------------- BIND
+
+
+@pytest.fixture
+def key_file(inventory: Inventory) -> Path:
+    L.ensure_tsig_key(inventory.settings.tsig_key_file, "lab-key")
+    return inventory.settings.tsig_key_file
+
+
+def test_primary_config_allows_updates_and_transfers_with_the_key(
+        inventory: Inventory, lab: L.Lab, key_file: Path):
+    text = L.named_primary_conf(inventory.settings, lab.paths, "lab-key")
+    assert 'allow-update { key "lab-key"; };' in text
+    assert 'allow-transfer { key "lab-key"; 127.0.0.11; };' in text
+    assert "listen-on port 53 { 127.0.0.10; };" in text
+    assert "recursion no;" in text
+    for option in ("notify-source 127.0.0.10;", "transfer-source 127.0.0.10;",
+                   "query-source address 127.0.0.10;", "notify-delay 0;"):
+        assert option in text
+    assert "also-notify { 127.0.0.11 port 53; };" in text
+    assert f'journal "{lab.paths.zone_file("ns1", "paserkab.go.id")}.jnl";' in text
+    assert "controls { };" in text
+
+
+def test_secondary_config_transfers_from_the_primary(inventory: Inventory, lab: L.Lab,
+                                                     key_file: Path):
+    text = L.named_secondary_conf(inventory.settings, lab.paths, "lab-key")
+    assert "type secondary;" in text
+    assert "primaries { 127.0.0.10 port 53; };" in text
+    assert "transfer-source 127.0.0.11;" in text
+    assert "listen-on port 53 { 127.0.0.11; };" in text
+
+
+def test_the_two_named_instances_share_no_state_file(inventory: Inventory, lab: L.Lab,
+                                                     key_file: Path):
+    def paths(text: str) -> set[str]:
+        return {line.split('"')[1] for line in text.splitlines()
+                if any(k in line for k in ("pid-file", "session-keyfile", "lock-file", "file \""))}
+
+    one = paths(L.named_primary_conf(inventory.settings, lab.paths, "lab-key"))
+    two = paths(L.named_secondary_conf(inventory.settings, lab.paths, "lab-key"))
+    assert one and two and one.isdisjoint(two)
+
+
+@pytest.mark.parametrize("render", [L.named_primary_conf, L.named_secondary_conf])
+def test_named_configs_pass_named_checkconf(inventory: Inventory, lab: L.Lab, key_file: Path,
+                                            tmp_path: Path, render):
+    for server in ("ns1", "ns2"):
+        lab.paths.ns_dir(server).mkdir(parents=True)  # named-checkconf changes into it
+    conf = tmp_path / "named.conf"
+    conf.write_text(render(inventory.settings, lab.paths, "lab-key"))
+    checked = run("named-checkconf", str(conf))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# --------------------------------------------------------------------------- TSIG key
+
+
+def test_tsig_key_is_created_0600_in_bind_format_and_kept(tmp_path: Path):
+    path = tmp_path / "keys" / "tsig.key"
+    key = L.ensure_tsig_key(path, "lab-key")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert key.algorithm == "hmac-sha256" and key.name == "lab-key"
+    assert len(__import__("base64").b64decode(key.secret)) == 32
+    assert run("named-checkconf", str(path)).returncode == 0
+    assert L.ensure_tsig_key(path, "other-name") == key  # an existing key is never replaced
+
+
+def test_parse_tsig_keygen_output():
+    made = run("tsig-keygen", "-a", "hmac-sha256", "made-by-bind")
+    key = L.parse_tsig_key(made.stdout)
+    assert key.name == "made-by-bind" and key.algorithm == "hmac-sha256"
+    assert L.parse_tsig_key(L.tsig_key_text(key)) == key
+
+
+def test_parse_tsig_key_rejects_garbage(tmp_path: Path):
+    with pytest.raises(ValueError):
+        L.parse_tsig_key("secret nothing here")
+    path = tmp_path / "bad.key"
+    path.write_text("nope")
+    with pytest.raises(LabError, match="cannot read TSIG key"):
+        L.read_tsig_key(path)
+
+
+# --------------------------------------------------------------------------- nginx, sshd
+
+
+def test_nginx_conf_listens_on_the_host_address_with_a_catch_all(inventory: Inventory,
+                                                                 lab: L.Lab):
+    host = inventory.hosts["web1"]
+    text = L.nginx_conf(host, lab.paths.host(host))
+    assert "listen 127.0.0.20:80 default_server;" in text
+    assert "return 444;" in text
+    assert "listen 127.0.0.20:443 ssl default_server;" in text
+    assert "ssl_reject_handshake on;" in text
+    assert f"include {host.nginx_sites_dir}/*.conf;" in text
+    assert f"pid {lab.paths.host(host).nginx_pid};" in text
+    listens = [line for line in text.splitlines() if line.strip().startswith("listen")]
+    assert all("127.0.0.20:" in line for line in listens)
+
+
+def test_nginx_conf_passes_nginx_t(inventory: Inventory, lab: L.Lab, tmp_path: Path):
+    host = inventory.hosts["web2"]
+    hp = lab.paths.host(host)
+    for d in (host.nginx_sites_dir, host.log_dir, hp.temp_dir, hp.run_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    conf = host.nginx_main_config
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(L.nginx_conf(host, lab.paths.host(host)))
+    checked = run(host.nginx_binary, "-t", "-c", str(conf), "-e", str(tmp_path / "error.log"))
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_sshd_config_is_key_only_and_passes_sshd_t(inventory: Inventory, lab: L.Lab):
+    host = inventory.hosts["web1"]
+    hp = lab.paths.host(host)
+    L.ensure_ssh_key(hp.host_key, "test-host")
+    text = L.sshd_config(host, hp)
+    assert "ListenAddress 127.0.0.20:22" in text
+    assert "PasswordAuthentication no" in text
+    assert "PermitRootLogin prohibit-password" in text
+    hp.sshd_config.write_text(text)
+    Path("/run/sshd").mkdir(exist_ok=True)
+    checked = run("/usr/sbin/sshd", "-t", "-f", str(hp.sshd_config))
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_ssh_key_is_openssh_ed25519_0600_and_kept(tmp_path: Path):
+    path = tmp_path / "id_ed25519"
+    public = L.ensure_ssh_key(path, "provisioner-lab")
+    assert public.startswith("ssh-ed25519 ") and public.endswith(" provisioner-lab")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert b"BEGIN OPENSSH PRIVATE KEY" in path.read_bytes()
+    assert L.ensure_ssh_key(path, "provisioner-lab") == public
+    derived = run("ssh-keygen", "-y", "-f", str(path))
+    assert derived.stdout.split()[:2] == public.split()[:2]
+
+
+def test_known_hosts_lines_suit_openssh_and_paramiko():
+    key = "ssh-ed25519 AAAAC3Nza comment"
+    assert L.known_hosts_lines("127.0.0.20", 22, key) == [
+        "127.0.0.20 ssh-ed25519 AAAAC3Nza", "[127.0.0.20]:22 ssh-ed25519 AAAAC3Nza"]
+    assert L.known_hosts_lines("127.0.0.20", 2222, key) == ["[127.0.0.20]:2222 ssh-ed25519 AAAAC3Nza"]
+
+
+def test_merge_known_hosts_replaces_only_lab_hosts():
+    existing = "prod.example ssh-ed25519 PROD\n127.0.0.20 ssh-ed25519 OLD\n"
+    merged = L.merge_known_hosts(existing, {"web1": ["127.0.0.20 ssh-ed25519 NEW"]})
+    assert merged == "prod.example ssh-ed25519 PROD\n127.0.0.20 ssh-ed25519 NEW\n"
+
+
+# --------------------------------------------------------------------------- Pebble
+
+
+def test_pebble_config(inventory: Inventory, lab: L.Lab):
+    config = json.loads(L.pebble_config(inventory.settings.lab, lab.paths))["pebble"]
+    assert config["listenAddress"] == "127.0.0.30:14000"
+    assert config["managementListenAddress"] == "127.0.0.30:15000"
+    assert (config["httpPort"], config["tlsPort"]) == (80, 443)
+    assert config["certificate"] == str(lab.paths.api_cert)
+
+
+def test_api_certificate_names_the_acme_address(tmp_path: Path):
+    ca_pem, ca_key = L.make_api_ca()
+    cert_pem, key_pem = L.make_api_cert(ca_pem, ca_key, "127.0.0.30")
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    (tmp_path / "ca.pem").write_bytes(ca_pem)
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    assert L.api_cert_fits(tmp_path / "cert.pem", tmp_path / "ca.pem", "127.0.0.30")
+    assert not L.api_cert_fits(tmp_path / "cert.pem", tmp_path / "ca.pem", "127.0.1.30")
+    assert not L.api_cert_fits(tmp_path / "missing.pem", tmp_path / "ca.pem", "127.0.0.30")
+    serialization.load_pem_private_key(key_pem, password=None)
+
+
+def _self_signed() -> str:
+    return L.make_api_ca()[0].decode()  # a distinct certificate each call
+
+
+def test_merge_roots_puts_the_current_root_first_without_duplicates():
+    old, new = _self_signed(), _self_signed()
+    assert L.split_pem(L.merge_roots(new, old)) == [new, old]
+    assert L.split_pem(L.merge_roots(new, new + old)) == [new, old]
+    many = "".join(_self_signed() for _ in range(5))
+    assert len(L.split_pem(L.merge_roots(new, many, keep=3))) == 3
+
+
+# --------------------------------------------------------------------------- Lab checks
+
+
+def test_lab_refuses_an_inventory_without_a_lab_block(inventory: Inventory):
+    settings = dataclasses.replace(inventory.settings, lab=None)
+    with pytest.raises(LabError, match="no 'lab' block"):
+        L.Lab(dataclasses.replace(inventory, settings=settings))
+
+
+def test_lab_refuses_a_lab_host_off_loopback(inventory: Inventory):
+    hosts = dict(inventory.hosts)
+    hosts["web1"] = dataclasses.replace(hosts["web1"], ssh_address="192.0.2.20")
+    with pytest.raises(LabError, match="127.0.0.0/8"):
+        L.Lab(dataclasses.replace(inventory, hosts=hosts))
+
+
+def test_lab_refuses_a_primary_that_is_not_ns1(inventory: Inventory):
+    primary = dataclasses.replace(inventory.settings.primary, address="127.0.0.99")
+    settings = dataclasses.replace(inventory.settings, primary=primary)
+    with pytest.raises(LabError, match="dns_primary"):
+        L.Lab(dataclasses.replace(inventory, settings=settings))
+
+
+def test_servers_and_addresses(lab: L.Lab):
+    assert [s.name for s in lab.servers()] == [
+        "ns1", "ns2", "web1-sshd", "web2-sshd", "web1-nginx", "web2-nginx", "acme"]
+    assert lab.addresses() == ["127.0.0.10", "127.0.0.11", "127.0.0.20", "127.0.0.21",
+                               "127.0.0.30"]
+    pebble = lab.servers()[-1]
+    assert pebble.env == {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+    assert pebble.argv[-2:] == ("-dnsserver", "127.0.0.10:53")
+    # Every server is recognised by a config path unique to this lab.
+    assert len({s.marker for s in lab.servers()}) == 7
+    assert all(s.marker.startswith(str(lab.paths.dir) + "/") for s in lab.servers())
+
+
+def test_ansible_env_points_into_the_lab(lab: L.Lab):
+    env = lab.ansible_env()
+    assert env["ANSIBLE_SSH_CONTROL_PATH_DIR"].startswith(str(lab.paths.dir))
+    assert env["ANSIBLE_REMOTE_TEMP"].startswith(str(lab.paths.dir))
+    assert f"UserKnownHostsFile={lab.settings.known_hosts_file}" in env["ANSIBLE_SSH_ARGS"]
+
+
+def test_write_file_sets_the_mode_and_reports_changes(tmp_path: Path):
+    path = tmp_path / "a" / "secret"
+    assert L.write_file(path, "x", 0o600) is True
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert L.write_file(path, "x", 0o600) is False
+    assert L.write_file(path, "y", 0o600) is True and path.read_text() == "y"
+
+
+def test_process_cmdline_of_a_missing_process_is_none():
+    assert L.process_cmdline(2 ** 22 + 1) is None
+    assert "pytest" in (L.process_cmdline(__import__("os").getpid()) or "")
