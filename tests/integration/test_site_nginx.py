@@ -1,4 +1,5 @@
-"""Every rendered vhost passes the real ``nginx -t`` and gixy (no medium or high finding).
+"""Every rendered vhost passes the real ``nginx -t`` and gixy (no medium or high finding),
+and a TLS-ready vhost behaves as designed when a real nginx serves it.
 
 No lab needed: the vhosts of all sample agencies are rendered for sandbox copies of
 their hosts (tmp folders, addresses on PROVISIONER_TEST_NET), with throwaway
@@ -9,17 +10,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from provisioner import site
 from provisioner.registry import load_inventory
 
 from .conftest import SAMPLE_INVENTORY, TEST_NET
-from .nginx_sandbox import nginx_test, sandbox_host, write_main_conf, write_self_signed_cert
+from .nginx_sandbox import (
+    RunningNginx,
+    nginx_test,
+    sandbox_host,
+    write_main_conf,
+    write_self_signed_cert,
+)
 
 GIXY = Path(sys.executable).with_name("gixy")
 INVENTORY = load_inventory(SAMPLE_INVENTORY, Path("/nonexistent/provisioner-state"))
@@ -107,3 +117,79 @@ def test_gixy_really_reads_the_rendered_files(one_vhost_spoiled):
     host, path = one_vhost_spoiled(b"    location ~ /\\. {",
                                    b"    location /x { add_header X-Test 1; }\n    location ~ /\\. {")
     assert any(str(path) in finding for finding in gixy_findings(host.nginx_main_config))
+
+
+# --------------------------------------------------------------------------- served over TLS
+
+@pytest.fixture(scope="module")
+def served_with_tls(tmp_path_factory):
+    """One agency's site behind its TLS-ready vhost, served by a real nginx; stopped at the end."""
+    agency = INVENTORY.agencies["dinkes"]
+    host = sandbox_host(INVENTORY.hosts[agency.host], tmp_path_factory.mktemp("tls-nginx"),
+                        f"{TEST_NET}.41")
+    cert = site.cert_paths(agency, host, INVENTORY.settings)
+    write_self_signed_cert([agency.fqdn], cert.fullchain, cert.key)
+    site.write_files(site.render_site(agency), site.site_dir(agency, host))
+    site.vhost_path(agency, host).write_bytes(
+        site.render_vhost(agency, host, INVENTORY.settings, tls_ready=True))
+    write_main_conf(host)
+    nginx = RunningNginx(host, port=443)
+    try:
+        yield agency, host, cert
+    finally:
+        nginx.stop()
+
+
+def https_get(host, agency, cert, path: str, **tls) -> tuple[str, str, str]:
+    """(TLS version, response head, body) of GET path over TLS with SNI = the agency's name."""
+    context = ssl.create_default_context(cafile=str(cert.fullchain))
+    if "maximum_version" in tls:
+        context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        context.maximum_version = tls["maximum_version"]
+        context.set_ciphers("ALL:@SECLEVEL=0")
+    with socket.create_connection((host.public_ipv4, 443), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=agency.fqdn) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {agency.fqdn}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+        head, _, body = response.decode().partition("\r\n\r\n")
+        return conn.version(), head.lower(), body
+
+
+def test_http_redirects_to_https_but_answers_acme_challenges(served_with_tls):
+    agency, host, _ = served_with_tls
+    token = "tok-" + agency.slug
+    challenge_dir = site.acme_challenge_dir(host)
+    challenge_dir.mkdir(parents=True)
+    (challenge_dir / token).write_text("key-authorization")
+    base = f"http://{host.public_ipv4}"
+    headers = {"Host": agency.fqdn}
+    redirect = httpx.get(f"{base}/layanan/x.html?a=1", headers=headers, timeout=10)
+    assert redirect.status_code == 301
+    assert redirect.headers["location"] == f"https://{agency.fqdn}/layanan/x.html?a=1"
+    answer = httpx.get(f"{base}/.well-known/acme-challenge/{token}", headers=headers, timeout=10)
+    assert (answer.status_code, answer.text) == (200, "key-authorization")
+
+
+def test_https_serves_the_site_with_modern_tls_and_security_headers(served_with_tls):
+    agency, host, cert = served_with_tls
+    version, head, body = https_get(host, agency, cert, "/")
+    assert version in ("TLSv1.2", "TLSv1.3")
+    assert head.startswith("http/1.1 200")
+    assert "strict-transport-security: max-age=63072000" in head
+    for header in ("x-content-type-options: nosniff", "referrer-policy:", "x-frame-options: deny",
+                   "content-security-policy: default-src 'self'"):
+        assert header in head, header
+    assert f"<h1>{agency.name}</h1>" in body
+    _, manifest_head, _ = https_get(host, agency, cert, "/" + site.MANIFEST_PATH)
+    assert manifest_head.startswith("http/1.1 404")
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_https_refuses_tls_1_1(served_with_tls):
+    """The client offers TLS 1.1 (security level 0 allows it), so only nginx can refuse."""
+    agency, host, cert = served_with_tls
+    with pytest.raises(ssl.SSLError):
+        https_get(host, agency, cert, "/", maximum_version=ssl.TLSVersion.TLSv1_1)
