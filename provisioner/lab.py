@@ -541,7 +541,11 @@ def merge_roots(current: str, existing: str, keep: int = MAX_KEPT_ROOTS) -> str:
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    try:
+        return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    except FileNotFoundError:
+        raise LabError("loopback", "the 'ip' command is missing",
+                       hint="apt-get install iproute2") from None
 
 
 def loopback_addresses() -> set[str]:
@@ -598,6 +602,14 @@ def process_cmdline(pid: int) -> str | None:
     except OSError:
         return None
     return raw.replace(b"\0", b" ").decode(errors="replace").strip() or None
+
+
+def process_exe(pid: int) -> str | None:
+    """The program file a process runs ("(deleted)" stripped: the package was upgraded)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -984,12 +996,18 @@ class Lab:
     # ------------------------------------------------------------------ processes
 
     def running_pid(self, spec: ServerSpec) -> int | None:
-        """The PID from the lab's PID file, if that process is alive and is this server."""
+        """The PID from the lab's PID file, if that process is alive and is this server.
+
+        A PID file can outlive its process and the PID be reused: the process must run
+        the server's program and name this lab's config file on its command line.
+        """
         pid = read_pid(self.paths.pid_file(spec.name))
         if pid is None:
             return None
         cmdline = process_cmdline(pid)
-        if cmdline and spec.marker in cmdline and Path(spec.argv[0]).name in cmdline:
+        exe = process_exe(pid)
+        if cmdline and spec.marker in cmdline and exe \
+                and os.path.realpath(exe) == os.path.realpath(spec.argv[0]):
             return pid
         return None
 
