@@ -1121,24 +1121,24 @@ class Lab:
     # ------------------------------------------------------------------ ssh masters
 
     def _close_ssh_masters(self) -> int:
-        """Close Ansible's ControlPersist masters whose sockets live in the lab dir."""
-        closed = 0
-        control = self.paths.control_dir
-        if control.is_dir():
-            for sock in control.iterdir():
-                if sock.is_socket():
-                    subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab"],
-                                   capture_output=True, timeout=10)
-                    closed += 1
+        """Close Ansible's ControlPersist masters whose sockets live in the lab dir.
+
+        ``ssh -O exit`` on every socket first; then any ssh process whose command
+        line still names a control path in the lab dir is stopped.
+        """
         pattern = re.compile(r"ControlPath=\"?" + re.escape(str(self.paths.dir)) + "/")
-        leftovers = []
+        masters = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 cmdline = process_cmdline(int(entry.name))
                 if cmdline and cmdline.split()[0].endswith("ssh") and pattern.search(cmdline):
-                    leftovers.append(int(entry.name))
-        terminate(leftovers)
-        return closed + len(leftovers)
+                    masters.append(int(entry.name))
+        sockets = [s for s in self.paths.control_dir.glob("*") if s.is_socket()]
+        for sock in sockets:
+            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab"],
+                           capture_output=True, timeout=10)
+        terminate(masters)
+        return max(len(masters), len(sockets))
 
     # ------------------------------------------------------------------ commands
 
