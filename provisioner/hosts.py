@@ -1,0 +1,268 @@
+"""Web hosts directly over SSH (paramiko): preflight, facts for ``plan``, small file writes.
+
+One ``HostClient`` per host connection. Host keys are checked against the
+inventory's ``known_hosts_file`` only, with paramiko's ``RejectPolicy``: an unknown
+or changed key is an error, never accepted. Every paramiko or socket error becomes
+an ``errors.HostError`` naming the host.
+
+Each operation is ONE round trip: the host-side half of provisioner
+(``playbooks/library/provisioner_vhosts.py``, also the Ansible module, standard
+library only) is sent to the host's python3 on stdin with one request and prints
+one JSON answer. Payloads (including certificate keys) travel on stdin inside the
+SSH channel: never on a command line, never in a log. Files are written atomically
+with their final mode set before any byte lands, so a key is 0600 from the start;
+that is why keys go this way and not through Ansible (no extravars, no runner
+artifacts to scrub).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import paramiko
+
+from . import site
+from .errors import HostError
+from .models import Agency, Host, Settings
+
+PLAYBOOK_DIR = Path(__file__).resolve().parent.parent / "playbooks"
+HOST_AGENT = PLAYBOOK_DIR / "library" / "provisioner_vhosts.py"
+REMOTE_PYTHON = "/usr/bin/python3"
+# Runs the agent source read from stdin under a name that is not __main__ (so the
+# Ansible entry point stays idle), then the request line appended to it.
+_BOOTSTRAP = "import sys; ns = {'__name__': 'provisioner_agent'}; exec(sys.stdin.read(), ns)"
+CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 120.0
+MIN_FREE_BYTES = 100 * 1024 * 1024
+MIN_PYTHON = (3, 8)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file to write on a host; ``root`` is the folder it must stay inside."""
+
+    path: Path
+    data: bytes = field(repr=False)
+    mode: int
+    root: Path
+
+
+@dataclass(frozen=True)
+class Preflight:
+    host: str
+    uid: int
+    python: str
+    nginx_version: str | None
+    nginx_test_ok: bool
+    nginx_test_output: str
+    free_bytes: Mapping[str, int]
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def preflight_problems(raw: Mapping[str, Any], nginx_binary: str,
+                       min_free_bytes: int = MIN_FREE_BYTES) -> list[str]:
+    """What stops a deploy on this host, from the agent's raw answer (pure)."""
+    problems = []
+    if raw["uid"] != 0:
+        problems.append(f"commands run as uid {raw['uid']}, not root (sudo needed)")
+    if tuple(int(p) for p in raw["python"].split(".")[:2]) < MIN_PYTHON:
+        problems.append(f"python {raw['python']} is too old (need "
+                        f"{'.'.join(map(str, MIN_PYTHON))}+)")
+    if not raw["nginx_version"]:
+        problems.append(f"nginx not found or not runnable at {nginx_binary}")
+    elif not raw["nginx_test_ok"]:
+        problems.append(f"nginx -t fails on the current config: {raw['nginx_test_output']}")
+    for path, free in sorted(raw["free_bytes"].items()):
+        if free < min_free_bytes:
+            problems.append(f"only {free // 2**20} MiB free for {path} "
+                            f"(need {min_free_bytes // 2**20} MiB)")
+    return problems
+
+
+@dataclass(frozen=True)
+class SiteFacts:
+    """What is on the host for one agency: vhost, deployed manifest, current file hashes."""
+
+    slug: str
+    vhost_sha256: str | None
+    deployed: Mapping[str, str] | None  # path -> sha256 we generated last time
+    current: Mapping[str, str]  # path -> sha256 on the host now
+
+    def plan(self, rendered: Mapping[str, bytes]) -> list[site.FileChange]:
+        """What a deploy of ``rendered`` would do to the files (site.py's rules)."""
+        return site.plan_site_files(dict(rendered), dict(self.deployed) if self.deployed
+                                    is not None else None, dict(self.current))
+
+    @property
+    def edited(self) -> list[str]:
+        """Files the agency changed since our last deploy."""
+        deployed = self.deployed or {}
+        return sorted(p for p, digest in self.current.items()
+                      if p in deployed and digest != deployed[p] and p != site.MANIFEST_PATH)
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    host: str
+    sites: Mapping[str, SiteFacts]
+    certs: Mapping[Path, str | None]  # fullchain path -> leaf certificate PEM (None: absent)
+
+
+class HostClient:
+    """One SSH connection to one web host (use as a context manager)."""
+
+    def __init__(self, host: Host, known_hosts_file: Path, *,
+                 timeout: float = CONNECT_TIMEOUT):
+        self.host = host
+        self.known_hosts_file = Path(known_hosts_file)
+        self.timeout = timeout
+        self._client: paramiko.SSHClient | None = None
+
+    def __enter__(self) -> HostClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(self.known_hosts_file))
+        except OSError as exc:
+            raise HostError(self.host.name, f"cannot read known_hosts {self.known_hosts_file}: "
+                                            f"{exc.strerror or exc}",
+                            hint="the inventory's known_hosts_file must list every host's key") \
+                from None
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(self.host.ssh_address, port=self.host.ssh_port,
+                           username=self.host.ssh_user, key_filename=str(self.host.ssh_key_file),
+                           look_for_keys=False, allow_agent=False, timeout=self.timeout,
+                           banner_timeout=self.timeout, auth_timeout=self.timeout)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostError(self.host.name, f"host key of {self._where} CHANGED: expected "
+                                            f"{exc.expected_key.get_base64()[:16]}..., got "
+                                            f"{exc.key.get_base64()[:16]}...",
+                            hint=f"refusing to connect; if the host was reinstalled, verify the "
+                                 f"new key out of band and update {self.known_hosts_file}") \
+                from None
+        except (paramiko.SSHException, OSError) as exc:
+            client.close()
+            raise self._error("cannot connect", exc) from None
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def _where(self) -> str:
+        return f"{self.host.ssh_user}@{self.host.ssh_address}:{self.host.ssh_port}"
+
+    def _error(self, what: str, exc: BaseException) -> HostError:
+        text = str(exc) or type(exc).__name__
+        hint = None
+        if "not found in known_hosts" in text:
+            text = f"host key of {self._where} is unknown (not in {self.known_hosts_file})"
+            hint = "refusing to trust it blindly; add the verified key to known_hosts_file"
+        elif isinstance(exc, paramiko.AuthenticationException):
+            hint = f"check ansible_user and ansible_ssh_private_key_file ({self.host.ssh_key_file})"
+        return HostError(self.host.name, f"{what} ({self._where}): {text}", hint=hint)
+
+    # ------------------------------------------------------------------ one round trip
+
+    def call(self, op: str, **params: Any) -> dict[str, Any]:
+        """Run one operation of the host agent and return its JSON answer."""
+        if self._client is None:
+            self.connect()
+        request = json.dumps({"op": op, **params})
+        program = HOST_AGENT.read_text() + f"\nserve({request!r})\n"
+        command = f"{REMOTE_PYTHON} -c {shlex.quote(_BOOTSTRAP)}"
+        if self.host.ssh_user != "root":
+            command = f"sudo -n {command}"
+        try:
+            stdin, stdout, stderr = self._client.exec_command(command, timeout=COMMAND_TIMEOUT)
+            stdin.write(program.encode())
+            stdin.channel.shutdown_write()
+            out, err = stdout.read(), stderr.read()
+            status = stdout.channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, socket.timeout) as exc:
+            raise self._error(f"'{op}' failed", exc) from None
+        if status != 0:
+            lines = err.decode("utf-8", "replace").strip().splitlines()
+            raise HostError(self.host.name, f"'{op}' failed (exit {status}): "
+                                            f"{lines[-1] if lines else 'no message'}",
+                            hint="sudo must work without a password (sudo -n)"
+                            if "sudo" in err.decode("utf-8", "replace") else None)
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise HostError(self.host.name, f"'{op}' answered something that is not JSON") \
+                from None
+
+    # ------------------------------------------------------------------ operations
+
+    def preflight(self, min_free_bytes: int = MIN_FREE_BYTES) -> Preflight:
+        """Reachable (we are connected), root, python, nginx present and its config valid,
+        free space where sites and certificates go."""
+        h = self.host
+        raw = self.call("preflight", nginx_binary=h.nginx_binary,
+                        nginx_main_config=str(h.nginx_main_config),
+                        paths=[str(h.web_root), str(h.tls_dir), str(h.nginx_sites_dir)])
+        return Preflight(host=h.name, uid=raw["uid"], python=raw["python"],
+                         nginx_version=raw["nginx_version"], nginx_test_ok=raw["nginx_test_ok"],
+                         nginx_test_output=raw["nginx_test_output"],
+                         free_bytes=raw["free_bytes"],
+                         problems=tuple(preflight_problems(raw, h.nginx_binary, min_free_bytes)))
+
+    def facts(self, agencies: Sequence[Agency], settings: Settings,
+              rendered_paths: Mapping[str, Iterable[str]] | None = None) -> HostFacts:
+        """Everything ``plan`` needs from this host, for its agencies, in one round trip.
+
+        ``rendered_paths`` (slug -> site paths we would write) adds files to hash
+        besides those the deployed manifest lists.
+        """
+        h = self.host
+        rendered_paths = rendered_paths or {}
+        entries = [{"slug": a.slug, "site_dir": str(site.site_dir(a, h)),
+                    "vhost_path": str(site.vhost_path(a, h)),
+                    "paths": sorted(rendered_paths.get(a.slug, ()))} for a in agencies]
+        cert_files = sorted({str(site.cert_paths(a, h, settings).fullchain) for a in agencies})
+        raw = self.call("facts", manifest_path=site.MANIFEST_PATH, agencies=entries,
+                        certs=cert_files)
+        sites = {slug: SiteFacts(slug, f["vhost_sha256"], f["deployed"], f["current"])
+                 for slug, f in raw["agencies"].items()}
+        certs = {Path(path): pem for path, pem in raw["certs"].items()}
+        return HostFacts(host=h.name, sites=sites, certs=certs)
+
+    def write_files(self, files: Sequence[RemoteFile]) -> None:
+        """Write files atomically, each with its mode from the first byte (one round trip)."""
+        if files:
+            self.call("write_files", files=[
+                {"path": str(f.path), "data": base64.b64encode(f.data).decode(), "mode": f.mode,
+                 "root": str(f.root)} for f in files])
+
+    def remove_files(self, paths: Iterable[Path]) -> list[str]:
+        paths = [str(p) for p in paths]
+        return self.call("remove_files", paths=paths)["removed"] if paths else []
+
+    def reload_nginx(self) -> None:
+        """``nginx -t`` on the whole config, then reload (never restart); HostError if not."""
+        h = self.host
+        answer = self.call("reload", nginx_binary=h.nginx_binary,
+                           nginx_main_config=str(h.nginx_main_config))
+        if not answer["reloaded"]:
+            raise HostError(h.name, answer["error"])

@@ -1,0 +1,783 @@
+"""TLS certificates from an ACME CA (the ``acme`` library) for the agencies' sites.
+
+Layers, top to bottom:
+
+* pure: certificate facts (``cert_info``), renewal decisions (``decide``), what to
+  order for which agencies (``cert_targets``), the controller-side records;
+* guardrails before any order (so a broken setup never burns the CA's limit of 5
+  failed validations per name per hour): the name resolves to its host at every
+  authoritative server, and a random file placed in the host's challenge webroot is
+  fetched back over HTTP from the host's address with the agency's Host header;
+* ``Issuer``: orders for many certificates run concurrently (one thread and one
+  ACME client per order), challenge files or TXT records are placed in one batch
+  per host / per name, keys (ECDSA P-256, made here, never logged) are installed
+  0600 on the hosts through hosts.py;
+* ``served_serial``: after install and reload, which certificate a host serves.
+
+Modes (``settings.tls_mode``): ``http-01`` gives every agency its own certificate;
+``dns-01-wildcard`` one ``*.zone`` + ``zone`` certificate for every host, validated
+with TXT records through dns.py's signed updates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import httpx
+import josepy as jose
+import requests
+from acme import challenges, client as acme_client, crypto_util, errors as acme_errors, messages
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from . import site
+from .dns import DnsClient, Expectation, Operation, UpdateBatch
+from .errors import AcmeError, DNSError, HostError, ProvisionerError
+from .hosts import HostClient, HostFacts, RemoteFile
+from .models import Agency, Host, Inventory, Nameserver, Settings
+from .plan import Outcome
+
+RENEW_DAYS = 30
+ORDER_TIMEOUT = 90.0  # seconds for one order: validation, finalization, download
+POLL_FIRST, POLL_MAX = 0.05, 1.0  # seconds between polls, doubling
+HTTP_PROBE_TIMEOUT = 5.0
+MAX_PARALLEL_ORDERS = 16
+USER_AGENT = "provisioner (regency agency hosting)"
+CNAME_DEPTH = 8
+T = TypeVar("T")
+
+
+# =========================================================================== certificate facts
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    serial: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+    names: tuple[str, ...]  # subjectAltName DNS names
+    issuer: str
+
+    @property
+    def serial_hex(self) -> str:
+        return format(self.serial, "x")
+
+    def days_left(self, now: dt.datetime) -> float:
+        return (self.not_after - now).total_seconds() / 86400
+
+
+def cert_info(pem: bytes) -> CertInfo:
+    """Serial, validity, names and issuer of the first certificate in a PEM chain."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise ProvisionerError(f"not a PEM certificate: {exc}") from None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = tuple(san.value.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        names = ()
+    issuer = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return CertInfo(serial=cert.serial_number, not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc, names=names,
+                    issuer=str(issuer[0].value) if issuer else cert.issuer.rfc4514_string())
+
+
+def installed_certs(facts: HostFacts) -> dict[Path, CertInfo | None]:
+    """The certificates a host's facts found (fullchain path -> leaf, None when absent)."""
+    return {path: cert_info(pem.encode()) if pem else None for path, pem in facts.certs.items()}
+
+
+def name_covered(name: str, cert_names: Iterable[str]) -> bool:
+    """True when a certificate name matches ``name`` (a wildcard covers one label)."""
+    name = name.lower().rstrip(".")
+    for pattern in (n.lower().rstrip(".") for n in cert_names):
+        if pattern == name:
+            return True
+        if pattern.startswith("*.") and name.count(".") == pattern.count(".") \
+                and name.split(".", 1)[1] == pattern[2:]:
+            return True
+    return False
+
+
+# =========================================================================== renewal decisions (pure)
+
+
+@dataclass(frozen=True)
+class CertDecision:
+    action: str  # "order" (none yet), "renew", "keep"
+    reason: str
+
+
+def renewal_due(not_after: dt.datetime, now: dt.datetime, days: int = RENEW_DAYS) -> bool:
+    """Renew when the certificate expires within ``days`` days (or already has)."""
+    return not_after - now <= dt.timedelta(days=days)
+
+
+def decide(cert: CertInfo | None, names: Sequence[str], now: dt.datetime,
+           days: int = RENEW_DAYS) -> CertDecision:
+    """Whether a certificate for ``names`` must be ordered, renewed or kept."""
+    if cert is None:
+        return CertDecision("order", "no certificate installed")
+    missing = [n for n in names if not name_covered(n, cert.names)]
+    if missing:
+        return CertDecision("renew", f"does not cover {', '.join(missing)}")
+    if cert.not_after <= now:
+        return CertDecision("renew", f"expired on {cert.not_after:%Y-%m-%d}")
+    if renewal_due(cert.not_after, now, days):
+        return CertDecision("renew", f"expires in {cert.days_left(now):.0f} days "
+                                     f"(renewing within {days})")
+    return CertDecision("keep", f"valid until {cert.not_after:%Y-%m-%d} "
+                                f"({cert.days_left(now):.0f} days left)")
+
+
+# =========================================================================== what to order (pure)
+
+
+@dataclass(frozen=True)
+class Install:
+    """Where one certificate goes on one host."""
+
+    host: str
+    fullchain: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class CertTarget:
+    """One certificate to have: its names, how it is validated, where it is installed."""
+
+    key: str  # agency slug, or "wildcard.<zone>"
+    names: tuple[str, ...]
+    challenge: str  # "http-01" or "dns-01"
+    installs: tuple[Install, ...]
+    agencies: tuple[str, ...]
+
+
+def wildcard_key(zone: str) -> str:
+    return f"wildcard.{zone}"
+
+
+def cert_targets(inventory: Inventory, agencies: Sequence[Agency]) -> list[CertTarget]:
+    """The certificates the hosted ``agencies`` need in the inventory's TLS mode."""
+    hosted = [a for a in agencies if a.hosted]
+    settings = inventory.settings
+    if settings.tls_mode == "dns-01-wildcard":
+        if not hosted:
+            return []
+        installs = {}
+        for agency in hosted:
+            host = inventory.hosts[agency.host]
+            paths = site.cert_paths(agency, host, settings)
+            installs[host.name] = Install(host.name, paths.fullchain, paths.key)
+        return [CertTarget(key=wildcard_key(settings.zone),
+                           names=(f"*.{settings.zone}", settings.zone), challenge="dns-01",
+                           installs=tuple(installs[h] for h in sorted(installs)),
+                           agencies=tuple(a.slug for a in hosted))]
+    targets = []
+    for agency in hosted:
+        host = inventory.hosts[agency.host]
+        paths = site.cert_paths(agency, host, settings)
+        targets.append(CertTarget(key=agency.slug, names=(agency.fqdn,), challenge="http-01",
+                                  installs=(Install(host.name, paths.fullchain, paths.key),),
+                                  agencies=(agency.slug,)))
+    return targets
+
+
+# =========================================================================== controller records
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    """What the controller remembers of an issued certificate (no key material)."""
+
+    key: str
+    names: tuple[str, ...]
+    serial: str  # hex
+    not_before: str  # ISO 8601, UTC
+    not_after: str
+    issuer: str
+    hosts: tuple[str, ...]
+    agencies: tuple[str, ...]
+    issued_at: str
+    directory: str
+
+    @property
+    def not_after_time(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.not_after)
+
+
+def records_dir(state_dir: Path) -> Path:
+    return state_dir / "certs"
+
+
+def make_record(target: CertTarget, info: CertInfo, directory: str,
+                now: dt.datetime) -> CertRecord:
+    return CertRecord(key=target.key, names=info.names, serial=info.serial_hex,
+                      not_before=info.not_before.isoformat(), not_after=info.not_after.isoformat(),
+                      issuer=info.issuer, hosts=tuple(i.host for i in target.installs),
+                      agencies=target.agencies, issued_at=now.isoformat(timespec="seconds"),
+                      directory=directory)
+
+
+def write_record(state_dir: Path, record: CertRecord) -> Path:
+    folder = records_dir(state_dir)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"{record.key}.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_records(state_dir: Path) -> list[CertRecord]:
+    """Every record, by key; unreadable files are reported, not skipped silently."""
+    records = []
+    for path in sorted(records_dir(state_dir).glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            records.append(CertRecord(**{**data, "names": tuple(data["names"]),
+                                         "hosts": tuple(data["hosts"]),
+                                         "agencies": tuple(data["agencies"])}))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise ProvisionerError(f"{path}: not a certificate record ({exc})",
+                                   hint="delete it; 'provisioner renew' writes it again") \
+                from None
+    return records
+
+
+# =========================================================================== keys
+
+
+def new_private_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create a 0600 file (mode set before any byte is written)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as handle:
+        handle.write(data)
+    tmp.replace(path)
+
+
+# =========================================================================== ACME account
+
+
+class AcmeAccount:
+    """The ACME account: an ECDSA P-256 key in ``<state_dir>/acme/account.pem`` (0600)
+    plus its registration, and a fresh client per thread (acme's client is sync and
+    keeps per-connection nonces)."""
+
+    def __init__(self, settings: Settings, state_dir: Path):
+        self.acme = settings.acme
+        self.dir = state_dir / "acme"
+        self.key_file = self.dir / "account.pem"
+        self.registration_file = self.dir / "registration.json"
+        self._jwk: jose.JWKEC | None = None
+        self._directory: messages.Directory | None = None
+        self._regr: messages.RegistrationResource | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def directory_url(self) -> str:
+        return self.acme.directory
+
+    @property
+    def jwk(self) -> jose.JWKEC:
+        if self._jwk is None:
+            if not self.key_file.exists():
+                _write_secret(self.key_file, key_pem(new_private_key()))
+            mode = self.key_file.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise AcmeError(self.directory_url, f"account key {self.key_file} is readable "
+                                                    f"by others (mode {mode:04o})",
+                                hint=f"chmod 600 {self.key_file}")
+            key = serialization.load_pem_private_key(self.key_file.read_bytes(), password=None)
+            self._jwk = jose.JWKEC(key=key)
+        return self._jwk
+
+    def _network(self) -> acme_client.ClientNetwork:
+        verify: Any = str(self.acme.ca_bundle) if self.acme.ca_bundle else True
+        return acme_client.ClientNetwork(self.jwk, account=self._regr, alg=jose.ES256,
+                                         verify_ssl=verify, user_agent=USER_AGENT)
+
+    def client(self) -> acme_client.ClientV2:
+        """A registered client of its own for the calling thread."""
+        with self._lock:
+            if self._regr is None:
+                self._register()
+        return acme_client.ClientV2(self._directory, self._network())
+
+    def _register(self) -> None:
+        """Find or create the account (idempotent: an existing key gets its account back)."""
+        with acme_call(self.directory_url):
+            net = self._network()
+            self._directory = acme_client.ClientV2.get_directory(self.directory_url, net)
+            client = acme_client.ClientV2(self._directory, net)
+            registration = messages.NewRegistration.from_data(
+                email=self.acme.contact.removeprefix("mailto:"), terms_of_service_agreed=True)
+            try:
+                regr = client.new_account(registration)
+            except acme_errors.ConflictError as exc:
+                regr = messages.RegistrationResource(uri=exc.location, body=registration)
+        self._regr = regr
+        self.registration_file.write_text(json.dumps(
+            {"directory": self.directory_url, "uri": regr.uri,
+             "contact": list(regr.body.contact)}, indent=2) + "\n")
+        self.registration_file.chmod(0o600)
+
+
+class acme_call:
+    """Context manager: every acme/requests failure becomes an ``AcmeError`` naming the target."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, ProvisionerError):
+            return False
+        if isinstance(exc, messages.Error):
+            raise AcmeError(self.target, f"the CA refused: {exc.detail or exc.code} "
+                                         f"({exc.typ})") from None
+        if isinstance(exc, acme_errors.ValidationError):
+            raise AcmeError(self.target, f"validation failed: {validation_problems(exc)}") \
+                from None
+        if isinstance(exc, acme_errors.Error):
+            raise AcmeError(self.target, f"{type(exc).__name__}: {exc}") from None
+        if isinstance(exc, requests.exceptions.SSLError):
+            raise AcmeError(self.target, f"cannot verify the ACME API's certificate: {exc}",
+                            hint="set acme_ca_bundle to the CA of the ACME API (lab: Pebble's)") \
+                from None
+        if isinstance(exc, (requests.exceptions.RequestException, OSError)):
+            raise AcmeError(self.target, f"cannot reach the ACME API: {exc}") from None
+        return False
+
+
+def validation_problems(exc: acme_errors.ValidationError) -> str:
+    found = []
+    for authzr in exc.failed_authzrs:
+        for chall in authzr.body.challenges:
+            if chall.error is not None:
+                found.append(f"{authzr.body.identifier.value}: {chall.error.detail or chall.error}")
+    return "; ".join(found) or "the CA gave no detail"
+
+
+# =========================================================================== guardrails
+
+
+def addresses_at(dns: DnsClient, server: Nameserver, name: str, rdtype: str) -> tuple[str, ...]:
+    """What one authoritative server answers for name (following in-zone CNAMEs)."""
+    for _ in range(CNAME_DEPTH):
+        answer = dns.query(server, name, rdtype)
+        if answer.rrset is not None:
+            return answer.rrset.values
+        alias = dns.query(server, name, "CNAME")
+        if alias.rrset is None:
+            return ()
+        name = alias.rrset.values[0].rstrip(".")
+    raise DNSError(server.name, name, "CNAME chain too long")
+
+
+def dns_problem(dns: DnsClient, name: str, host: Host) -> str | None:
+    """None when every authoritative server points ``name`` at ``host`` (IPv4 and IPv6)."""
+    wanted = {"A": (host.public_ipv4,), "AAAA": (host.public_ipv6,) if host.public_ipv6 else ()}
+    try:
+        servers = dns.authoritative_servers()
+        for server in servers:
+            for rdtype, expected in wanted.items():
+                got = addresses_at(dns, server, name, rdtype)
+                if tuple(sorted(got)) != tuple(sorted(expected)):
+                    shown = ", ".join(got) or "nothing"
+                    return (f"{server.name} answers {rdtype} {shown} for {name}, expected "
+                            f"{', '.join(expected) or 'nothing'} (host {host.name})")
+    except DNSError as exc:
+        return f"cannot check DNS: {exc}"
+    return None
+
+
+def http_problem(address: str, name: str, token: str, content: bytes) -> str | None:
+    """Fetch the probe file from the host's address with the agency's Host header (never
+    via the system resolver) and compare its content; None when it matches."""
+    host = f"[{address}]" if ":" in address else address
+    url = f"http://{host}/.well-known/acme-challenge/{token}"
+    try:
+        response = httpx.get(url, headers={"Host": name}, timeout=HTTP_PROBE_TIMEOUT,
+                             follow_redirects=False)
+    except httpx.HTTPError as exc:
+        return f"cannot fetch http://{name}/.well-known/acme-challenge/ from {address}: {exc}"
+    if response.status_code != 200:
+        return (f"http://{name}/.well-known/acme-challenge/ on {address} answered "
+                f"{response.status_code}, not the probe file (is the vhost deployed?)")
+    if response.content != content:
+        return f"http://{name}/.well-known/acme-challenge/ on {address} served other content"
+    return None
+
+
+# =========================================================================== issuing
+
+
+@dataclass(frozen=True)
+class Issued:
+    target: CertTarget
+    fullchain: bytes
+    key: bytes = field(repr=False)
+    info: CertInfo
+
+
+@dataclass(frozen=True)
+class CertResult:
+    key: str
+    status: str  # changed, ok, failed
+    reason: str
+    info: CertInfo | None = None
+    target: CertTarget | None = None
+
+    def outcomes(self) -> list[Outcome]:
+        agencies = self.target.agencies if self.target else (self.key,)
+        detail = self.reason if self.info is None else \
+            f"{self.reason} (serial {self.info.serial_hex}, until {self.info.not_after:%Y-%m-%d})"
+        return [Outcome(slug, "tls", self.status, detail) for slug in agencies]
+
+
+@dataclass
+class _Order:
+    """One order in flight: its own client, the challenges it answers."""
+
+    target: CertTarget
+    client: acme_client.ClientV2
+    key: ec.EllipticCurvePrivateKey
+    order: messages.OrderResource
+    # (challenge, response, validation, identifier) per authorization
+    challenges: list[tuple[messages.ChallengeBody, Any, str, str]]
+
+
+class Issuer:
+    """Orders, validates and installs certificates for many targets at once.
+
+    ``hosts``: connected ``HostClient`` per host name (challenge files, installs);
+    ``dns``: the zone's ``DnsClient`` (guardrail queries, DNS-01 TXT records).
+    """
+
+    def __init__(self, inventory: Inventory, hosts: Mapping[str, HostClient], dns: DnsClient,
+                 account: AcmeAccount | None = None):
+        self.inventory = inventory
+        self.hosts = hosts
+        self.dns = dns
+        self.account = account or AcmeAccount(inventory.settings, inventory.state_dir)
+
+    # ------------------------------------------------------------------ guardrails
+
+    def guard(self, targets: Sequence[CertTarget]) -> dict[str, str]:
+        """Pre-order checks; target key -> problem for every target that must not be ordered."""
+        problems: dict[str, str] = {}
+        http = [t for t in targets if t.challenge == "http-01"]
+        for target in http:
+            host = self.inventory.hosts[target.installs[0].host]
+            problem = dns_problem(self.dns, target.names[0], host)
+            if problem:
+                problems[target.key] = problem
+        problems.update(self._probe_http([t for t in http if t.key not in problems]))
+        if any(t.challenge == "dns-01" for t in targets):
+            try:
+                self.dns.check_update_access()
+            except DNSError as exc:
+                problems.update({t.key: f"cannot publish TXT records: {exc}"
+                                 for t in targets if t.challenge == "dns-01"})
+        return problems
+
+    def _probe_http(self, targets: Sequence[CertTarget]) -> dict[str, str]:
+        """Place one random file per target (one write per host), fetch each back, remove."""
+        probes = {t.key: (secrets.token_urlsafe(24), secrets.token_bytes(16).hex().encode())
+                  for t in targets}
+        files = self._challenge_files({t: [probes[t.key]] for t in targets})
+        self._place(files)
+        try:
+            def check(target: CertTarget) -> str | None:
+                host = self.inventory.hosts[target.installs[0].host]
+                token, content = probes[target.key]
+                return http_problem(host.public_ipv4, target.names[0], token, content)
+            found = _parallel(check, targets)
+        finally:
+            self._remove(files)
+        return {t.key: problem for t, problem in zip(targets, found) if problem}
+
+    # ------------------------------------------------------------------ orders
+
+    def issue(self, targets: Sequence[CertTarget]) -> tuple[list[Issued], dict[str, str]]:
+        """Guard, order, validate and finalize concurrently: (issued, key -> problem)."""
+        problems = self.guard(targets)
+        wanted = [t for t in targets if t.key not in problems]
+        orders, failed = _split(_parallel(self._start_order, wanted), wanted)
+        problems.update(failed)
+        files = self._challenge_files({o.target: [(c[0].chall.encode("token"), c[2].encode())
+                                                  for c in o.challenges]
+                                       for o in orders if o.target.challenge == "http-01"})
+        txt = [o for o in orders if o.target.challenge == "dns-01"]
+        try:
+            self._place(files)
+            problems.update(self._publish_txt(txt))
+            ready = [o for o in orders if o.target.key not in problems]
+            issued, failed = _split(_parallel(self._finish_order, ready),
+                                    [o.target for o in ready])
+            problems.update(failed)
+        finally:
+            self._remove(files)
+            self._withdraw_txt(txt)
+        return issued, problems
+
+    def _start_order(self, target: CertTarget) -> _Order:
+        client = self.account.client()
+        key = new_private_key()
+        with acme_call(", ".join(target.names)):
+            csr = crypto_util.make_csr(key_pem(key), list(target.names))
+            order = client.new_order(csr)
+            wanted = challenges.HTTP01 if target.challenge == "http-01" else challenges.DNS01
+            found = []
+            for authz in order.authorizations:
+                challb = next((c for c in authz.body.challenges if isinstance(c.chall, wanted)),
+                              None)
+                if challb is None:
+                    raise AcmeError(authz.body.identifier.value,
+                                    f"the CA offers no {target.challenge} challenge")
+                response, validation = challb.response_and_validation(self.account.jwk)
+                found.append((challb, response, validation, authz.body.identifier.value))
+        return _Order(target, client, key, order, found)
+
+    def _finish_order(self, order: _Order) -> Issued:
+        client, target = order.client, order.target
+        deadline = time.monotonic() + ORDER_TIMEOUT
+        with acme_call(", ".join(target.names)):
+            for challb, response, _validation, _name in order.challenges:
+                client.answer_challenge(challb, response)
+            for authzr in order.order.authorizations:
+                final = _poll(lambda a=authzr: client.poll(a)[0],
+                              lambda a: a.body.status not in (messages.STATUS_PENDING,
+                                                              messages.STATUS_PROCESSING),
+                              deadline)
+                if final.body.status != messages.STATUS_VALID:
+                    raise acme_errors.ValidationError([final])
+            fullchain = self._finalize(client, order.order, deadline)
+        info = cert_info(fullchain)
+        return Issued(target=target, fullchain=fullchain, key=key_pem(order.key), info=info)
+
+    @staticmethod
+    def _finalize(client: acme_client.ClientV2, order: messages.OrderResource,
+                  deadline: float) -> bytes:
+        """Finalize and download, polling fast (the library's own poll waits a whole second)."""
+        order = client.begin_finalization(order)
+        nonce_url = client.directory["newNonce"]
+
+        def fetch() -> messages.Order:
+            return messages.Order.from_json(
+                client.net.post(order.uri, None, new_nonce_url=nonce_url).json())
+
+        body = _poll(fetch, lambda b: b.status in (messages.STATUS_VALID, messages.STATUS_INVALID),
+                     deadline)
+        if body.status == messages.STATUS_INVALID or body.certificate is None:
+            raise acme_errors.IssuanceError(body.error or messages.Error(detail="order invalid"))
+        return client.net.post(body.certificate, None, new_nonce_url=nonce_url).text.encode()
+
+    # ------------------------------------------------------------------ challenge files and records
+
+    def _challenge_files(self, tokens: Mapping[CertTarget, list[tuple[str, bytes]]]
+                         ) -> dict[str, list[RemoteFile]]:
+        """Host -> files to place in its challenge webroot."""
+        files: dict[str, list[RemoteFile]] = {}
+        for target, pairs in tokens.items():
+            host = self.inventory.hosts[target.installs[0].host]
+            folder = site.acme_challenge_dir(host)
+            files.setdefault(host.name, []).extend(
+                RemoteFile(folder / token, content, 0o644, host.acme_webroot)
+                for token, content in pairs)
+        return files
+
+    def _place(self, files: Mapping[str, list[RemoteFile]]) -> None:
+        for host, host_files in files.items():
+            self.hosts[host].write_files(host_files)
+
+    def _remove(self, files: Mapping[str, list[RemoteFile]]) -> None:
+        for host, host_files in files.items():
+            try:
+                self.hosts[host].remove_files(f.path for f in host_files)
+            except HostError:
+                pass  # a token left behind is harmless; the next run overwrites or ignores it
+
+    def _txt_values(self, orders: Sequence[_Order]) -> dict[str, tuple[str, ...]]:
+        """Validation name -> TXT values (a wildcard + apex order needs two at one name)."""
+        values: dict[str, list[str]] = {}
+        for order in orders:
+            for challb, _response, validation, name in order.challenges:
+                values.setdefault(challb.chall.validation_domain_name(name), []).append(
+                    f'"{validation}"')
+        return {name: tuple(sorted(v)) for name, v in values.items()}
+
+    def _publish_txt(self, orders: Sequence[_Order]) -> dict[str, str]:
+        """One signed update for every TXT record, then wait until every server serves it."""
+        if not orders:
+            return {}
+        values = self._txt_values(orders)
+        ttl = 60
+        batch = UpdateBatch(self.inventory.settings.zone, (), tuple(
+            Operation("replace", name, "TXT", ttl, v) for name, v in values.items()))
+        try:
+            self.dns.update(batch)
+            serial = self.dns.soa_serial()
+            self.dns.wait_for_propagation(
+                [Expectation(name, "TXT", v) for name, v in values.items()], serial)
+        except DNSError as exc:
+            return {o.target.key: f"cannot publish the DNS-01 TXT records: {exc}" for o in orders}
+        return {}
+
+    def _withdraw_txt(self, orders: Sequence[_Order]) -> None:
+        if not orders:
+            return
+        batch = UpdateBatch(self.inventory.settings.zone, (), tuple(
+            Operation("delete", name, "TXT") for name in self._txt_values(orders)))
+        try:
+            self.dns.update(batch)
+        except DNSError:
+            pass  # a stale challenge TXT is harmless; the next order replaces it
+
+    # ------------------------------------------------------------------ install
+
+    def install(self, issued: Sequence[Issued]) -> dict[str, str]:
+        """Write key (0600) and chain of every certificate, one write per host; no reload.
+
+        Returns target key -> problem for the installs that failed."""
+        per_host: dict[str, list[tuple[str, RemoteFile]]] = {}
+        for item in issued:
+            for place in item.target.installs:
+                root = self.inventory.hosts[place.host].tls_dir
+                per_host.setdefault(place.host, []).extend([
+                    (item.target.key, RemoteFile(place.key, item.key, 0o600, root)),
+                    (item.target.key, RemoteFile(place.fullchain, item.fullchain, 0o644, root)),
+                ])
+        problems = {}
+        for host, entries in per_host.items():
+            try:
+                self.hosts[host].write_files([f for _key, f in entries])
+            except HostError as exc:
+                problems.update({key: f"install on {host} failed: {exc}" for key, _f in entries})
+        return problems
+
+    def obtain(self, targets: Sequence[CertTarget], now: dt.datetime | None = None
+               ) -> list[CertResult]:
+        """Issue and install every target and record it on the controller (no reload:
+        the caller reloads each host once, then checks ``served_serial``)."""
+        issued, problems = self.issue(targets)
+        problems.update(self.install([i for i in issued if i.target.key not in problems]))
+        now = now or dt.datetime.now(dt.timezone.utc)
+        results = []
+        for target in targets:
+            item = next((i for i in issued if i.target.key == target.key), None)
+            if target.key in problems or item is None:
+                results.append(CertResult(target.key, "failed",
+                                          problems.get(target.key, "not issued"), None, target))
+                continue
+            write_record(self.inventory.state_dir,
+                         make_record(target, item.info, self.account.directory_url, now))
+            results.append(CertResult(target.key, "changed", "issued and installed", item.info,
+                                      target))
+        return results
+
+
+# =========================================================================== served certificate
+
+
+def served_serial(address: str, port: int, sni: str, timeout: float = 5.0) -> int:
+    """Serial of the certificate a server presents for ``sni`` (no trust check: compared)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=sni) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise HostError(f"{address}:{port}", f"TLS handshake for {sni} failed: {exc}") from None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def served_problems(inventory: Inventory, results: Sequence[CertResult]) -> dict[str, str]:
+    """For every issued result: does each of its agencies' sites serve the new serial?"""
+    problems = {}
+    for result in results:
+        if result.status != "changed" or result.info is None or result.target is None:
+            continue
+        for slug in result.target.agencies:
+            agency = inventory.agencies[slug]
+            host = inventory.hosts[agency.host]
+            try:
+                serial = served_serial(host.public_ipv4, 443, agency.fqdn)
+            except HostError as exc:
+                problems[slug] = str(exc)
+                continue
+            if serial != result.info.serial:
+                problems[slug] = (f"{agency.fqdn} on {host.name} serves serial {serial:x}, "
+                                  f"not the new {result.info.serial_hex}")
+    return problems
+
+
+# =========================================================================== helpers
+
+
+def _poll(fetch: Callable[[], T], done: Callable[[T], bool], deadline: float) -> T:
+    delay = POLL_FIRST
+    while True:
+        value = fetch()
+        if done(value):
+            return value
+        if time.monotonic() + delay > deadline:
+            raise acme_errors.TimeoutError()
+        time.sleep(delay)
+        delay = min(delay * 2, POLL_MAX)
+
+
+def _parallel(func: Callable[[Any], T], items: Sequence[Any]) -> list[T | ProvisionerError]:
+    """``func`` over items in threads; a ProvisionerError is returned in its place."""
+    def safe(item: Any) -> T | ProvisionerError:
+        try:
+            return func(item)
+        except ProvisionerError as exc:
+            return exc
+
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(items), MAX_PARALLEL_ORDERS)) as pool:
+        return list(pool.map(safe, items))
+
+
+def _split(values: Sequence[Any], targets: Sequence[CertTarget]) -> tuple[list[Any], dict[str, str]]:
+    """(successful values, target key -> problem) from ``_parallel``'s output."""
+    good, problems = [], {}
+    for target, value in zip(targets, values):
+        if isinstance(value, ProvisionerError):
+            problems[target.key] = str(value)
+        else:
+            good.append(value)
+    return good, problems

@@ -1,0 +1,342 @@
+"""The host-side module's transaction logic against a real nginx in a tmp dir.
+
+The module (playbooks/library/provisioner_vhosts.py) is imported and its core
+function ``apply_bundle`` called directly, with bundles built by
+provisioner.ansible.bundle_bytes, against a real nginx master started here on a
+loopback address of this run's prefix (PROVISIONER_TEST_NET) and a free port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from provisioner import site
+from provisioner.ansible import SiteBundle, bundle_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "provisioner_vhosts", REPO / "playbooks" / "library" / "provisioner_vhosts.py")
+module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(module)
+
+ADDRESS = os.environ.get("PROVISIONER_TEST_NET", "127.0.8") + ".250"
+NGINX = "/usr/sbin/nginx"
+
+
+class CountingNginx(module.Nginx):
+    """The real nginx wrapper, counting reloads (every call still runs nginx)."""
+
+    reloads = 0
+
+    def reload(self):
+        self.reloads += 1
+        return super().reload()
+
+
+class Host:
+    """A real nginx master with its own config, sites dir and web root in tmp_path."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.web_root = root / "www"
+        self.sites_dir = root / "nginx" / "sites"
+        self.rejected_dir = root / "nginx" / "rejected"
+        self.main_config = root / "nginx" / "nginx.conf"
+        self.port = _free_port()
+        for d in (self.web_root, self.sites_dir, root / "tmp"):
+            d.mkdir(parents=True)
+        self.main_config.write_text(f"""
+user root;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/tmp/body;
+    proxy_temp_path {root}/tmp/proxy;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    include {self.sites_dir}/*.conf;
+}}
+""")
+        subprocess.run([NGINX, "-c", str(self.main_config), "-e", str(root / "error.log")],
+                       check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([NGINX, "-c", str(self.main_config), "-s", "quit"], capture_output=True)
+
+    def nginx(self) -> CountingNginx:
+        return CountingNginx(NGINX, str(self.main_config))
+
+    def vhost(self, slug: str, extra: str = "") -> bytes:
+        return (f"server {{\n    listen {ADDRESS}:{self.port};\n    server_name {slug}.test;\n"
+                f"    root {self.web_root / slug};\n{extra}}}\n").encode()
+
+    def bundle(self, slug: str, files: dict[str, bytes], vhost: bytes | None = None) -> SiteBundle:
+        files = dict(files)
+        files[site.MANIFEST_PATH] = _manifest(slug, files)
+        return SiteBundle(slug=slug, host="test", site_dir=self.web_root / slug,
+                          vhost_path=self.sites_dir / f"{slug}.conf",
+                          vhost=vhost if vhost is not None else self.vhost(slug), files=files)
+
+    def apply(self, bundles: list[SiteBundle], nginx: CountingNginx | None = None) -> dict:
+        path = self.root / "bundle.tar.gz"
+        path.write_bytes(bundle_bytes(bundles))
+        return module.apply_bundle(str(path), str(self.web_root), str(self.sites_dir),
+                                   str(self.rejected_dir), nginx or self.nginx(), now=0)
+
+    def get(self, slug: str, path: str = "index.html") -> httpx.Response:
+        return httpx.get(f"http://{ADDRESS}:{self.port}/{path}", headers={"Host": f"{slug}.test"},
+                         timeout=5)
+
+    def serves(self, slug: str, content: bytes, path: str = "index.html") -> bool:
+        """Wait (reload is asynchronous) until the site answers with ``content``."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                response = self.get(slug, path)
+                if response.status_code == 200 and response.content == content:
+                    return True
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _manifest(slug: str, files: dict[str, bytes]) -> bytes:
+    return json.dumps({"schema": site.MANIFEST_SCHEMA, "agency": slug,
+                       "files": {p: hashlib.sha256(d).hexdigest()
+                                 for p, d in sorted(files.items())}}).encode()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((ADDRESS, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def host(tmp_path: Path):
+    h = Host(tmp_path)
+    yield h
+    h.stop()
+
+
+def page(slug: str, version: int = 1) -> dict[str, bytes]:
+    return {"index.html": f"<h1>{slug} v{version}</h1>".encode(),
+            "layanan/a.html": f"{slug} layanan v{version}".encode()}
+
+
+BROKEN = "    bogus_directive on;\n"
+
+
+# --------------------------------------------------------------------------- transaction
+
+def test_a_good_batch_is_applied_with_one_reload(host: Host):
+    nginx = host.nginx()
+    result = host.apply([host.bundle(s, page(s)) for s in ("a", "b", "c")], nginx)
+
+    assert nginx.reloads == 1 and result["reloaded"]
+    assert {s: r["status"] for s, r in result["agencies"].items()} == \
+        {"a": "changed", "b": "changed", "c": "changed"}
+    assert all(r["vhost"] == "created" for r in result["agencies"].values())
+    for slug in ("a", "b", "c"):
+        assert host.serves(slug, page(slug)["index.html"])
+        assert (host.web_root / slug / site.MANIFEST_PATH).exists()
+
+
+def test_a_second_identical_run_changes_nothing_and_does_not_reload(host: Host):
+    bundles = [host.bundle(s, page(s)) for s in ("a", "b")]
+    host.apply(bundles)
+    nginx = host.nginx()
+    result = host.apply(bundles, nginx)
+
+    assert nginx.reloads == 0 and nginx.tests == 0 and not result["reloaded"]
+    assert {r["status"] for r in result["agencies"].values()} == {"ok"}
+    assert all(r["vhost"] == "unchanged" and r["files"]["unchanged"] == 3
+               for r in result["agencies"].values())
+
+
+def test_one_bad_vhost_is_rejected_and_the_others_go_live_with_one_reload(host: Host):
+    host.apply([host.bundle("old", page("old"))])
+    assert host.serves("old", page("old")["index.html"])
+    nginx = host.nginx()
+    bundles = [host.bundle(s, page(s)) for s in ("a", "b", "d", "e")]
+    bundles.insert(2, host.bundle("c", page("c"), host.vhost("c", BROKEN)))
+    result = host.apply(bundles, nginx)
+
+    statuses = {s: r["status"] for s, r in result["agencies"].items()}
+    assert statuses == {"a": "changed", "b": "changed", "c": "failed", "d": "changed",
+                        "e": "changed"}
+    bad = result["agencies"]["c"]
+    assert bad["vhost"] == "rejected" and "bogus_directive" in bad["reason"]
+    assert not (host.sites_dir / "c.conf").exists()
+    assert Path(bad["rejected_file"]).read_bytes() == host.vhost("c", BROKEN)
+    assert Path(bad["rejected_file"]).parent == host.rejected_dir
+    assert nginx.reloads == 1
+    for slug in ("old", "a", "b", "d", "e"):
+        assert host.serves(slug, page(slug)["index.html"])
+    assert subprocess.run([NGINX, "-t", "-c", str(host.main_config)],
+                          capture_output=True).returncode == 0
+
+
+def test_several_bad_vhosts_are_all_found(host: Host):
+    bundles = [host.bundle(s, page(s), host.vhost(s, BROKEN if s in "bdg" else ""))
+               for s in "abcdefgh"]
+    nginx = host.nginx()
+    result = host.apply(bundles, nginx)
+
+    failed = sorted(s for s, r in result["agencies"].items() if r["status"] == "failed")
+    assert failed == ["b", "d", "g"]
+    assert nginx.reloads == 1
+    assert sorted(p.stem for p in host.sites_dir.glob("*.conf")) == list("acefh")
+
+
+def test_a_bad_update_restores_the_previous_vhost_which_keeps_serving(host: Host):
+    host.apply([host.bundle("a", page("a")), host.bundle("b", page("b"))])
+    before = (host.sites_dir / "a.conf").read_bytes()
+    nginx = host.nginx()
+    result = host.apply([host.bundle("a", page("a", 2), host.vhost("a", BROKEN)),
+                         host.bundle("b", page("b", 2), host.vhost("b", "    index index.html;\n"))],
+                        nginx)
+
+    assert result["agencies"]["a"]["status"] == "failed"
+    assert (host.sites_dir / "a.conf").read_bytes() == before
+    assert result["agencies"]["b"]["status"] == "changed"
+    assert nginx.reloads == 1
+    assert host.serves("a", page("a", 2)["index.html"])  # new files under the old vhost
+    assert host.serves("b", page("b", 2)["index.html"])
+
+
+def test_only_bad_vhosts_means_no_reload(host: Host):
+    nginx = host.nginx()
+    result = host.apply([host.bundle("a", page("a"), host.vhost("a", BROKEN))], nginx)
+
+    assert result["agencies"]["a"]["status"] == "failed"
+    assert nginx.reloads == 0 and not result["reloaded"]
+    assert list(host.sites_dir.iterdir()) == []
+
+
+def test_a_config_broken_before_the_run_rejects_without_touching_anything(host: Host):
+    (host.sites_dir / "someone-else.conf").write_text("server { nonsense; }\n")
+    nginx = host.nginx()
+    result = host.apply([host.bundle("a", page("a"))], nginx)
+
+    assert result["agencies"]["a"]["status"] == "failed"
+    assert "invalid before this change" in result["agencies"]["a"]["reason"]
+    assert nginx.reloads == 0
+    assert sorted(p.name for p in host.sites_dir.iterdir()) == ["someone-else.conf"]
+
+
+# --------------------------------------------------------------------------- site files
+
+def test_files_the_agency_edited_are_kept_and_reported(host: Host):
+    host.apply([host.bundle("a", page("a"))])
+    edited = b"<h1>our own page</h1>"
+    (host.web_root / "a" / "index.html").write_bytes(edited)
+    result = host.apply([host.bundle("a", page("a", 2))])
+
+    files = result["agencies"]["a"]["files"]
+    assert files["kept_edited"] == ["index.html"]
+    assert files["updated"] == ["layanan/a.html", site.MANIFEST_PATH]  # the manifest last
+    assert (host.web_root / "a" / "index.html").read_bytes() == edited
+    # Still kept on the next run: the edit is remembered through the manifest.
+    again = host.apply([host.bundle("a", page("a", 3))])
+    assert again["agencies"]["a"]["files"]["kept_edited"] == ["index.html"]
+
+
+def test_files_no_longer_generated_are_removed_unless_edited(host: Host):
+    files = {**page("a"), "old.html": b"old", "edited-old.html": b"x"}
+    host.apply([host.bundle("a", files)])
+    (host.web_root / "a" / "edited-old.html").write_bytes(b"changed by the agency")
+    result = host.apply([host.bundle("a", page("a"))])
+
+    report = result["agencies"]["a"]["files"]
+    assert report["removed"] == ["old.html"]
+    assert report["kept_edited"] == ["edited-old.html"]
+    assert not (host.web_root / "a" / "old.html").exists()
+
+
+def test_a_site_folder_outside_the_web_root_is_refused(host: Host):
+    bundle = host.bundle("a", page("a"))
+    outside = SiteBundle(slug="a", host="test", site_dir=host.root / "elsewhere",
+                         vhost_path=bundle.vhost_path, vhost=bundle.vhost, files=bundle.files)
+    with pytest.raises(ValueError, match="not inside"):
+        host.apply([outside])
+    assert not (host.root / "elsewhere").exists()
+
+
+def test_a_symlinked_subfolder_cannot_redirect_writes(host: Host, tmp_path: Path):
+    host.apply([host.bundle("a", page("a"))])
+    target = tmp_path / "target"
+    target.mkdir()
+    (host.web_root / "a" / "layanan" / "a.html").unlink()
+    (host.web_root / "a" / "layanan").rmdir()
+    (host.web_root / "a" / "layanan").symlink_to(target)
+    result = host.apply([host.bundle("a", page("a", 2))])
+
+    assert result["agencies"]["a"]["status"] == "failed"
+    assert list(target.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- same rules as site.py
+
+H = {name: hashlib.sha256(name.encode()).hexdigest() for name in ("v1", "v2", "edit")}
+M = site.MANIFEST_PATH
+
+PLAN_CASES = [
+    # rendered, deployed manifest, current on host
+    ({"a": "v1"}, None, {}),
+    ({"a": "v1"}, None, {"a": "v1"}),
+    ({"a": "v2"}, None, {"a": "v1"}),
+    ({"a": "v2"}, {"a": "v1"}, {"a": "v1"}),
+    ({"a": "v2"}, {"a": "v1"}, {"a": "edit"}),
+    ({"a": "v2"}, {"a": "v1"}, {}),
+    ({}, {"a": "v1"}, {"a": "v1"}),
+    ({}, {"a": "v1"}, {"a": "edit"}),
+    ({}, {"a": "v1"}, {}),
+    ({M: "v2"}, {M: "v1"}, {M: "edit"}),
+]
+
+
+def _site_plan(rendered, deployed, current):
+    changes = site.plan_site_files({p: v.encode() for p, v in rendered.items()},
+                                   {p: H[v] for p, v in deployed.items()} if deployed else None,
+                                   {p: H[v] for p, v in current.items()})
+    return {c.path: (c.action, c.reason) for c in changes}
+
+
+def _module_plan(rendered, deployed, current):
+    return module.plan_site_files({p: H[v] for p, v in rendered.items()},
+                                  {p: H[v] for p, v in deployed.items()} if deployed else None,
+                                  {p: H[v] for p, v in current.items()}, M)
+
+
+@pytest.mark.parametrize("rendered,deployed,current", PLAN_CASES)
+def test_the_module_decides_files_exactly_as_site_py(rendered, deployed, current):
+    assert _module_plan(rendered, deployed, current) == _site_plan(rendered, deployed, current)
+
+
+versions = st.sampled_from(sorted(H))
+paths = st.sampled_from(["a", "b", M])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(paths, versions), st.none() | st.dictionaries(paths, versions),
+       st.dictionaries(paths, versions))
+def test_the_module_and_site_py_agree_on_any_input(rendered, deployed, current):
+    assert _module_plan(rendered, deployed, current) == _site_plan(rendered, deployed, current)
