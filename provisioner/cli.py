@@ -22,7 +22,10 @@ from rich.table import Table
 from . import csvimport, registry, scaffold
 from . import site
 from .errors import InputError, NotBuiltError, ProvisionerError
-from .models import Inventory
+from .errors import UsageError
+from . import dnsops
+from .models import Agency, Inventory
+from .plan import OUTCOME_COLUMNS, ROW_COLUMNS
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -283,19 +286,68 @@ def lab_reset(ctx: typer.Context,
 
 # --------------------------------------------------------------------------- main jobs
 
+ALL_AGENCIES_HELP = ("Every agency in the inventory; records owned for offboarded or removed "
+                     "agencies are planned for deletion.")
+
+
+def _dns_selection(inv: Inventory, slugs: list[str] | None, all_: bool) -> list[Agency] | None:
+    """The named agencies, or None for the whole zone (--all)."""
+    if all_ and slugs:
+        raise UsageError("give agency names or --all, not both")
+    if not all_ and not slugs:
+        raise UsageError("name at least one agency, or pass --all",
+                         hint="run 'provisioner registry list' to see the slugs")
+    return None if all_ else inv.select(slugs)
+
+
+def _show_dns_plan(dns_plan: dnsops.DnsPlan) -> None:
+    table(list(ROW_COLUMNS), dns_plan.plan.rows(dns_plan.zone),
+          title=f"DNS plan for zone {dns_plan.zone} (serial {dns_plan.serial}); names "
+                "relative to the zone")
+    counts = ", ".join(f"{n} {action}" for action, n in dns_plan.plan.counts().items())
+    console.print(f"{counts}; {dns_plan.owned_records} records owned by this inventory",
+                  markup=False)
+    if dns_plan.safety:
+        console.print(f"safety gate: apply would refuse: {dns_plan.safety} (--force passes)",
+                      markup=False)
+
+
+def _show_dns_result(result: dnsops.DnsResult) -> None:
+    table(list(OUTCOME_COLUMNS), [o.row() for o in result.outcomes], title="DNS step")
+    if result.propagation:
+        for sync in result.propagation.servers:
+            lag = sync.error or ", ".join(sync.lagging)
+            state = "in sync" if sync.in_sync else f"lagging: {lag}"
+            console.print(f"{sync.server} ({sync.address}): serial {sync.serial}, {state}",
+                          markup=False)
+    console.print(f"{result.update_messages} update message(s) sent"
+                  + (f"; zone serial now {result.serial}" if result.serial else ""), markup=False)
+
+
 @app.command("plan")
 @handles_errors
 def plan(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
-         all_: bool = typer.Option(False, "--all", help="Every active agency."),
+         all_: bool = typer.Option(False, "--all", help=ALL_AGENCIES_HELP),
          fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
-    """Show what onboarding would change (DNS records, files, certificates), changing nothing."""
-    not_built("plan", 4)
+    """Show what onboarding would change, changing nothing.
+
+    Today: the DNS records, read from the primary by a signed zone transfer. Each
+    agency's records are listed as create / update / delete / conflict / noop with
+    old and new values. A conflict is a name in use that this inventory does not
+    own; 'onboard --force' adopts it.
+    """
+    inv = ctx.obj.inventory()
+    dns_plan = dnsops.plan_dns(inv, _dns_selection(inv, agencies, all_))
+    if fmt is Format.json:
+        emit_json(dns_plan.to_dict())
+        return
+    _show_dns_plan(dns_plan)
 
 
 @app.command("onboard")
 @handles_errors
 def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
-            all_: bool = typer.Option(False, "--all", help="Every active agency."),
+            all_: bool = typer.Option(False, "--all", help=ALL_AGENCIES_HELP),
             dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop."),
             yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
             force: bool = typer.Option(False, "--force",
@@ -303,8 +355,39 @@ def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metav
             only: Optional[str] = typer.Option(None, "--only",
                                                help="Run one step: dns, web, tls or verify."),
             fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
-    """Give agencies their DNS record, vhost, starter site and certificate, then verify."""
-    not_built("onboard", 6)
+    """Give agencies their DNS record, vhost, starter site and certificate, then verify.
+
+    Built so far: the DNS step (--only dns). It checks that the TSIG key may update
+    the zone, shows the plan, asks before applying (unless --yes), sends every change
+    as one signed update guarded by prerequisites, then waits until every
+    authoritative nameserver serves it. Exit 1 when any agency failed.
+    """
+    if only != "dns":
+        raise NotBuiltError("only 'provisioner onboard --only dns' is built yet; the web, tls "
+                            "and verify steps come later; nothing was done")
+    if fmt is Format.json and not (yes or dry_run):
+        raise UsageError("--format json cannot ask for confirmation",
+                         hint="add --yes or --dry-run")
+    inv = ctx.obj.inventory()
+    dns_plan = dnsops.plan_dns(inv, _dns_selection(inv, agencies, all_), force=force,
+                               preflight=True)
+    if fmt is Format.table:
+        _show_dns_plan(dns_plan)
+    if dry_run:
+        if fmt is Format.json:
+            emit_json({"plan": dns_plan.to_dict(), "result": None})
+        return
+    if dns_plan.plan.has_changes and not yes and \
+            not typer.confirm(f"Apply these DNS changes to {dns_plan.zone}?", default=False):
+        err_console.print("aborted: nothing was changed")
+        raise typer.Exit(1)
+    result = dnsops.apply_dns(inv, dns_plan, force=force)
+    if fmt is Format.json:
+        emit_json({"plan": dns_plan.to_dict(), "result": result.to_dict()})
+    else:
+        _show_dns_result(result)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 @app.command("render")

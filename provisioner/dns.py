@@ -1,0 +1,598 @@
+"""All DNS traffic of the toolkit: queries, zone transfers and RFC 2136 updates with TSIG.
+
+One client (``DnsClient``) talks to the zone's servers; everything it returns is
+plain data (``RRset``, ``ZoneState``, ``Answer``, ``PropagationReport``) so planning
+stays pure. Every dnspython or socket failure leaves this module as ``DNSError``
+naming the server and the DNS name. The TSIG secret is read from a 0600 file owned
+by the running user, kept out of every repr and message, and handed to dnspython
+only while a message is signed.
+
+Queries always go out with recursion off (RD=0): the toolkit asks each
+authoritative server what *it* serves. ``aquery`` is the asyncio twin of ``query``
+(same message, same parsing) for checks that fan out over many names and servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+import re
+import stat
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+import dns.serial
+import dns.tsig
+import dns.update
+import dns.xfr
+import dns.zone
+
+from .errors import DNSError, InputError, Problem
+from .models import Nameserver, Settings
+
+DEFAULT_TIMEOUT = 3.0  # seconds for one query, update or transfer read
+DEFAULT_PROPAGATION_TIMEOUT = 10.0
+PROPAGATION_INTERVAL = 0.2
+DEFAULT_ALGORITHM = "hmac-sha256"
+ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1",
+              "hmac-md5")
+PREREQUISITE_FAILURES = ("YXDOMAIN", "YXRRSET", "NXDOMAIN", "NXRRSET")
+MAX_PARALLEL_QUERIES = 64
+
+
+# =========================================================================== TSIG key file
+
+@dataclass(frozen=True)
+class TsigKey:
+    name: str
+    algorithm: str
+    secret: str = field(repr=False)  # base64, never printed
+
+    def dnspython_key(self) -> dns.tsig.Key:
+        """A dnspython key for signing one message (its repr shows the secret: don't keep it)."""
+        return dns.tsig.Key(self.name, self.secret, self.algorithm)
+
+
+_TOKEN_RE = re.compile(
+    r'(?P<space>\s+)|(?P<comment>/\*.*?\*/|(?://|#)[^\n]*)'
+    r'|"(?P<quoted>[^"\\\n]*)"|(?P<word>[A-Za-z0-9._+=-]+)|(?P<punct>[{};])',
+    re.S,
+)
+_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+
+
+@dataclass(frozen=True)
+class _Token:
+    text: str
+    kind: str  # "word", "quoted" or "punct"
+    line: int
+
+
+def _tokens(text: str, path: Path) -> list[_Token]:
+    tokens, pos, line = [], 0, 1
+    while pos < len(text):
+        match = _TOKEN_RE.match(text, pos)
+        if not match:
+            raise _key_error(path, line, "unexpected character")
+        kind = match.lastgroup
+        if kind in ("word", "quoted", "punct"):
+            tokens.append(_Token(match.group(kind), kind, line))
+        line += match.group(0).count("\n")
+        pos = match.end()
+    return tokens
+
+
+KEY_FORMAT_HINT = 'expected: key "NAME" { algorithm hmac-sha256; secret "BASE64"; };'
+
+
+def _key_error(path: Path, line: int | None, message: str) -> InputError:
+    return InputError([Problem(path, line, "tsig_key_file", message, KEY_FORMAT_HINT)])
+
+
+def parse_tsig_key(text: str, path: Path) -> TsigKey:
+    """Parse a BIND key file holding exactly one key. Messages never quote the file's text."""
+    tokens = _tokens(text, path)
+    if not tokens:
+        raise _key_error(path, None, "the file holds no key")
+    key, rest = _parse_key_block(tokens, path)
+    if rest:
+        raise _key_error(path, rest[0].line, "more than one statement; the file must hold one key")
+    return key
+
+
+def _parse_key_block(tokens: list[_Token], path: Path) -> tuple[TsigKey, list[_Token]]:
+    def expect(i: int, what: str, ok: bool) -> None:
+        if not ok:
+            line = tokens[i].line if i < len(tokens) else tokens[-1].line
+            raise _key_error(path, line, f"expected {what}")
+
+    expect(0, "'key'", tokens[0].kind == "word" and tokens[0].text == "key")
+    expect(1, "the key name", len(tokens) > 1 and tokens[1].kind in ("word", "quoted")
+           and bool(_KEY_NAME_RE.match(tokens[1].text)))
+    expect(2, "'{'", len(tokens) > 2 and tokens[2].text == "{")
+    values: dict[str, _Token] = {}
+    i = 3
+    while i < len(tokens) and tokens[i].text != "}":
+        keyword = tokens[i]
+        expect(i, "'algorithm' or 'secret'",
+               keyword.kind == "word" and keyword.text in ("algorithm", "secret"))
+        expect(i + 1, f"a value after '{keyword.text}'",
+               i + 1 < len(tokens) and tokens[i + 1].kind in ("word", "quoted"))
+        expect(i + 2, f"';' after the {keyword.text} value",
+               i + 2 < len(tokens) and tokens[i + 2].text == ";")
+        if keyword.text in values:
+            raise _key_error(path, keyword.line, f"'{keyword.text}' is given twice")
+        values[keyword.text] = tokens[i + 1]
+        i += 3
+    expect(i, "'}' closing the key", i < len(tokens))
+    expect(i + 1, "';' after '}'", i + 1 < len(tokens) and tokens[i + 1].text == ";")
+    return _key_from(tokens[1].text, values, tokens[1].line, path), tokens[i + 2:]
+
+
+def _key_from(name: str, values: dict[str, _Token], line: int, path: Path) -> TsigKey:
+    algorithm = values["algorithm"].text.lower() if "algorithm" in values else DEFAULT_ALGORITHM
+    if algorithm not in ALGORITHMS:
+        raise _key_error(path, values["algorithm"].line,
+                         f"unsupported algorithm; use one of {', '.join(ALGORITHMS)}")
+    secret = values.get("secret")
+    if secret is None:
+        raise _key_error(path, line, "the key has no secret")
+    try:
+        decoded = base64.b64decode(secret.text, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if not decoded:
+        raise _key_error(path, secret.line, "the secret is not valid, non-empty base64")
+    return TsigKey(name=name, algorithm=algorithm, secret=secret.text)
+
+
+def load_tsig_key(path: Path) -> TsigKey:
+    """Read the key file; refuse one that others could read or that another user owns."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise InputError([Problem(path, None, "tsig_key_file", "file not found",
+                                  "run 'provisioner lab up' (lab) or create it with tsig-keygen, "
+                                  "mode 0600")]) from None
+    except OSError as exc:
+        raise InputError([Problem(path, None, "tsig_key_file",
+                                  f"cannot open: {exc.strerror}")]) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        _check_key_file(path, info)
+        raw = handle.read()
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise _key_error(path, None, "not a text file") from None
+    return parse_tsig_key(text, path)
+
+
+def _check_key_file(path: Path, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError([Problem(path, None, "tsig_key_file", "not a regular file")])
+    if info.st_uid != os.geteuid():
+        raise InputError([Problem(path, None, "tsig_key_file",
+                                  f"owned by uid {info.st_uid}, not by the user running "
+                                  f"provisioner (uid {os.geteuid()})",
+                                  f"chown the file to uid {os.geteuid()}")])
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise InputError([Problem(path, None, "tsig_key_file",
+                                  f"readable or writable by group or others (mode {mode:04o})",
+                                  f"run: chmod 600 {path}")])
+
+
+# =========================================================================== records as data
+
+@dataclass(frozen=True)
+class RRset:
+    """One record set's TTL and values (rdata text, sorted, canonical case)."""
+
+    ttl: int
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ZoneState:
+    """What a server serves for a zone: name (lowercase, no final dot) -> type -> RRset."""
+
+    zone: str
+    serial: int
+    records: Mapping[str, Mapping[str, RRset]]
+
+    def at(self, name: str) -> Mapping[str, RRset]:
+        return self.records.get(name.lower().rstrip("."), {})
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """An RFC 2136 prerequisite: "equals" (the rrset is exactly ``values``), "rrset-absent"
+    or "name-absent"."""
+
+    condition: str
+    name: str
+    rdtype: str = ""
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Operation:
+    """An update operation: "replace" an rrset with values, or "delete" it."""
+
+    action: str
+    name: str
+    rdtype: str
+    ttl: int = 0
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpdateBatch:
+    zone: str
+    prerequisites: tuple[Prerequisite, ...]
+    operations: tuple[Operation, ...]
+
+
+@dataclass(frozen=True)
+class Answer:
+    server: str
+    name: str
+    rdtype: str
+    rcode: str
+    rrset: RRset | None  # the rrset of exactly (name, rdtype); None when absent
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What every authoritative server must serve after an update (no values: nothing)."""
+
+    name: str
+    rdtype: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServerSync:
+    server: str
+    address: str
+    serial: int | None
+    in_sync: bool
+    lagging: tuple[str, ...] = ()  # what this server does not serve yet
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"server": self.server, "address": self.address, "serial": self.serial,
+                "in_sync": self.in_sync, "lagging": list(self.lagging), "error": self.error}
+
+
+@dataclass(frozen=True)
+class PropagationReport:
+    serial: int
+    servers: tuple[ServerSync, ...]
+    seconds: float
+
+    @property
+    def in_sync(self) -> bool:
+        return all(s.in_sync for s in self.servers)
+
+    def lagging(self) -> list[ServerSync]:
+        return [s for s in self.servers if not s.in_sync]
+
+    def summary(self) -> str:
+        return "; ".join(_lag_text(s) for s in self.lagging()) or "every server in sync"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"serial": self.serial, "in_sync": self.in_sync, "seconds": self.seconds,
+                "servers": [s.to_dict() for s in self.servers]}
+
+
+def _lag_text(sync: ServerSync) -> str:
+    if sync.error:
+        return f"{sync.server}: {sync.error}"
+    return f"{sync.server}: " + ", ".join(sync.lagging)
+
+
+class PropagationTimeout(DNSError):
+    """The bound was hit before every authoritative server served the update."""
+
+    def __init__(self, zone: str, report: PropagationReport):
+        names = ", ".join(s.server for s in report.lagging())
+        super().__init__(names, zone, f"not in sync {report.seconds:.1f} s after the update "
+                                      f"({report.summary()})",
+                         hint="check the secondary's transfer from the primary (NOTIFY, "
+                              "allow-transfer, logs); re-run to check again")
+        self.report = report
+
+
+def normalize_name(name: str | dns.name.Name) -> str:
+    return str(name).lower().rstrip(".")
+
+
+def rdata_text(rdtype: str, rdata: Any) -> str:
+    """Canonical text of one rdata: names lowercased and absolute, as the planner writes them."""
+    text = rdata.to_text()
+    return text.lower() if rdtype in ("CNAME", "NS", "PTR") else text
+
+
+def rrset_from(rdataset: dns.rdataset.Rdataset) -> RRset:
+    rdtype = dns.rdatatype.to_text(rdataset.rdtype)
+    return RRset(rdataset.ttl, tuple(sorted(rdata_text(rdtype, rd) for rd in rdataset)))
+
+
+# =========================================================================== the client
+
+def _absolute(name: str) -> dns.name.Name:
+    return dns.name.from_text(name.rstrip(".") + ".")
+
+
+def server_label(server: Nameserver) -> str:
+    port = "" if server.port == 53 else f":{server.port}"
+    return f"{server.name}@{server.address}{port}"
+
+
+class DnsClient:
+    """Queries, transfers and signed updates for the inventory's zone.
+
+    ``sent`` counts the messages sent by kind ("query", "transfer", "update",
+    "preflight"), so callers and tests can see that a batch was one update.
+    """
+
+    def __init__(self, settings: Settings, timeout: float = DEFAULT_TIMEOUT):
+        self.settings = settings
+        self.zone = settings.zone
+        self.primary = settings.primary
+        self.timeout = timeout
+        self.sent: Counter[str] = Counter()
+        self._key: TsigKey | None = None
+
+    # ------------------------------------------------------------------ key
+
+    @property
+    def key(self) -> TsigKey:
+        """The TSIG key, read on first use (queries need none)."""
+        if self._key is None:
+            self._key = load_tsig_key(self.settings.tsig_key_file)
+        return self._key
+
+    @property
+    def key_name(self) -> str:
+        return self.key.name
+
+    @contextmanager
+    def _errors(self, server: Nameserver, name: str) -> Iterator[None]:
+        """Turn dnspython and socket failures into one DNSError naming server and name."""
+        label = server_label(server)
+        try:
+            yield
+        except DNSError:
+            raise
+        except dns.exception.Timeout:
+            raise DNSError(label, name, f"no answer within {self.timeout:g} s",
+                           hint="is the server running and reachable?") from None
+        except ConnectionRefusedError:
+            raise DNSError(label, name, "connection refused",
+                           hint="is the server running? check its address in "
+                                "group_vars/all.yml") from None
+        except dns.tsig.PeerBadKey:
+            raise DNSError(label, name, f"the server does not know TSIG key "
+                                        f"{self.key.name!r} (BADKEY)",
+                           hint="check that tsig_key_file holds the key named in the "
+                                "server's configuration") from None
+        except dns.tsig.PeerBadSignature:
+            raise DNSError(label, name, f"the server rejected the signature of TSIG key "
+                                        f"{self.key.name!r} (BADSIG: wrong secret?)",
+                           hint="check that tsig_key_file holds the secret the server "
+                                "has for this key") from None
+        except dns.tsig.PeerBadTime:
+            raise DNSError(label, name, "the server rejected the TSIG time (BADTIME)",
+                           hint="check the clocks of this machine and the server") from None
+        except dns.xfr.TransferError as exc:
+            raise DNSError(label, name, f"zone transfer refused for TSIG key "
+                                        f"{self.key.name!r} ({dns.rcode.to_text(exc.rcode)})",
+                           hint="allow the key in the zone's allow-transfer") from None
+        except OSError as exc:
+            raise DNSError(label, name, f"network error: {exc.strerror or exc}") from None
+        except dns.exception.DNSException as exc:
+            raise DNSError(label, name, f"{type(exc).__name__}: {exc}") from None
+
+    # ------------------------------------------------------------------ queries
+
+    def _query_message(self, name: str, rdtype: str) -> dns.message.QueryMessage:
+        query = dns.message.make_query(_absolute(name), rdtype)
+        query.flags &= ~dns.flags.RD
+        return query
+
+    def _answer(self, server: Nameserver, name: str, rdtype: str,
+                response: dns.message.Message) -> Answer:
+        rcode = dns.rcode.to_text(response.rcode())
+        if rcode not in ("NOERROR", "NXDOMAIN"):
+            raise DNSError(server_label(server), name, f"query for {rdtype} answered {rcode}")
+        if not response.flags & dns.flags.AA:
+            raise DNSError(server_label(server), name, "the answer is not authoritative",
+                           hint=f"is this server authoritative for {self.zone}?")
+        wanted = _absolute(name)
+        found = next((rrset_from(r) for r in response.answer
+                      if r.name == wanted and dns.rdatatype.to_text(r.rdtype) == rdtype), None)
+        return Answer(server_label(server), normalize_name(name), rdtype, rcode, found)
+
+    def query(self, server: Nameserver, name: str, rdtype: str) -> Answer:
+        """Ask one server, recursion off, what it serves for (name, rdtype)."""
+        with self._errors(server, name):
+            self.sent["query"] += 1
+            response, _ = dns.query.udp_with_fallback(
+                self._query_message(name, rdtype), server.address, timeout=self.timeout,
+                port=server.port)
+            return self._answer(server, name, rdtype, response)
+
+    async def aquery(self, server: Nameserver, name: str, rdtype: str) -> Answer:
+        """The asyncio form of ``query`` (for fan-out over many names and servers)."""
+        with self._errors(server, name):
+            self.sent["query"] += 1
+            response, _ = await dns.asyncquery.udp_with_fallback(
+                self._query_message(name, rdtype), server.address, timeout=self.timeout,
+                port=server.port)
+            return self._answer(server, name, rdtype, response)
+
+    def soa_serial(self, server: Nameserver | None = None) -> int:
+        server = server or self.primary
+        answer = self.query(server, self.zone, "SOA")
+        if answer.rrset is None:
+            raise DNSError(server_label(server), self.zone, "no SOA record: not serving the zone")
+        return int(answer.rrset.values[0].split()[2])
+
+    def authoritative_servers(self) -> tuple[Nameserver, ...]:
+        """The zone's NS set at the primary, with addresses from the settings or the glue."""
+        answer = self.query(self.primary, self.zone, "NS")
+        if answer.rrset is None:
+            raise DNSError(server_label(self.primary), self.zone, "the zone has no NS records")
+        known = {normalize_name(ns.name): ns for ns in self.settings.nameservers}
+        servers = []
+        for target in (normalize_name(v) for v in answer.rrset.values):
+            servers.append(known.get(target) or self._from_glue(target))
+        return tuple(servers)
+
+    def _from_glue(self, target: str) -> Nameserver:
+        glue = self.query(self.primary, target, "A")
+        if glue.rrset is None:
+            raise DNSError(server_label(self.primary), target,
+                           "no address for this nameserver of the zone",
+                           hint="add it to 'nameservers' in group_vars/all.yml")
+        return Nameserver(name=target, address=glue.rrset.values[0])
+
+    # ------------------------------------------------------------------ transfer and update
+
+    def transfer(self) -> ZoneState:
+        """AXFR the zone from the primary, signed with the key."""
+        zone = dns.zone.Zone(_absolute(self.zone), relativize=False)
+        with self._errors(self.primary, self.zone):
+            query, _ = dns.xfr.make_query(zone)
+            query.use_tsig(self.key.dnspython_key())
+            self.sent["transfer"] += 1
+            dns.query.inbound_xfr(self.primary.address, zone, query=query,
+                                  port=self.primary.port, timeout=self.timeout,
+                                  lifetime=self.timeout * 10)
+            soa = zone.get_soa()
+        records: dict[str, dict[str, RRset]] = {}
+        for name, rdataset in zone.iterate_rdatasets():
+            records.setdefault(normalize_name(name), {})[
+                dns.rdatatype.to_text(rdataset.rdtype)] = rrset_from(rdataset)
+        return ZoneState(self.zone, soa.serial, records)
+
+    def check_update_access(self) -> None:
+        """Preflight: an empty signed update (BIND answers NOERROR and changes nothing)."""
+        self._send_update(dns.update.UpdateMessage(_absolute(self.zone)), "preflight")
+
+    def update(self, batch: UpdateBatch) -> None:
+        """Send the whole batch as one signed update; prerequisites make it all-or-nothing."""
+        self._send_update(update_message(batch), "update")
+
+    def _send_update(self, message: dns.update.UpdateMessage, kind: str) -> None:
+        with self._errors(self.primary, self.zone):
+            message.use_tsig(self.key.dnspython_key())
+            self.sent[kind] += 1
+            response = dns.query.tcp(message, self.primary.address, timeout=self.timeout,
+                                     port=self.primary.port)
+        rcode = dns.rcode.to_text(response.rcode())
+        if rcode == "NOERROR":
+            return
+        label = server_label(self.primary)
+        if rcode in PREREQUISITE_FAILURES:
+            raise DNSError(label, self.zone, f"records changed since the plan ({rcode}); "
+                                             "nothing was changed",
+                           hint="run 'provisioner plan' again and review the new plan")
+        if rcode == "REFUSED":
+            raise DNSError(label, self.zone, f"TSIG key {self.key.name!r} may not update "
+                                             "the zone (REFUSED)",
+                           hint="allow the key in the zone's allow-update / update-policy")
+        raise DNSError(label, self.zone, f"update failed ({rcode})")
+
+    # ------------------------------------------------------------------ propagation
+
+    def wait_for_propagation(self, expectations: Sequence[Expectation], serial: int, *,
+                             servers: Sequence[Nameserver] | None = None,
+                             timeout: float = DEFAULT_PROPAGATION_TIMEOUT,
+                             interval: float = PROPAGATION_INTERVAL) -> PropagationReport:
+        """Poll every authoritative server until it serves ``serial`` and the expected records.
+
+        Returns the per-server report; raises PropagationTimeout (naming the lagging
+        servers) when ``timeout`` seconds pass first.
+        """
+        servers = tuple(servers or self.authoritative_servers())
+        started = time.monotonic()
+        while True:
+            syncs = asyncio.run(self._check_servers(servers, expectations, serial))
+            report = PropagationReport(serial, syncs, round(time.monotonic() - started, 3))
+            if report.in_sync:
+                return report
+            if time.monotonic() - started + interval > timeout:
+                raise PropagationTimeout(self.zone, report)
+            time.sleep(interval)
+
+    async def _check_servers(self, servers: Sequence[Nameserver],
+                             expectations: Sequence[Expectation],
+                             serial: int) -> tuple[ServerSync, ...]:
+        limit = asyncio.Semaphore(MAX_PARALLEL_QUERIES)
+        return tuple(await asyncio.gather(
+            *(self._check_server(s, expectations, serial, limit) for s in servers)))
+
+    async def _check_server(self, server: Nameserver, expectations: Sequence[Expectation],
+                            serial: int, limit: asyncio.Semaphore) -> ServerSync:
+        async def ask(name: str, rdtype: str) -> Answer:
+            async with limit:
+                return await self.aquery(server, name, rdtype)
+
+        label = f"{server.address}:{server.port}"
+        try:
+            soa = await ask(self.zone, "SOA")
+            served = int(soa.rrset.values[0].split()[2]) if soa.rrset else None
+            if served is None or dns.serial.Serial(served) < dns.serial.Serial(serial):
+                return ServerSync(server.name, label, served, False,
+                                  (f"serial {served} < {serial}",))
+            answers = await asyncio.gather(*(ask(e.name, e.rdtype) for e in expectations))
+        except DNSError as exc:
+            return ServerSync(server.name, label, None, False, error=exc.message)
+        lagging = tuple(f"{e.name} {e.rdtype}" for e, a in zip(expectations, answers)
+                        if (a.rrset.values if a.rrset else ()) != e.values)
+        return ServerSync(server.name, label, served, not lagging, lagging)
+
+
+def update_message(batch: UpdateBatch) -> dns.update.UpdateMessage:
+    """The RFC 2136 message for a batch (unsigned): prerequisites, then operations in order."""
+    message = dns.update.UpdateMessage(_absolute(batch.zone))
+    for pre in batch.prerequisites:
+        name = _absolute(pre.name)
+        if pre.condition == "equals":
+            message.present(name, dns.rdataset.from_text(dns.rdataclass.IN, pre.rdtype, 0,
+                                                         *pre.values))
+        elif pre.condition == "rrset-absent":
+            message.absent(name, pre.rdtype)
+        elif pre.condition == "name-absent":
+            message.absent(name)
+        else:
+            raise ValueError(f"unknown prerequisite {pre.condition!r}")
+    for op in batch.operations:
+        if op.action == "delete":
+            message.delete(_absolute(op.name), op.rdtype)
+        elif op.action == "replace":
+            message.replace(_absolute(op.name), op.ttl, op.rdtype, *op.values)
+        else:
+            raise ValueError(f"unknown operation {op.action!r}")
+    return message
