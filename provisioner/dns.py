@@ -372,10 +372,6 @@ class DnsClient:
             self._key = load_tsig_key(self.settings.tsig_key_file)
         return self._key
 
-    @property
-    def key_name(self) -> str:
-        return self.key.name
-
     @contextmanager
     def _errors(self, server: Nameserver, name: str) -> Iterator[None]:
         """Turn dnspython and socket failures into one DNSError naming server and name."""
@@ -408,6 +404,10 @@ class DnsClient:
             raise DNSError(label, name, f"zone transfer refused for TSIG key "
                                         f"{self.key.name!r} ({dns.rcode.to_text(exc.rcode)})",
                            hint="allow the key in the zone's allow-transfer") from None
+        except dns.exception.TooBig:
+            raise DNSError(label, name, "the update does not fit in one DNS message (64 KiB, "
+                                        "about 300 agencies)",
+                           hint="apply the agencies in smaller groups by naming them") from None
         except OSError as exc:
             raise DNSError(label, name, f"network error: {exc.strerror or exc}") from None
         except dns.exception.DNSException as exc:

@@ -11,7 +11,7 @@ from provisioner import dnsplan
 from provisioner.dns import (Expectation, Operation, Prerequisite, RRset, ZoneState,
                              update_message)
 from provisioner.dnsplan import DesiredName
-from provisioner.plan import Change, Plan
+from provisioner.plan import Change, Outcome, Plan
 from provisioner.registry import load_inventory
 
 ZONE = "paserkab.go.id"
@@ -300,3 +300,27 @@ def test_creates_and_noops_do_not_count_for_the_gate():
     plan = Plan(tuple(Change(f"a{i}", "dns", "create", f"a{i}.{ZONE}", "A", (), (WEB1,))
                       for i in range(30)))
     assert dnsplan.safety_problem(plan, 10, 0.3) is None
+
+
+# --------------------------------------------------------------------------- the generic plan
+
+def test_plans_of_several_kinds_combine_and_count():
+    dns_part = dnsplan.plan_changes([want(A=rr(WEB2))], zone(owned(A=rr(WEB1))), ID, 300)
+    vhost = Plan((Change("dinkes", "vhost", "create", "dinkes.conf", new=("server_name ...",)),))
+    plan = dns_part + vhost
+    assert plan.counts() == {"create": 1, "update": 1, "delete": 0, "conflict": 0, "noop": 1}
+    assert plan.has_changes and not plan.has_conflicts and plan.agencies() == ["dinkes"]
+    assert len(plan.of_kind("vhost")) == 1 and plan.of_kind("dns").changes == dns_part.changes
+    assert plan.rows(ZONE)[0] == ["dinkes", "dns", "update", "dinkes", "A", WEB1, WEB2,
+                                  "values differ"]
+    assert plan.to_dict()["changes"][0]["name"] == NAME  # JSON keeps the full name
+    assert not Plan(tuple(c for c in plan if c.action == "noop")).has_changes
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Change("dinkes", "dns", "adopt", NAME),
+    lambda: Outcome("dinkes", "dns", "done"),
+])
+def test_unknown_actions_and_statuses_are_refused(make):
+    with pytest.raises(ValueError):
+        make()
