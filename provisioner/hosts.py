@@ -5,11 +5,12 @@ inventory's ``known_hosts_file`` only, with paramiko's ``RejectPolicy``: an unkn
 or changed key is an error, never accepted. Every paramiko or socket error becomes
 an ``errors.HostError`` naming the host.
 
-Each operation is ONE round trip: the host-side half of provisioner
-(``playbooks/library/provisioner_vhosts.py``, also the Ansible module, standard
-library only) is sent to the host's python3 on stdin with one request and prints
-one JSON answer. Payloads (including certificate keys) travel on stdin inside the
-SSH channel: never on a command line, never in a log. Files are written atomically
+Each operation is ONE round trip: on the first call the host-side half of
+provisioner (``playbooks/library/provisioner_vhosts.py``, also the Ansible module,
+standard library only) is sent to the host's python3 on stdin and stays running
+for the connection; every operation is then one JSON line each way, so no SSH
+session is set up per operation. Payloads (including certificate keys) travel on
+stdin inside the SSH channel: never on a command line, never in a log. Files are written atomically
 with their final mode set before any byte lands, so a key is 0600 from the start;
 that is why keys go this way and not through Ansible (no extravars, no runner
 artifacts to scrub).
@@ -21,6 +22,7 @@ import base64
 import json
 import shlex
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -34,9 +36,11 @@ from .models import Agency, Host, Settings
 PLAYBOOK_DIR = Path(__file__).resolve().parent.parent / "playbooks"
 HOST_AGENT = PLAYBOOK_DIR / "library" / "provisioner_vhosts.py"
 REMOTE_PYTHON = "/usr/bin/python3"
-# Runs the agent source read from stdin under a name that is not __main__ (so the
-# Ansible entry point stays idle), then the request line appended to it.
-_BOOTSTRAP = "import sys; ns = {'__name__': 'provisioner_agent'}; exec(sys.stdin.read(), ns)"
+# Reads the agent's source (length-prefixed) from stdin, runs it under a name that is
+# not __main__ (so the Ansible entry point stays idle), then serves request lines.
+_BOOTSTRAP = ("import sys; size = int(sys.stdin.buffer.readline()); "
+              "ns = {'__name__': 'provisioner_agent'}; "
+              "exec(sys.stdin.buffer.read(size).decode(), ns); ns['serve_forever']()")
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 120.0
 MIN_FREE_BYTES = 100 * 1024 * 1024
@@ -127,6 +131,9 @@ class HostClient:
         self.known_hosts_file = Path(known_hosts_file)
         self.timeout = timeout
         self._client: paramiko.SSHClient | None = None
+        self._agent: paramiko.Channel | None = None
+        self._answers: Any = None
+        self._lock = threading.Lock()  # one request/answer pair at a time on the agent
 
     def __enter__(self) -> HostClient:
         self.connect()
@@ -146,10 +153,13 @@ class HostClient:
                 from None
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
+            sock = socket.create_connection((self.host.ssh_address, self.host.ssh_port),
+                                            timeout=self.timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small requests
             client.connect(self.host.ssh_address, port=self.host.ssh_port,
                            username=self.host.ssh_user, key_filename=str(self.host.ssh_key_file),
                            look_for_keys=False, allow_agent=False, timeout=self.timeout,
-                           banner_timeout=self.timeout, auth_timeout=self.timeout)
+                           banner_timeout=self.timeout, auth_timeout=self.timeout, sock=sock)
         except paramiko.BadHostKeyException as exc:
             client.close()
             raise HostError(self.host.name, f"host key of {self._where} CHANGED: expected "
@@ -164,6 +174,9 @@ class HostClient:
         self._client = client
 
     def close(self) -> None:
+        if self._agent is not None:
+            self._agent.close()  # the agent exits at the end of its stdin
+            self._agent = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -184,34 +197,50 @@ class HostClient:
 
     # ------------------------------------------------------------------ one round trip
 
-    def call(self, op: str, **params: Any) -> dict[str, Any]:
-        """Run one operation of the host agent and return its JSON answer."""
+    def _start_agent(self) -> None:
         if self._client is None:
             self.connect()
-        request = json.dumps({"op": op, **params})
-        program = HOST_AGENT.read_text() + f"\nserve({request!r})\n"
         command = f"{REMOTE_PYTHON} -c {shlex.quote(_BOOTSTRAP)}"
         if self.host.ssh_user != "root":
             command = f"sudo -n {command}"
+        source = HOST_AGENT.read_bytes()
         try:
-            stdin, stdout, stderr = self._client.exec_command(command, timeout=COMMAND_TIMEOUT)
-            stdin.write(program.encode())
-            stdin.channel.shutdown_write()
-            out, err = stdout.read(), stderr.read()
-            status = stdout.channel.recv_exit_status()
-        except (paramiko.SSHException, OSError, socket.timeout) as exc:
-            raise self._error(f"'{op}' failed", exc) from None
-        if status != 0:
-            lines = err.decode("utf-8", "replace").strip().splitlines()
-            raise HostError(self.host.name, f"'{op}' failed (exit {status}): "
-                                            f"{lines[-1] if lines else 'no message'}",
-                            hint="sudo must work without a password (sudo -n)"
-                            if "sudo" in err.decode("utf-8", "replace") else None)
-        try:
-            return json.loads(out)
-        except ValueError:
-            raise HostError(self.host.name, f"'{op}' answered something that is not JSON") \
-                from None
+            channel = self._client.get_transport().open_session(timeout=self.timeout)
+            channel.settimeout(COMMAND_TIMEOUT)
+            channel.exec_command(command)
+            channel.sendall(b"%d\n" % len(source) + source)
+        except (paramiko.SSHException, OSError) as exc:
+            raise self._error("cannot start the host agent", exc) from None
+        self._agent, self._answers = channel, channel.makefile("rb")
+
+    def call(self, op: str, **params: Any) -> dict[str, Any]:
+        """Run one operation on the host agent: one JSON line out, one back."""
+        with self._lock:
+            if self._agent is None:
+                self._start_agent()
+            try:
+                self._agent.sendall(json.dumps({"op": op, **params}).encode() + b"\n")
+                line = self._answers.readline()
+            except (paramiko.SSHException, OSError) as exc:
+                self._agent.close()
+                self._agent = None
+                raise self._error(f"'{op}' failed", exc) from None
+            if not line:
+                raise self._agent_died(op)
+        answer = json.loads(line)
+        if "error" in answer:
+            raise HostError(self.host.name, f"'{op}' failed: {answer['error']}")
+        return answer["result"]
+
+    def _agent_died(self, op: str) -> HostError:
+        channel, self._agent = self._agent, None
+        status = channel.recv_exit_status()
+        lines = channel.makefile_stderr("rb").read().decode("utf-8", "replace").strip()
+        last = lines.splitlines()[-1] if lines else "no message"
+        return HostError(self.host.name, f"'{op}' failed: the host agent exited ({status}): "
+                                         f"{last}",
+                         hint="sudo must work without a password (sudo -n)"
+                         if "sudo" in lines else f"is {REMOTE_PYTHON} installed on the host?")
 
     # ------------------------------------------------------------------ operations
 

@@ -22,6 +22,8 @@ with TXT records through dns.py's signed updates.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import http.client
 import json
 import os
 import secrets
@@ -34,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-import httpx
 import josepy as jose
 import requests
 from acme import challenges, client as acme_client, crypto_util, errors as acme_errors, messages
@@ -423,18 +424,20 @@ def dns_problem(dns: DnsClient, name: str, host: Host) -> str | None:
 def http_problem(address: str, name: str, token: str, content: bytes) -> str | None:
     """Fetch the probe file from the host's address with the agency's Host header (never
     via the system resolver) and compare its content; None when it matches."""
-    host = f"[{address}]" if ":" in address else address
-    url = f"http://{host}/.well-known/acme-challenge/{token}"
+    where = f"http://{name}/.well-known/acme-challenge/ on {address}"
+    connection = http.client.HTTPConnection(address, 80, timeout=HTTP_PROBE_TIMEOUT)
     try:
-        response = httpx.get(url, headers={"Host": name}, timeout=HTTP_PROBE_TIMEOUT,
-                             follow_redirects=False)
-    except httpx.HTTPError as exc:
-        return f"cannot fetch http://{name}/.well-known/acme-challenge/ from {address}: {exc}"
-    if response.status_code != 200:
-        return (f"http://{name}/.well-known/acme-challenge/ on {address} answered "
-                f"{response.status_code}, not the probe file (is the vhost deployed?)")
-    if response.content != content:
-        return f"http://{name}/.well-known/acme-challenge/ on {address} served other content"
+        connection.request("GET", f"/.well-known/acme-challenge/{token}", headers={"Host": name})
+        response = connection.getresponse()
+        body = response.read(len(content) + 1)
+    except (OSError, http.client.HTTPException) as exc:
+        return f"cannot fetch {where}: {exc}"
+    finally:
+        connection.close()
+    if response.status != 200:
+        return f"{where} answered {response.status}, not the probe file (is the vhost deployed?)"
+    if body != content:
+        return f"{where} served other content than the probe file"
     return None
 
 
@@ -559,6 +562,8 @@ class Issuer:
             wanted = challenges.HTTP01 if target.challenge == "http-01" else challenges.DNS01
             found = []
             for authz in order.authorizations:
+                if authz.body.status == messages.STATUS_VALID:
+                    continue  # the CA reuses a recent validation of this name: nothing to answer
                 challb = next((c for c in authz.body.challenges if isinstance(c.chall, wanted)),
                               None)
                 if challb is None:
@@ -617,15 +622,16 @@ class Issuer:
         return files
 
     def _place(self, files: Mapping[str, list[RemoteFile]]) -> None:
-        for host, host_files in files.items():
-            self.hosts[host].write_files(host_files)
+        """One write per host, hosts in parallel; the first failure is raised."""
+        for problem in _parallel(lambda host: self.hosts[host].write_files(files[host]),
+                                 list(files)):
+            if isinstance(problem, ProvisionerError):
+                raise problem
 
     def _remove(self, files: Mapping[str, list[RemoteFile]]) -> None:
-        for host, host_files in files.items():
-            try:
-                self.hosts[host].remove_files(f.path for f in host_files)
-            except HostError:
-                pass  # a token left behind is harmless; the next run overwrites or ignores it
+        """Best effort: a token left behind is harmless (random name, no secret)."""
+        _parallel(lambda host: self.hosts[host].remove_files(f.path for f in files[host]),
+                  list(files))
 
     def _txt_values(self, orders: Sequence[_Order]) -> dict[str, tuple[str, ...]]:
         """Validation name -> TXT values (a wildcard + apex order needs two at one name)."""
@@ -709,14 +715,20 @@ class Issuer:
 # =========================================================================== served certificate
 
 
-def served_serial(address: str, port: int, sni: str, timeout: float = 5.0) -> int:
-    """Serial of the certificate a server presents for ``sni`` (no trust check: compared)."""
+@functools.lru_cache(maxsize=1)
+def _compare_only_context() -> ssl.SSLContext:
+    """No trust check: the served serial is compared with the one just issued."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def served_serial(address: str, port: int, sni: str, timeout: float = 5.0) -> int:
+    """Serial of the certificate a server presents for ``sni``."""
     try:
         with socket.create_connection((address, port), timeout=timeout) as raw, \
-                context.wrap_socket(raw, server_hostname=sni) as tls:
+                _compare_only_context().wrap_socket(raw, server_hostname=sni) as tls:
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError) as exc:
         raise HostError(f"{address}:{port}", f"TLS handshake for {sni} failed: {exc}") from None

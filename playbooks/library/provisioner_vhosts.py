@@ -6,8 +6,8 @@ how nginx is tested and reloaded) have one definition:
 
 * Ansible runs it as the module ``provisioner_vhosts`` (``main``): apply a bundle
   of agencies' site files and vhosts as one transaction per host.
-* ``provisioner/hosts.py`` sends it over SSH to ``python3`` and calls ``serve``
-  with one request (facts, preflight, write/remove files, reload nginx).
+* ``provisioner/hosts.py`` sends it over SSH to ``python3`` and runs ``serve_forever``:
+  one request per line (facts, preflight, write/remove files, reload nginx).
 
 Only the standard library is used: the host needs nothing but python3 and nginx.
 
@@ -524,12 +524,19 @@ OPERATIONS = {
 }
 
 
-def serve(request_json):
-    """Entry point for hosts.py: run one operation, print its JSON result on stdout."""
-    request = json.loads(request_json)
-    result = OPERATIONS[request["op"]](request)
-    sys.stdout.write(json.dumps(result))
-    sys.stdout.flush()
+def serve_forever(requests=None, answers=None):
+    """Entry point for hosts.py: one JSON request per line in, one JSON answer per line out,
+    until stdin closes (one agent per SSH connection: no session set-up per operation)."""
+    requests = requests or sys.stdin.buffer
+    answers = answers or sys.stdout.buffer
+    for line in iter(requests.readline, b""):
+        try:
+            request = json.loads(line)
+            answer = {"result": OPERATIONS[request["op"]](request)}
+        except Exception as exc:  # reported to the controller, which raises HostError
+            answer = {"error": "%s: %s" % (type(exc).__name__, exc)}
+        answers.write(json.dumps(answer).encode() + b"\n")
+        answers.flush()
 
 
 # =========================================================================== Ansible

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -76,7 +77,12 @@ http {{
                        check=True, capture_output=True)
 
     def stop(self) -> None:
-        subprocess.run([NGINX, "-c", str(self.main_config), "-s", "quit"], capture_output=True)
+        """Signal the master by its PID file (``nginx -s`` would refuse a broken config)."""
+        pid_file = self.root / "nginx.pid"
+        os.kill(int(pid_file.read_text()), signal.SIGQUIT)
+        deadline = time.monotonic() + 5
+        while pid_file.exists() and time.monotonic() < deadline:  # nginx removes it on exit
+            time.sleep(0.02)
 
     def nginx(self) -> CountingNginx:
         return CountingNginx(NGINX, str(self.main_config))
