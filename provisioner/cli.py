@@ -17,14 +17,25 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import csvimport, registry, scaffold
 from . import site
 from .errors import InputError, NotBuiltError, ProvisionerError
 from .errors import UsageError
 from . import dnsops
+from . import history as history_store
+from . import sweep as sweeping
+from . import verify as verifying
 from .models import Agency, Inventory
+from .report import html as report_html
+from .report import jsonl as report_jsonl
+from .report import junit as report_junit
+from .report import prom as report_prom
+from .report import write_atomic
+from .verify.content import load_rules
 from .plan import OUTCOME_COLUMNS, ROW_COLUMNS
 
 console = Console(highlight=False, soft_wrap=True)
@@ -421,26 +432,175 @@ def render(ctx: typer.Context, agency: str = typer.Argument(..., help="The agenc
           title=f"{agency}: {len(rows)} files written to {output}")
 
 
+class SweepFormat(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    junit = "junit"
+    prom = "prom"
+    html = "html"
+
+
+class Lang(str, Enum):
+    id = "id"
+    en = "en"
+
+
+STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "error": "magenta",
+                "skip": "dim"}
+CA_OPTION = typer.Option([], "--ca", exists=True, dir_okay=False, metavar="FILE",
+                         help="Also trust this CA certificate (PEM); repeatable.")
+TIMEOUT_OPTION = typer.Option(5.0, "--timeout", min=0.1, help="Seconds per network step.")
+
+
+def _verify_inventory(ctx: Context, target: str) -> Inventory | None:
+    """A URL can be verified without an inventory; an agency name needs one."""
+    if "://" in target and not ctx.inventory_dir.exists():
+        return None
+    return ctx.inventory()
+
+
+def _checks_table(result: verifying.AgencyResult) -> None:
+    t = Table(title=f"{result.agency or result.url}: {result.url}")
+    for column in ("check", "status", "detail"):
+        t.add_column(column, overflow="fold")
+    for check in result.checks:
+        t.add_row(check.id, Text(check.status.value, style=STATUS_STYLE[check.status.value]),
+                  Text(check.detail))
+    console.print(t)
+
+
 @app.command("verify")
 @handles_errors
 def verify(ctx: typer.Context, target: str = typer.Argument(..., metavar="AGENCY|URL"),
-           fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
-    """Check one agency site or URL: DNS, HTTP redirect, TLS, HTTPS and publication."""
-    not_built("verify", 7)
+           fmt: Format = typer.Option(Format.table, "--format", "-f"),
+           ca: list[Path] = CA_OPTION, timeout: float = TIMEOUT_OPTION) -> None:
+    """Check one agency site or URL: DNS, HTTP redirect, TLS, HTTPS and publication.
+
+    AGENCY is a slug or name from the inventory; URL is any http(s) URL, an IP address
+    with a port included (its DNS checks are skipped). Names in the inventory's zone are
+    resolved only at the zone's own nameservers. Exit 0 when every check passes
+    (warnings allowed), 1 when any check fails or could not be run.
+    """
+    result = verifying.verify_site(_verify_inventory(ctx.obj, target), target, tuple(ca), timeout)
+    if fmt is Format.json:
+        emit_json(result.to_dict())
+    else:
+        _checks_table(result)
+        publication = result.publication
+        missing = [item for item, ok in publication.components.items() if not ok]
+        cert = result.cert
+        console.print(f"active: {'yes' if result.active else 'no'}; publication score "
+                      f"{publication.score:g} ({publication.band})"
+                      + (f", missing: {', '.join(missing)}" if missing else "")
+                      + (f"; certificate expires {cert.not_after:%Y-%m-%d} ({cert.days_left} days)"
+                         if cert.not_after else ""), markup=False)
+    raise typer.Exit(0 if result.all_pass else 1)
+
+
+def _sweep_with_progress(inv: Inventory, **options: Any) -> sweeping.SweepResult:
+    """Run the sweep, with a progress bar on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        return sweeping.run_sweep(inv, **options)
+    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def advance(done: int, total: int, agency: str) -> None:
+            bar.update(task, completed=done, total=total, description=agency)
+
+        return sweeping.run_sweep(inv, progress=advance, **options)
+
+
+def _render_sweep(result: sweeping.SweepResult, fmt: SweepFormat, inv: Inventory,
+                  lang: Lang) -> str:
+    if fmt is SweepFormat.json:
+        return json.dumps({"started_at": result.started_at.isoformat(timespec="seconds"),
+                           "finished_at": result.finished_at.isoformat(timespec="seconds"),
+                           "scoring_version": result.scoring_version,
+                           "summary": result.summary.to_dict(), "records": list(result.records)},
+                          ensure_ascii=False, indent=2) + "\n"
+    if fmt is SweepFormat.html:
+        trend = history_store.sweep_trend(inv.state_dir)
+        return report_html.render(result, trend, load_rules(), inv.settings.zone, lang.value)
+    renderers = {SweepFormat.jsonl: report_jsonl, SweepFormat.junit: report_junit,
+                 SweepFormat.prom: report_prom}
+    return renderers[fmt].render(result)
+
+
+def _sweep_table(result: sweeping.SweepResult) -> None:
+    t = Table(title=f"sweep of {len(result.records)} agencies")
+    for column in ("agency", "active", "cert days", "score", "reasons"):
+        t.add_column(column, overflow="fold")
+    for record in result.records:
+        active = Text("yes", style="green") if record["active"] else Text("no", style="bold red")
+        days = record["cert"]["days_left"]
+        score = record["publication"]
+        t.add_row(record["agency"] or record["url"], active, "" if days is None else str(days),
+                  f"{score['score']:g} ({score['band']})", Text("; ".join(record["reasons"])))
+    console.print(t)
 
 
 @app.command("sweep")
 @handles_errors
-def sweep(ctx: typer.Context) -> None:
-    """Verify every agency site at once and report the regency's '% active' figure."""
-    not_built("sweep", 7)
+def sweep(ctx: typer.Context,
+          concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, max=2048,
+                                          help="Sites verified at the same time."),
+          per_address: int = typer.Option(8, "--per-address", min=1, max=1024,
+                                          help="Connections at once to one server address."),
+          fmt: SweepFormat = typer.Option(SweepFormat.table, "--format", "-f"),
+          output: Optional[Path] = typer.Option(None, "--output", "-o", dir_okay=False,
+                                                help="Write the report here (atomically) "
+                                                     "instead of stdout."),
+          lang: Lang = typer.Option(Lang.id, "--lang", help="Language of the HTML report."),
+          ca: list[Path] = CA_OPTION, timeout: float = TIMEOUT_OPTION) -> None:
+    """Verify every agency site at once and report the regency's '% active' figure.
+
+    Every agency that is not offboarded (hosted here or external) is verified; checks
+    that could not run are retried once. The sweep is stored in the state dir's
+    history.sqlite. Formats: table, json, jsonl (one versioned record per agency, the
+    source of truth), junit (CI), prom (Prometheus textfile), html (leadership report,
+    Bahasa Indonesia or --lang en). Exit 1 when any agency is not active (for alerting).
+    """
+    if fmt is SweepFormat.table and output:
+        raise UsageError("--output needs a report format", hint="add --format jsonl, json, "
+                                                                "junit, prom or html")
+    inv = ctx.obj.inventory()
+    result = _sweep_with_progress(inv, concurrency=concurrency, per_address=per_address,
+                                  timeout=timeout, extra_roots=tuple(ca))
+    history_store.record_sweep(inv.state_dir, result)
+    if fmt is SweepFormat.table:
+        _sweep_table(result)
+        console.print(result.summary.line(), markup=False)
+    else:
+        text = _render_sweep(result, fmt, inv, lang)
+        if output:
+            write_atomic(output, text)
+        else:
+            sys.stdout.write(text)
+        err_console.print(result.summary.line(), markup=False)
+    raise typer.Exit(0 if result.summary.active == result.summary.total else 1)
 
 
 @app.command("history")
 @handles_errors
-def history(ctx: typer.Context) -> None:
+def history(ctx: typer.Context, fmt: Format = typer.Option(Format.table, "--format", "-f"),
+            limit: int = typer.Option(30, "--limit", min=1, help="How many past sweeps."),
+            agency: Optional[str] = typer.Option(None, "--agency", metavar="SLUG",
+                                                 help="One agency's verdicts instead.")) -> None:
     """Show the trend of the active share and publication score over past sweeps."""
-    not_built("history", 7)
+    state_dir = ctx.obj.resolved_state_dir
+    points = (history_store.agency_trend(state_dir, agency, limit) if agency
+              else history_store.sweep_trend(state_dir, limit))
+    if fmt is Format.json:
+        emit_json([p.to_dict() for p in points])
+        return
+    if not points:
+        console.print("no sweeps recorded yet: run 'provisioner sweep'")
+        return
+    columns = list(points[0].to_dict())[1:]
+    table(columns, [list(p.to_dict().values())[1:] for p in points],
+          title=f"history of {agency}" if agency else "sweep history")
 
 
 @app.command("offboard")

@@ -1,0 +1,30 @@
+"""Reports of a sweep, one module per format, each a pure function of the sweep's records.
+
+jsonl (the source of truth), junit (CI), prom (Prometheus textfile), html (leadership).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import ProvisionerError
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and rename it into place, so a
+    reader (Prometheus' textfile collector, a web server) never sees half a file."""
+    path = Path(path)
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(temp, 0o644)
+            os.replace(temp, path)
+        except BaseException:
+            os.unlink(temp)
+            raise
+    except OSError as exc:
+        raise ProvisionerError(f"cannot write {path}: {exc.strerror or exc}") from None

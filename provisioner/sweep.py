@@ -1,0 +1,163 @@
+"""Verify every agency site at once and sum up: the regency's "% active" figure.
+
+A pool of ``concurrency`` workers verifies the sites (asyncio); each destination address
+gets at most ``per_address`` connections at a time, because many agencies share one web
+server. Sites with a check in ``error`` (could not probe) are verified once more before
+anything is reported. The result is a list of versioned records (the JSON Lines format
+is the source of truth; every report is rendered from these records) and a summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean
+from typing import Any, Callable
+
+from .models import Inventory
+from .verify import (
+    ACTIVE_CHECKS,
+    AgencyResult,
+    Target,
+    VerifyContext,
+    agency_target,
+    make_context,
+    utc_now,
+    verify_target,
+)
+from .verify.content import ScoringRules, load_rules
+
+RECORD_SCHEMA = "provisioner/sweep-record/v1"
+EXPIRY_WARN_DAYS = 21
+
+Progress = Callable[[int, int, str], None]  # (done, total, agency just finished)
+
+
+@dataclass(frozen=True)
+class Summary:
+    total: int
+    active: int
+    active_pct: float
+    expiring: tuple[tuple[str, int], ...]  # (agency, days left) within EXPIRY_WARN_DAYS
+    mean_score: float
+    inactive: tuple[str, ...]
+
+    def line(self) -> str:
+        """The one-line summary ops read first."""
+        return (f"active {self.active}/{self.total} ({self.active_pct:g} %), "
+                f"{len(self.expiring)} certificate(s) expiring within {EXPIRY_WARN_DAYS} days, "
+                f"mean publication score {self.mean_score:g}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "active": self.active, "active_pct": self.active_pct,
+                "expiring": [{"agency": a, "days_left": d} for a, d in self.expiring],
+                "mean_publication_score": self.mean_score, "inactive": list(self.inactive)}
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    scoring_version: int
+    records: tuple[dict[str, Any], ...]  # one per agency, in inventory order
+    summary: Summary
+
+    @property
+    def duration(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+# =========================================================================== records
+
+def record_of(result: AgencyResult, name: str | None, started_at: dt.datetime,
+              rules: ScoringRules, attempts: int) -> dict[str, Any]:
+    """The versioned JSON Lines record of one agency: the verify document, plus context."""
+    document = result.to_dict()
+    document["publication"]["band"] = result.publication.band
+    return {"schema": RECORD_SCHEMA, "sweep": _iso(started_at),
+            "scoring_version": rules.version, "name": name, **document,
+            "reasons": [f"{c.id}: {c.detail}" for c in result.problems()
+                        if c.id in ACTIVE_CHECKS],
+            "attempts": attempts}
+
+
+def summarise(records: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> Summary:
+    """The sweep's figures, from the records alone (pure)."""
+    total = len(records)
+    active = sum(1 for r in records if r["active"])
+    expiring = sorted(((r["agency"] or r["url"], r["cert"]["days_left"]) for r in records
+                       if r["cert"]["days_left"] is not None
+                       and r["cert"]["days_left"] < EXPIRY_WARN_DAYS), key=lambda x: x[1])
+    return Summary(
+        total=total, active=active,
+        active_pct=round(100 * active / total, 1) if total else 0.0,
+        expiring=tuple(expiring),
+        mean_score=round(fmean(r["publication"]["score"] for r in records), 1) if total else 0.0,
+        inactive=tuple(r["agency"] or r["url"] for r in records if not r["active"]),
+    )
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# =========================================================================== running
+
+async def verify_all(targets: list[Target], ctx: VerifyContext, concurrency: int,
+                     progress: Progress | None = None) -> list[AgencyResult]:
+    """Verify every target with a pool of workers; results in the targets' order."""
+    results: list[AgencyResult | None] = [None] * len(targets)
+    pending = iter(enumerate(targets))
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        for index, target in pending:
+            results[index] = await verify_target(target, ctx)
+            done += 1
+            if progress:
+                progress(done, len(targets), target.agency or target.url)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(targets))))))
+    return results  # type: ignore[return-value]
+
+
+async def verify_with_retry(targets: list[Target], ctx: VerifyContext, concurrency: int,
+                            progress: Progress | None = None) -> list[tuple[AgencyResult, int]]:
+    """Verify all; verify again, once, every site with an ``error`` check."""
+    results = await verify_all(targets, ctx, concurrency, progress)
+    again = [i for i, r in enumerate(results) if r.has_errors]
+    attempts = [1] * len(results)
+    if again:
+        retried = await verify_all([targets[i] for i in again], ctx.fresh(), concurrency)
+        for i, retry in zip(again, retried):
+            results[i], attempts[i] = retry, 2
+    return list(zip(results, attempts))
+
+
+def sweep_targets(inventory: Inventory) -> list[Target]:
+    """Every agency that is not offboarded, hosted here or external."""
+    return [agency_target(inventory, a) for a in inventory.select([], all_=True)]
+
+
+def run_sweep(inventory: Inventory, *, concurrency: int = 32, per_address: int = 8,
+              timeout: float = 5.0, extra_roots: tuple[Path, ...] = (),
+              progress: Progress | None = None) -> SweepResult:
+    """Sweep the inventory's agencies; the caller renders and stores the result."""
+    targets = sweep_targets(inventory)
+    rules = load_rules()
+    started = utc_now()
+
+    async def run() -> list[tuple[AgencyResult, int]]:
+        ctx = make_context(inventory.settings, extra_roots, per_address=per_address,
+                           timeout=timeout, rules=rules)
+        return await verify_with_retry(targets, ctx, concurrency, progress)
+
+    outcomes = asyncio.run(run())
+    names = {a.slug: a.name for a in inventory.agencies.values()}
+    records = tuple(record_of(result, names.get(result.agency), started, rules, attempts)
+                    for result, attempts in outcomes)
+    return SweepResult(started_at=started, finished_at=utc_now(), scoring_version=rules.version,
+                       records=records, summary=summarise(records))

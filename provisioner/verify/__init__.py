@@ -1,0 +1,277 @@
+"""Verify agency sites: DNS at every authoritative server, the http:// redirect, TLS on
+the first hop, the HTTPS answer, and the website publication score.
+
+``verify_target`` verifies one site and returns an ``AgencyResult`` (data, never prints).
+A check that could not be run is ``error``, never ``fail``; one that does not apply is
+``skip``. The names of the inventory's zone are looked up only at the zone's own
+servers, and every connection goes to the address they gave, with the name as SNI and
+Host header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import UsageError
+from ..models import Agency, Inventory, Settings
+from . import dns as dnscheck
+from .content import ScoringRules, analyse_page, load_rules, publication_checks, score_publication
+from .http import HttpConnection, Site, check_redirect, https_checks, open_plain, read_publication
+from .model import (
+    ACTIVE_CHECKS,
+    CHECKS,
+    NO_CERT,
+    WEB_CHECKS,
+    AgencyResult,
+    CertInfo,
+    Check,
+    CheckResult,
+    Publication,
+    Status,
+    result,
+    skipped,
+)
+from .tls import ProbeFailure, TlsContexts, failed_checks, make_contexts, open_tls, tls_checks
+
+__all__ = [
+    "ACTIVE_CHECKS", "CHECKS", "AgencyResult", "CertInfo", "Check", "CheckResult", "Publication",
+    "Status", "Target", "VerifyContext", "agency_target", "make_context", "resolve_target",
+    "url_target", "utc_now", "verify_site", "verify_target",
+]
+
+HTTPS_CHECKS = ("https.status", "https.hsts", "https.headers", "https.content")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One site to verify and what the inventory expects of it."""
+
+    agency: str | None  # slug; None for a bare URL
+    name: str  # host name for DNS, SNI and Host (or an IP address)
+    https_url: str | None  # None: an http:// URL on a non-standard port
+    http_url: str | None  # None: no standard http:// counterpart to check
+    zone: str | None = None  # the inventory's zone, when the name lies in it
+    expected: dnscheck.Expected | None = None
+
+    @property
+    def url(self) -> str:
+        return self.https_url or self.http_url or ""
+
+    @property
+    def literal_address(self) -> str | None:
+        try:
+            return str(ipaddress.ip_address(self.name))
+        except ValueError:
+            return None
+
+
+class AddressLimiter:
+    """At most N connections or queries at once to one destination address: many
+    agencies share one web server, and a sweep must not flood it."""
+
+    def __init__(self, per_address: int):
+        self.per_address = per_address
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def __call__(self, address: str) -> asyncio.Semaphore:
+        slot = self._slots.get(address)
+        if slot is None:
+            slot = self._slots[address] = asyncio.Semaphore(self.per_address)
+        return slot
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class VerifyContext:
+    """What every verification of one run shares: rules, SSL contexts, zone servers, limits.
+
+    Build it inside the event loop that runs the verifications (it holds semaphores)."""
+
+    rules: ScoringRules
+    tls: TlsContexts
+    nameservers: tuple[dnscheck.Server, ...]
+    limit: AddressLimiter
+    timeout: float = 5.0
+    clock: Callable[[], dt.datetime] = utc_now
+    zones: dnscheck.ZoneCache = field(default_factory=dnscheck.ZoneCache)
+
+    def fresh(self) -> VerifyContext:
+        """The same settings with the zone cache emptied (for a retry round)."""
+        return VerifyContext(self.rules, self.tls, self.nameservers, self.limit,
+                             self.timeout, self.clock)
+
+
+def make_context(settings: Settings | None, extra_roots: tuple[Path, ...] = (), *,
+                 per_address: int = 8, timeout: float = 5.0,
+                 rules: ScoringRules | None = None) -> VerifyContext:
+    """Trust: the system store, the inventory's trust_roots that exist (the lab writes
+    Pebble's root when it starts) and every extra root given (which must exist)."""
+    roots = tuple(r for r in (settings.trust_roots if settings else ()) if r.is_file())
+    servers = tuple(dnscheck.Server(ns.name, ns.address, ns.port)
+                    for ns in (settings.nameservers if settings else ()))
+    return VerifyContext(rules=rules or load_rules(), tls=make_contexts(roots + tuple(extra_roots)),
+                         nameservers=servers, limit=AddressLimiter(per_address), timeout=timeout)
+
+
+# =========================================================================== targets
+
+def agency_target(inventory: Inventory, agency: Agency) -> Target:
+    """The site of an agency: its own name in the zone, or its external URL."""
+    zone = inventory.settings.zone
+    if agency.external_url:
+        target = url_target(agency.external_url, inventory.settings)
+        return Target(agency.slug, target.name, target.https_url, target.http_url, target.zone)
+    host = inventory.hosts[agency.host]
+    expected = (dnscheck.Expected("CNAME", host.fqdn) if agency.record_type == "CNAME"
+                else dnscheck.Expected("A", host.public_ipv4))
+    return Target(agency.slug, agency.fqdn, f"https://{agency.fqdn}/", f"http://{agency.fqdn}/",
+                  zone, expected)
+
+
+def url_target(url: str, settings: Settings | None) -> Target:
+    """Any http(s) URL, an IP address with a port included (its DNS checks are skipped)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"not an agency slug or an http(s) URL: {url!r}",
+                         hint="e.g. dinkes or https://dinkes.paserkab.go.id/")
+    name = parts.hostname.lower().rstrip(".")
+    path = parts.path or "/"
+    default_port = parts.port is None
+    other = "http" if parts.scheme == "https" else "https"
+    counterpart = urlunsplit((other, parts.netloc, path, parts.query, "")) if default_port else None
+    given = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    https_url, http_url = (given, counterpart) if parts.scheme == "https" else (counterpart, given)
+    zone = settings.zone if settings and (name == settings.zone
+                                          or name.endswith("." + settings.zone)) else None
+    return Target(None, name, https_url, http_url, zone)
+
+
+def resolve_target(inventory: Inventory | None, text: str) -> Target:
+    """An agency slug, an agency's host name, or a URL."""
+    if inventory:
+        if text in inventory.agencies:
+            return agency_target(inventory, inventory.agencies[text])
+        by_name = {a.fqdn: a for a in inventory.agencies.values() if not a.external_url}
+        if text.lower().rstrip(".") in by_name:
+            return agency_target(inventory, by_name[text.lower().rstrip(".")])
+    if "://" not in text:
+        raise UsageError(f"unknown agency {text!r}",
+                         hint="give a slug from 'provisioner registry list' or a full URL")
+    target = url_target(text, inventory.settings if inventory else None)
+    agency = next((a for a in (inventory.agencies.values() if inventory else ())
+                   if a.fqdn == target.name and not a.external_url), None)
+    if agency is not None and target.zone:
+        return Target(agency.slug, target.name, target.https_url, target.http_url, target.zone,
+                      agency_target(inventory, agency).expected)
+    return target
+
+
+# =========================================================================== verification
+
+async def verify_target(target: Target, ctx: VerifyContext) -> AgencyResult:
+    """Every check of one site, never raising for what the site or network does."""
+    dns_outcome = await _check_dns(target, ctx)
+    address = target.literal_address or dns_outcome.address
+    checks: list[CheckResult] = list(dns_outcome.checks)
+    if address is None:
+        why = "not probed: the name has no address"
+        checks += skipped(WEB_CHECKS, why) + skipped([f"publication.{i}" for i in ctx.rules.ids], why)
+        return AgencyResult(target.agency, target.url, tuple(checks),
+                            score_publication({}, ctx.rules), NO_CERT)
+    async with ctx.limit(address):
+        if target.http_url:
+            checks.append(await check_redirect(target.http_url, address, ctx.timeout))
+        else:
+            checks += skipped(["http.redirect"], "no standard http:// URL to check")
+        web_checks, publication, cert = await _probe_site(target, address, ctx)
+    return AgencyResult(target.agency, target.url, tuple(checks + web_checks), publication, cert)
+
+
+async def _check_dns(target: Target, ctx: VerifyContext) -> dnscheck.DnsOutcome:
+    if target.literal_address:
+        return dnscheck.no_dns("an IP address: no DNS name to check")
+    if target.zone and ctx.nameservers:
+        zone = await ctx.zones.get(target.zone, lambda: dnscheck.inventory_zone(
+            target.zone, ctx.nameservers, ctx.timeout, ctx.limit))
+    else:
+        zone = await ctx.zones.get(f"external {target.name}", lambda: dnscheck.external_zone(
+            target.name, ctx.timeout, ctx.limit))
+    return await dnscheck.check_name(target.name, zone, target.expected, ctx.timeout, ctx.limit)
+
+
+async def _probe_site(target: Target, address: str,
+                      ctx: VerifyContext) -> tuple[list[CheckResult], Publication, CertInfo]:
+    """TLS on the first hop, then the home page and the publication over that stream."""
+    site_url = target.https_url or target.http_url
+    parts = urlsplit(site_url)
+    checks: list[CheckResult] = []
+    cert = NO_CERT
+    try:
+        if target.https_url:
+            port = parts.port or 443
+            stream = await open_tls(address, port, target.name, ctx.tls, ctx.timeout)
+            tls_results, cert = tls_checks(target.name, stream, ctx.clock())
+            checks += tls_results
+            verify = stream.verified
+
+            async def connect() -> HttpConnection:
+                again = await open_tls(address, port, target.name, ctx.tls, ctx.timeout,
+                                       verify=verify)
+                return HttpConnection(again.reader, again.writer, parts.netloc)
+
+            first = HttpConnection(stream.reader, stream.writer, parts.netloc)
+        else:
+            checks += skipped(["tls.chain", "tls.name", "tls.expiry", "tls.version"],
+                              "an http:// URL on a non-standard port: no HTTPS to check")
+
+            async def connect() -> HttpConnection:
+                return await open_plain(address, parts.port or 80, parts.netloc, ctx.timeout)
+
+            first = await connect()
+    except ProbeFailure as failure:
+        return _unreadable(checks or failed_checks(failure), failure, ctx), \
+            score_publication({}, ctx.rules), cert
+    site = Site(urlunsplit((parts.scheme, parts.netloc, "/", "", "")), first, connect, ctx.timeout)
+    try:
+        path, response = await site.get_following(parts.path or "/")
+        home = analyse_page(response.text(), ctx.rules)
+        checks += (https_checks(path, response, home, ctx.rules) if target.https_url
+                   else skipped(HTTPS_CHECKS, "an http:// URL: no HTTPS to check"))
+        publication = (await read_publication(site, path, home, ctx.rules)
+                       if response.status == 200 else score_publication({}, ctx.rules))
+    except ProbeFailure as failure:
+        return _unreadable(checks, failure, ctx), score_publication({}, ctx.rules), cert
+    finally:
+        site.close()
+    return checks + publication_checks(publication, ctx.rules), publication, cert
+
+
+def _unreadable(checks: list[CheckResult], failure: ProbeFailure,
+                ctx: VerifyContext) -> list[CheckResult]:
+    """The HTTPS and publication checks of a site whose pages could not be read."""
+    why = f"not read: {failure.detail}"
+    return (checks + [result("https.status", failure.status, failure.detail)]
+            + skipped(HTTPS_CHECKS[1:], why)
+            + skipped([f"publication.{i}" for i in ctx.rules.ids], why))
+
+
+def verify_site(inventory: Inventory | None, text: str, extra_roots: tuple[Path, ...] = (),
+                timeout: float = 5.0) -> AgencyResult:
+    """Verify one agency (slug or name) or URL, synchronously (for the CLI)."""
+    target = resolve_target(inventory, text)
+
+    async def run() -> AgencyResult:
+        ctx = make_context(inventory.settings if inventory else None, extra_roots,
+                           timeout=timeout)
+        return await verify_target(target, ctx)
+
+    return asyncio.run(run())

@@ -1,0 +1,285 @@
+"""DNS checks: does the name answer at every authoritative server of its zone, alike?
+
+Read-only queries need no TSIG key, so verification queries the servers directly
+(recursion off) with dnspython's async API. The zone's servers come from its own NS
+records, asked of the inventory's nameservers; a name outside the inventory's zone
+(an ``external:`` agency) finds its zone and servers through the system resolver. The
+system resolver is never asked about names inside the inventory's zone: in the lab only
+the lab's servers know them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import dns.asyncquery
+import dns.asyncresolver
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+from .model import CheckResult, Status, result, skipped
+
+DNS_CHECKS = ("dns.resolves", "dns.authoritative", "dns.consistent", "dns.soa_serial",
+              "dns.points_to_host")
+MAX_CNAME_CHAIN = 8
+
+Limit = Callable[[str], asyncio.Semaphore]  # destination address -> its concurrency slot
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    address: str
+    port: int = 53
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One server's answer for a name: what it said, or why it could not be asked."""
+
+    server: Server
+    rcode: str | None = None  # None: no answer (see error)
+    authoritative: bool = False
+    addresses: tuple[str, ...] = ()
+    cnames: tuple[str, ...] = ()  # the CNAME chain, in order
+    serial: int | None = None  # for SOA queries
+    names: tuple[str, ...] = ()  # for NS queries
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ZoneServers:
+    """The authoritative servers of a zone, with each one's SOA answer."""
+
+    zone: str
+    servers: tuple[Server, ...] = ()
+    soa: tuple[Answer, ...] = ()
+    problem: str | None = None  # discovery failed: why
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the inventory says a name points at: an address (A) or a host name (CNAME)."""
+
+    record_type: str
+    value: str
+
+
+@dataclass(frozen=True)
+class DnsOutcome:
+    checks: tuple[CheckResult, ...]
+    address: str | None  # where to connect: from an authoritative answer
+
+
+# =========================================================================== queries
+
+async def ask(server: Server, qname: str, rdtype: str, timeout: float, limit: Limit) -> Answer:
+    """One non-recursive query; a failure becomes an Answer with the error, never raises."""
+    query = dns.message.make_query(qname, rdtype)
+    query.flags &= ~dns.flags.RD
+    try:
+        async with limit(server.address):
+            response, _ = await dns.asyncquery.udp_with_fallback(
+                query, server.address, timeout=timeout, port=server.port)
+    except dns.exception.Timeout:
+        return Answer(server, error=f"no answer within {timeout:g}s")
+    except (OSError, dns.exception.DNSException) as exc:
+        return Answer(server, error=f"query failed: {exc}")
+    return read_answer(server, qname, response)
+
+
+def read_answer(server: Server, qname: str, response: dns.message.Message) -> Answer:
+    """The addresses (following CNAMEs), SOA serial or NS names a response holds."""
+    name = dns.name.from_text(qname)
+    cnames: list[str] = []
+    for _ in range(MAX_CNAME_CHAIN):
+        cname = _rrset(response, name, dns.rdatatype.CNAME)
+        if cname is None:
+            break
+        name = cname[0].target
+        cnames.append(_text(name))
+    soa = _rrset(response, name, dns.rdatatype.SOA)
+    return Answer(
+        server, rcode=dns.rcode.to_text(response.rcode()),
+        authoritative=bool(response.flags & dns.flags.AA),
+        addresses=tuple(sorted(r.address for r in _rrset(response, name, dns.rdatatype.A) or ())),
+        cnames=tuple(cnames),
+        serial=soa[0].serial if soa else None,
+        names=tuple(sorted(_text(r.target) for r in _rrset(response, name, dns.rdatatype.NS) or ())),
+    )
+
+
+def _rrset(response: dns.message.Message, name: dns.name.Name, rdtype: dns.rdatatype.RdataType):
+    return response.get_rrset(response.answer, name, dns.rdataclass.IN, rdtype)
+
+
+def _text(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True).lower()
+
+
+# =========================================================================== zone servers
+
+async def inventory_zone(zone: str, seeds: tuple[Server, ...], timeout: float,
+                         limit: Limit) -> ZoneServers:
+    """The zone's servers from its NS records, asked of the inventory's nameservers."""
+    answers = await asyncio.gather(*(ask(s, zone, "NS", timeout, limit) for s in seeds))
+    names = sorted({n for a in answers if a.authoritative for n in a.names})
+    if not names:
+        return ZoneServers(zone, problem="no NS records from " + _reasons(answers))
+    by_name = {s.name: s for s in seeds}
+    glue_source = next(a.server for a in answers if a.authoritative)
+    servers = []
+    for name in names:
+        if name in by_name:
+            servers.append(by_name[name])
+            continue
+        glue = await ask(glue_source, name, "A", timeout, limit)
+        if not glue.addresses:
+            return ZoneServers(zone, problem=f"no address for nameserver {name} "
+                                             f"({glue.error or glue.rcode})")
+        servers.append(Server(name, glue.addresses[0]))
+    return await _with_serials(zone, tuple(servers), timeout, limit)
+
+
+async def external_zone(name: str, timeout: float, limit: Limit) -> ZoneServers:
+    """The zone of a name outside the inventory, and its servers, via the system resolver."""
+    resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = timeout
+    try:
+        zone = await dns.asyncresolver.zone_for_name(name, resolver=resolver)
+        ns = await resolver.resolve(zone, "NS")
+        servers = []
+        for record in sorted(ns, key=lambda r: r.target.to_text()):
+            addresses = await resolver.resolve(record.target, "A")
+            servers.append(Server(_text(record.target), addresses[0].address))
+    except (OSError, dns.exception.DNSException) as exc:
+        return ZoneServers(name, problem=f"system resolver: {exc}")
+    return await _with_serials(_text(zone), tuple(servers), timeout, limit)
+
+
+async def _with_serials(zone: str, servers: tuple[Server, ...], timeout: float,
+                        limit: Limit) -> ZoneServers:
+    soa = await asyncio.gather(*(ask(s, zone, "SOA", timeout, limit) for s in servers))
+    return ZoneServers(zone, servers, tuple(soa))
+
+
+class ZoneCache:
+    """Zone servers found once per run and shared by every name checked in it."""
+
+    def __init__(self) -> None:
+        self._zones: dict[str, asyncio.Task] = {}
+
+    async def get(self, key: str, discover: Callable[[], Awaitable[ZoneServers]]) -> ZoneServers:
+        task = self._zones.get(key)
+        if task is None:
+            task = self._zones[key] = asyncio.ensure_future(discover())
+        return await asyncio.shield(task)
+
+
+# =========================================================================== checks
+
+async def check_name(name: str, zone: ZoneServers, expected: Expected | None,
+                     timeout: float, limit: Limit) -> DnsOutcome:
+    """Ask every authoritative server for the name and judge the answers."""
+    if zone.problem:
+        why = f"could not find the servers of {zone.zone}: {zone.problem}"
+        return DnsOutcome(tuple(result(c, Status.ERROR, why) for c in DNS_CHECKS), None)
+    answers = await asyncio.gather(*(ask(s, name, "A", timeout, limit) for s in zone.servers))
+    checks = name_checks(name, answers, zone.soa, expected)
+    answered = [a for a in answers if a.authoritative and a.addresses]
+    return DnsOutcome(tuple(checks), answered[0].addresses[0] if answered else None)
+
+
+def no_dns(why: str) -> DnsOutcome:
+    return DnsOutcome(tuple(skipped(DNS_CHECKS, why)), None)
+
+
+def name_checks(name: str, answers: list[Answer], soa: tuple[Answer, ...],
+                expected: Expected | None) -> list[CheckResult]:
+    """The five DNS checks from the servers' answers (pure)."""
+    return [_resolves(name, answers), _authoritative(answers), _consistent(answers),
+            _serials(soa), _points_to(answers, expected)]
+
+
+def _resolves(name: str, answers: list[Answer]) -> CheckResult:
+    with_address = [a for a in answers if a.addresses]
+    if with_address:
+        chain = " -> ".join((*with_address[0].cnames, ", ".join(with_address[0].addresses)))
+        return result("dns.resolves", Status.PASS, f"{name} -> {chain}")
+    if all(a.error for a in answers):
+        return result("dns.resolves", Status.ERROR, "no server answered: " + _reasons(answers))
+    return result("dns.resolves", Status.FAIL, f"{name} has no address: " + _reasons(answers))
+
+
+def _authoritative(answers: list[Answer]) -> CheckResult:
+    wrong = [a for a in answers if not a.error and not (a.authoritative and a.addresses)]
+    silent = [a for a in answers if a.error]
+    if wrong:
+        return result("dns.authoritative", Status.FAIL, "missing at " + _reasons(wrong + silent))
+    if silent:
+        return result("dns.authoritative", Status.ERROR, "could not ask " + _reasons(silent))
+    return result("dns.authoritative", Status.PASS,
+                  f"answered with AA by {', '.join(str(a.server) for a in answers)}")
+
+
+def _consistent(answers: list[Answer]) -> CheckResult:
+    seen = {(a.cnames, a.addresses) for a in answers if a.addresses}
+    if len(seen) > 1:
+        return result("dns.consistent", Status.FAIL, "servers disagree: " + "; ".join(
+            f"{a.server}: {', '.join(a.addresses)}" for a in answers if a.addresses))
+    if not seen:
+        return result("dns.consistent", Status.SKIP, "no server has an address to compare")
+    count = sum(1 for a in answers if a.addresses)
+    return result("dns.consistent", Status.PASS,
+                  f"same answer at {count} of {len(answers)} server(s)")
+
+
+def _serials(soa: tuple[Answer, ...]) -> CheckResult:
+    silent = [a for a in soa if a.serial is None]
+    serials = {a.serial for a in soa if a.serial is not None}
+    listing = ", ".join(f"{a.server} {a.serial}" for a in soa if a.serial is not None)
+    if len(serials) > 1:
+        return result("dns.soa_serial", Status.WARN, f"serials differ ({listing}): "
+                      "a secondary has not caught up with the primary")
+    if silent:
+        return result("dns.soa_serial", Status.ERROR, "no SOA from " + _reasons(silent))
+    return result("dns.soa_serial", Status.PASS, f"serial {serials.pop()} at every server")
+
+
+def _points_to(answers: list[Answer], expected: Expected | None) -> CheckResult:
+    if expected is None:
+        return result("dns.points_to_host", Status.SKIP, "not hosted here: no host to compare")
+    found = next((a for a in answers if a.addresses), None)
+    if found is None:
+        return result("dns.points_to_host", Status.SKIP, "the name has no address")
+    if expected.record_type == "CNAME":
+        ok = expected.value in found.cnames
+        seen = " -> ".join(found.cnames) or "no CNAME"
+    else:
+        ok = found.addresses == (expected.value,)
+        seen = ", ".join(found.addresses)
+    status = Status.PASS if ok else Status.FAIL
+    return result("dns.points_to_host", status,
+                  f"{seen} ({'the' if ok else 'expected'} {expected.record_type} {expected.value})")
+
+
+def _reasons(answers: list[Answer] | tuple[Answer, ...]) -> str:
+    return "; ".join(f"{a.server}: {_why(a)}" for a in answers)
+
+
+def _why(answer: Answer) -> str:
+    if answer.error:
+        return answer.error
+    if not answer.authoritative:
+        return f"{answer.rcode} without the AA flag (not authoritative)"
+    return answer.rcode if answer.rcode != "NOERROR" else "no record"

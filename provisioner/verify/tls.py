@@ -1,0 +1,203 @@
+"""TLS checks on the first hop: chain, name, expiry and protocol version.
+
+The handshake is made with asyncio's own SSL streams against the address DNS gave, with
+the agency name as SNI, and verifies the chain only: the name is matched here, so a
+wrong-name certificate and an untrusted chain are told apart. When the chain does not
+verify, a second, unverified handshake fetches the certificate so its expiry is still
+recorded. The open stream is then used for the HTTPS requests (one handshake per site).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ..errors import InputError, Problem
+from .model import CertInfo, CheckResult, Status, result
+
+WARN_DAYS = 21
+FAIL_DAYS = 7
+OLD_VERSIONS = ("SSLv3", "TLSv1", "TLSv1.1")
+
+
+class ProbeFailure(Exception):
+    """A connection that did not happen: ``fail`` (refused) or ``error`` (could not probe)."""
+
+    def __init__(self, status: Status, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class TlsContexts:
+    """SSL contexts built once per run (loading trust roots is the costly part)."""
+
+    verified: ssl.SSLContext  # chain only; names are matched by name_matches()
+    unverified: ssl.SSLContext
+
+
+def make_contexts(extra_roots: tuple[Path, ...] = ()) -> TlsContexts:
+    """The system trust store plus extra roots (the lab's Pebble root, --ca files)."""
+    verified = ssl.create_default_context()
+    verified.check_hostname = False
+    for root in extra_roots:
+        try:
+            verified.load_verify_locations(cafile=str(root))
+        except (OSError, ssl.SSLError) as exc:
+            raise InputError([Problem(root, None, "trust root",
+                                      f"not a readable PEM certificate file: {exc}")]) from None
+    unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    for context in (verified, unverified):
+        context.set_alpn_protocols(["http/1.1"])
+    return TlsContexts(verified, unverified)
+
+
+# =========================================================================== certificate
+
+@dataclass(frozen=True)
+class CertFacts:
+    not_after: dt.datetime
+    names: tuple[str, ...]  # DNS names and IP addresses it is valid for
+    subject: str
+    issuer: str
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_certificate(der: bytes) -> CertFacts:
+    """Parsed once per distinct certificate (many sites share a wildcard certificate)."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = (*san.get_values_for_type(x509.DNSName),
+                 *(str(ip) for ip in san.get_values_for_type(x509.IPAddress)))
+    except x509.ExtensionNotFound:
+        names = ()
+    return CertFacts(not_after=cert.not_valid_after_utc, names=tuple(n.lower() for n in names),
+                     subject=_common_name(cert.subject) or cert.subject.rfc4514_string(),
+                     issuer=_common_name(cert.issuer) or cert.issuer.rfc4514_string())
+
+
+def _common_name(name: x509.Name) -> str | None:
+    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else None
+
+
+def name_matches(name: str, cert_names: tuple[str, ...]) -> bool:
+    """RFC 6125: exact match, or a wildcard standing for exactly the leftmost label."""
+    name = name.lower().rstrip(".")
+    if _is_ip(name):
+        return name in cert_names
+    for pattern in cert_names:
+        if pattern == name:
+            return True
+        if pattern.startswith("*.") and "." in name:
+            label, rest = name.split(".", 1)
+            if label and rest == pattern[2:] and rest.count(".") >= 1:
+                return True
+    return False
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+# =========================================================================== handshake
+
+@dataclass
+class TlsStream:
+    """An open TLS connection and what its handshake showed."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    chain_problem: str | None  # None: the chain verified
+    version: str
+    cert: CertFacts | None
+
+    @property
+    def verified(self) -> bool:
+        return self.chain_problem is None
+
+
+async def open_tls(address: str, port: int, name: str, contexts: TlsContexts,
+                   timeout: float, *, verify: bool = True) -> TlsStream:
+    """Handshake with SNI ``name``; on an untrusted chain, again without verification."""
+    context = contexts.verified if verify else contexts.unverified
+    sni = None if _is_ip(name) else name
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                address, port, ssl=context, server_hostname=sni or "",
+                ssl_handshake_timeout=timeout)
+    except ssl.SSLCertVerificationError as exc:
+        if not verify:
+            raise ProbeFailure(Status.FAIL, f"handshake failed: {exc.verify_message}") from None
+        stream = await open_tls(address, port, name, contexts, timeout, verify=False)
+        stream.chain_problem = exc.verify_message or str(exc)
+        return stream
+    except TimeoutError:
+        raise ProbeFailure(Status.ERROR, f"{address}:{port}: no TLS handshake within "
+                                         f"{timeout:g}s") from None
+    except ssl.SSLError as exc:
+        raise ProbeFailure(Status.FAIL, f"{address}:{port}: handshake refused "
+                                        f"({exc.reason or exc})") from None
+    except ConnectionRefusedError:
+        raise ProbeFailure(Status.FAIL, f"{address}:{port}: connection refused") from None
+    except OSError as exc:
+        raise ProbeFailure(Status.ERROR, f"{address}:{port}: {exc.strerror or exc}") from None
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True)
+    return TlsStream(reader, writer, None, ssl_object.version() or "unknown",
+                     parse_certificate(der) if der else None)
+
+
+# =========================================================================== checks
+
+def tls_checks(name: str, stream: TlsStream, now: dt.datetime) -> tuple[list[CheckResult], CertInfo]:
+    """chain, name, expiry, version from one handshake (pure)."""
+    cert = stream.cert
+    if cert is None:
+        return [result(c, Status.FAIL, "the server sent no certificate")
+                for c in ("tls.chain", "tls.name", "tls.expiry")] + [_version(stream)], CertInfo(None, None)
+    days_left = int((cert.not_after - now).total_seconds() // 86400)
+    chain = (result("tls.chain", Status.PASS, f"issued by {cert.issuer}") if stream.verified
+             else result("tls.chain", Status.FAIL, f"{stream.chain_problem} (issuer {cert.issuer})"))
+    valid_for = ", ".join(cert.names) or f"CN {cert.subject} only"
+    name_ok = name_matches(name, cert.names)
+    named = result("tls.name", Status.PASS if name_ok else Status.FAIL,
+                   f"{'valid' if name_ok else 'not valid'} for {name} (names: {valid_for})")
+    return [chain, named, _expiry(cert.not_after, days_left), _version(stream)], \
+        CertInfo(cert.not_after, days_left)
+
+
+def _expiry(not_after: dt.datetime, days_left: int) -> CheckResult:
+    when = not_after.strftime("%Y-%m-%d %H:%M UTC")
+    if days_left < 0:
+        return result("tls.expiry", Status.FAIL, f"expired on {when}")
+    status = Status.FAIL if days_left < FAIL_DAYS else Status.WARN if days_left < WARN_DAYS \
+        else Status.PASS
+    return result("tls.expiry", status, f"{days_left} days left (until {when})")
+
+
+def _version(stream: TlsStream) -> CheckResult:
+    status = Status.FAIL if stream.version in OLD_VERSIONS else Status.PASS
+    return result("tls.version", status, stream.version)
+
+
+def failed_checks(failure: ProbeFailure) -> list[CheckResult]:
+    return [result(c, failure.status, failure.detail)
+            for c in ("tls.chain", "tls.name", "tls.expiry", "tls.version")]

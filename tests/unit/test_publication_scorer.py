@@ -1,0 +1,226 @@
+"""The website publication scorer: HTML snippets in, published components and score out.
+
+Pure functions, no servers. The rules come from the shipped provisioner/data/scoring.yml,
+so these tests also pin what that file means.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from provisioner.verify.content import (
+    analyse_page,
+    load_rules,
+    not_content_reason,
+    pages_from_data,
+    pages_from_links,
+    publication_checks,
+    same_site_path,
+    score_publication,
+)
+from provisioner.verify.model import Status
+
+RULES = load_rules()
+SIX = ("persyaratan", "prosedur", "waktu", "biaya", "produk", "pengaduan")
+
+
+def found(html: str) -> set[str]:
+    page = analyse_page(html, RULES)
+    return set(page.found) | ({"lapor"} if page.lapor_link else set())
+
+
+def page(body: str, title: str = "Layanan") -> str:
+    return f"<!DOCTYPE html><html><head><title>{title}</title></head><body>{body}</body></html>"
+
+
+SIX_H2 = page("<main>" + "".join(f"<h2>{h}</h2><p>{c}</p>" for h, c in (
+    ("Persyaratan", "KTP dan KK asli"), ("Prosedur", "Datang ke loket"),
+    ("Jangka Waktu Penyelesaian", "3 hari kerja"), ("Biaya", "Gratis"),
+    ("Produk Pelayanan", "Kartu keluarga"), ("Pengaduan", "Telepon 0543 21170"))) + "</main>")
+
+CASES = [
+    ("six h2 headings", SIX_H2, set(SIX)),
+    ("data-komponen markers without headings", page("<main>" + "".join(
+        f'<section data-komponen="{m}"><p>isi komponen {m}</p></section>'
+        for m in ("persyaratan", "prosedur", "jangka_waktu", "biaya", "produk", "pengaduan"))
+        + "</main>"), set(SIX)),
+    ("variants: waktu penyelesaian, tarif, alur, penanganan pengaduan", page(
+        "<h3>Waktu penyelesaian</h3><p>5 hari</p><h3>Tarif</h3><p>Rp 0</p>"
+        "<h3>Alur</h3><ol><li>Daftar</li></ol><h3>Penanganan pengaduan</h3><p>Lewat surel</p>"),
+     {"waktu", "biaya", "prosedur", "pengaduan"}),
+    ("variants: waktu pelayanan, biaya/tarif, mekanisme, jangka waktu layanan", page(
+        "<h4>Waktu pelayanan</h4><p>1 hari</p><h4>Biaya / Tarif</h4><p>Tidak dipungut biaya</p>"
+        "<h4>Mekanisme</h4><p>Online</p>"), {"waktu", "biaya", "prosedur"}),
+    ("jangka waktu layanan and sistem, mekanisme, dan prosedur", page(
+        "<h2>Jangka waktu layanan</h2><p>2 hari</p>"
+        "<h2>Sistem, Mekanisme, dan Prosedur</h2><p>Isi formulir</p>"), {"waktu", "prosedur"}),
+    ("definition list", page("<dl><dt>Persyaratan</dt><dd>KTP</dd><dt>Biaya</dt><dd>Gratis</dd>"
+                             "</dl>"), {"persyaratan", "biaya"}),
+    ("table header cells", page("<table><tr><th>Produk layanan</th><td>Akta kelahiran</td></tr>"
+                                "<tr><th>Biaya/tarif</th><td>Rp0</td></tr></table>"),
+     {"produk", "biaya"}),
+    ("table label cells with numbering", page(
+        "<table><tr><th>No</th><th>Komponen</th><th>Uraian</th></tr>"
+        "<tr><td>1.</td><td>Persyaratan Pelayanan</td><td>Fotokopi KTP</td></tr>"
+        "<tr><td>2.</td><td>Sistem, mekanisme dan prosedur</td><td>Loket satu pintu</td></tr>"
+        "</table>"), {"persyaratan", "prosedur"}),
+    ("strong label at the start of a block", page(
+        "<p><strong>Biaya:</strong> Gratis</p><div><b>Produk</b><br>Surat izin</div>"),
+     {"biaya", "produk"}),
+    ("strong word inside a sentence is not a heading", page(
+        "<p>Tidak ada <strong>biaya</strong> tambahan untuk <b>persyaratan</b> apa pun.</p>"),
+     set()),
+    ("a word in the menu only", page("<nav><ul><li><a href='/biaya'>Biaya</a></li></ul></nav>"
+                                     "<main><h1>Beranda</h1><p>Selamat datang.</p></main>"), set()),
+    ("a heading in the footer only", page("<main><h1>Beranda</h1><p>Selamat datang di situs "
+                                          "kami.</p></main><footer><h4>Biaya</h4>"
+                                          "<p>Semua layanan gratis</p></footer>"), set()),
+    ("menus by class and role are not content", page(
+        "<div class='main-menu'><h3>Persyaratan</h3><p>Lihat halaman</p></div>"
+        "<div role='navigation'><h3>Prosedur</h3><p>Lihat halaman</p></div>"
+        "<div id='sidebar'><h3>Produk</h3><p>Lihat halaman</p></div>"), set()),
+    ("only what is inside <main> counts when there is one", page(
+        "<div><h2>Persyaratan</h2><p>KTP</p></div><main><h2>Biaya</h2><p>Gratis</p></main>"),
+     {"biaya"}),
+    ("a heading with nothing under it", page("<h2>Persyaratan</h2><h2>Prosedur</h2>"
+                                             "<p>Datang</p>"), {"prosedur"}),
+    ("a dash is not content", page("<h2>Biaya</h2><p>-</p>"), set()),
+    ("a same-rank heading ends the component", page(
+        "<h2>Persyaratan</h2><h2>Catatan</h2><p>Bawa map</p>"), set()),
+    ("a lower-rank heading does not end it", page(
+        "<h3>Persyaratan</h3><h4>Untuk WNI</h4><ul><li>KTP</li></ul>"), {"persyaratan"}),
+    ("minor labels under a heading are its content", page(
+        "<h3>Persyaratan</h3><ul><li><strong>KTP</strong></li></ul>"), {"persyaratan"}),
+    ("enumerated headings", page("<h3>1. Persyaratan</h3><p>KTP</p><h3>b. Biaya:</h3>"
+                                 "<p>Gratis</p>"), {"persyaratan", "biaya"}),
+    ("complaint mechanism is pengaduan, not prosedur", page(
+        "<h3>Mekanisme pengaduan</h3><p>Melalui SP4N-LAPOR!</p>"), {"pengaduan"}),
+    ("full legal name of the complaints component", page(
+        "<h3>Penanganan Pengaduan, Saran, dan Masukan</h3><p>Kotak saran</p>"), {"pengaduan"}),
+    ("maklumat and a LAPOR! link in the footer", page(
+        "<main><h2>Maklumat Pelayanan</h2><p>Kami sanggup melayani sesuai standar.</p></main>"
+        "<footer><a href='https://www.lapor.go.id/'>SP4N-LAPOR!</a></footer>"),
+     {"maklumat", "lapor"}),
+    ("a look-alike LAPOR host does not count", page(
+        "<p><a href='https://lapor.go.id.example.com/'>lapor</a></p>"), set()),
+    ("an empty marker does not count", page('<section data-komponen="biaya"> </section>'), set()),
+    ("script and style text is ignored", page(
+        "<script>var h = '<h2>Biaya</h2>';</script><style>h2{}</style><h2>Produk</h2><p>SIM</p>"),
+     {"produk"}),
+    ("unclosed paragraphs and list items", page(
+        "<h2>Persyaratan</h2><ul><li>KTP<li>KK</ul><h2>Biaya</h2><p>Gratis<p>Lunas"),
+     {"persyaratan", "biaya"}),
+    ("news heading mentioning a component word", page(
+        "<h2>Biaya perjalanan dinas naik tahun ini menurut laporan keuangan daerah terbaru "
+        "yang dirilis pada rapat paripurna DPRD kemarin sore</h2><p>Berita lengkap</p>"), set()),
+]
+
+
+@pytest.mark.parametrize("html, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_components_found(html: str, expected: set[str]) -> None:
+    assert found(html) == expected
+
+
+SCORES = [
+    ("everything", {"/": SIX_H2, "/m": page("<h2>Maklumat</h2><p>Janji kami</p>"
+                                            "<a href='https://www.lapor.go.id'>LAPOR</a>")},
+     100.0, "A"),
+    ("six components, no maklumat, no link", {"/": SIX_H2}, 84.0, "B"),
+    ("one component missing", {"/": SIX_H2.replace("Biaya", "Catatan"),
+                               "/m": page("<h2>Maklumat</h2><p>Janji kami</p>"
+                                          "<a href='https://lapor.go.id'>LAPOR</a>")}, 86.0, "B"),
+    ("nothing", {"/": page("<p>Selamat datang</p>")}, 0.0, "E"),
+    ("three components", {"/": page("<h2>Persyaratan</h2><p>KTP</p><h2>Biaya</h2><p>Gratis</p>"
+                                    "<h2>Produk</h2><p>SIM</p>")}, 42.0, "D"),
+]
+
+
+@pytest.mark.parametrize("pages, score, band", [c[1:] for c in SCORES], ids=[c[0] for c in SCORES])
+def test_score_and_band(pages: dict[str, str], score: float, band: str) -> None:
+    publication = score_publication({p: analyse_page(h, RULES) for p, h in pages.items()}, RULES)
+    assert (publication.score, publication.band) == (score, band)
+    assert list(publication.components) == [*SIX, "maklumat", "lapor"]
+
+
+def test_evidence_names_the_page_and_heading() -> None:
+    publication = score_publication({"/layanan/ktp.html": analyse_page(SIX_H2, RULES)}, RULES)
+    assert publication.evidence["waktu"] == "/layanan/ktp.html: Jangka Waktu Penyelesaian"
+    checks = {c.id: c for c in publication_checks(publication, RULES)}
+    assert checks["publication.waktu"].status is Status.PASS
+    assert checks["publication.maklumat"].status is Status.FAIL
+    assert "1 page(s) read" in checks["publication.maklumat"].detail
+
+
+def test_rules_file_is_versioned_and_weights_make_100() -> None:
+    assert RULES.version >= 1
+    assert RULES.ids == (*SIX, "maklumat", "lapor")
+    assert sum(c.weight for c in RULES.components) + RULES.lapor_weight == 100
+    assert [b.grade for b in RULES.bands] == ["A", "B", "C", "D", "E"]
+
+
+@pytest.mark.parametrize("heading, component", [
+    ("Jangka waktu penyelesaian", "waktu"), ("Jangka waktu pelayanan", "waktu"),
+    ("Jangka waktu layanan", "waktu"), ("Waktu penyelesaian", "waktu"),
+    ("Waktu pelayanan", "waktu"), ("Biaya", "biaya"), ("Tarif", "biaya"),
+    ("Biaya/Tarif", "biaya"), ("Prosedur", "prosedur"), ("Alur", "prosedur"),
+    ("Mekanisme", "prosedur"), ("Pengaduan", "pengaduan"),
+    ("Penanganan pengaduan", "pengaduan"), ("Persyaratan", "persyaratan"),
+    ("Syarat-syarat", "persyaratan"), ("Produk layanan", "produk"),
+    ("Maklumat Pelayanan", "maklumat"), ("Jam buka", None), ("Berita", None),
+])
+def test_variants_named_in_service_standard(heading: str, component: str | None) -> None:
+    assert RULES.component_for(heading) == component
+
+
+@pytest.mark.parametrize("html, reason", [
+    (page("<h1>Welcome to nginx!</h1><p>If you see this page, the nginx web server is "
+          "successfully installed and working. Further configuration is required.</p>",
+          title="Welcome to nginx!"), "nginx default page"),
+    (page("<h1>Index of /</h1><pre>a.html</pre>", title="Index of /"), "directory listing"),
+    (page("<h1>404 Not Found</h1>" + "<p>Halaman yang Anda cari tidak ada di server ini.</p>" * 4,
+          title="404 Not Found"), "error page"),
+    (page("<p>This domain is parked free of charge. " + "Lorem ipsum dolor sit amet. " * 10,
+          title="dinkes.example"), "parked page"),
+    (page("<h1>Situs sedang dalam perbaikan</h1>", title="Segera hadir"), "placeholder page"),
+    (page("<p>Halo</p>", title="Dinkes"), "almost empty (4 letters of text)"),
+    (SIX_H2, None),
+])
+def test_not_content(html: str, reason: str | None) -> None:
+    assert not_content_reason(analyse_page(html, RULES), RULES) == reason
+
+
+def test_links_ranked_and_kept_on_site() -> None:
+    home = analyse_page(page(
+        "<nav><a href='index.html#layanan'>Layanan</a><a href='maklumat.html'>Maklumat Pelayanan"
+        "</a></nav><main><a href='layanan/ktp.html'>Pembuatan KTP</a>"
+        "<a href='https://other.example/standar-pelayanan'>Standar pelayanan</a>"
+        "<a href='standar-pelayanan.pdf'>Standar pelayanan (PDF)</a>"
+        "<a href='/berita/1'>Berita</a><a href='mailto:x@y.id'>pengaduan</a>"
+        "<a href='/standar-pelayanan/'>Standar Pelayanan</a></main>"), RULES)
+    assert pages_from_links(home, "https://dinkes.example.go.id/", RULES) == [
+        "/standar-pelayanan/", "/layanan/ktp.html", "/maklumat.html"]
+
+
+def test_data_file_lists_service_pages_of_this_site_only() -> None:
+    document = {"schema": "provisioner/standar-pelayanan/v1",
+                "maklumat": {"url": "https://a.example.go.id/maklumat.html"},
+                "pengaduan": {"url": "https://a.example.go.id/pengaduan.html"},
+                "services": [{"url": "https://a.example.go.id/layanan/x.html"},
+                             {"url": "https://evil.example/layanan/y.html"}]}
+    base = "https://a.example.go.id/"
+    assert pages_from_data(json.dumps(document), base, RULES) == [
+        "/layanan/x.html", "/maklumat.html", "/pengaduan.html"]
+    assert pages_from_data(json.dumps({**document, "schema": "other/v9"}), base, RULES) is None
+    assert pages_from_data("not json", base, RULES) is None
+
+
+@pytest.mark.parametrize("url, base, path", [
+    ("/a/index.html", "https://x.go.id/", "/a/"),
+    ("b.html?q=1", "https://x.go.id/a/", "/a/b.html?q=1"),
+    ("http://x.go.id/", "https://x.go.id/", None),
+    ("https://x.go.id:8443/", "https://x.go.id/", None),
+])
+def test_same_site_path(url: str, base: str, path: str | None) -> None:
+    assert same_site_path(url, base) == path
