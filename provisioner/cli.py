@@ -21,7 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import csvimport, registry, scaffold
+from . import ansible, csvimport, registry, scaffold
+from . import onboard as onboarding
 from . import site
 from .errors import InputError, NotBuiltError, ProvisionerError
 from .errors import UsageError
@@ -36,7 +37,7 @@ from .report import junit as report_junit
 from .report import prom as report_prom
 from .report import write_atomic
 from .verify.content import load_rules
-from .plan import OUTCOME_COLUMNS, ROW_COLUMNS
+from .plan import ROW_COLUMNS, Plan
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -119,7 +120,7 @@ def emit_json(data: Any) -> None:
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
     t = Table(title=title)
     for column in columns:
-        t.add_column(column)
+        t.add_column(column, overflow="fold")
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
     console.print(t)
@@ -323,36 +324,71 @@ def _show_dns_plan(dns_plan: dnsops.DnsPlan) -> None:
                       markup=False)
 
 
-def _show_dns_result(result: dnsops.DnsResult) -> None:
-    table(list(OUTCOME_COLUMNS), [o.row() for o in result.outcomes], title="DNS step")
-    if result.propagation:
-        for sync in result.propagation.servers:
-            lag = sync.error or ", ".join(sync.lagging)
-            state = "in sync" if sync.in_sync else f"lagging: {lag}"
-            console.print(f"{sync.server} ({sync.address}): serial {sync.serial}, {state}",
-                          markup=False)
-    console.print(f"{result.update_messages} update message(s) sent"
-                  + (f"; zone serial now {result.serial}" if result.serial else ""), markup=False)
+def _show_onboard_plan(oplan: onboarding.OnboardPlan) -> None:
+    if oplan.dns is not None:
+        _show_dns_plan(oplan.dns)
+    others = [c for c in oplan.plan if c.kind != "dns"]
+    shown = [c for c in others if c.action != "noop"]
+    if shown:
+        table(list(ROW_COLUMNS), [c.row() for c in shown], title="sites, vhosts, certificates")
+    if others:
+        counts = ", ".join(f"{n} {a}" for a, n in Plan(others).counts().items() if n)
+        console.print(f"sites, vhosts, certificates: {counts}", markup=False)
+    for host, error in oplan.host_errors.items():
+        console.print(f"host {host} cannot be used: {error}", markup=False)
+    for outcome in oplan.skipped:
+        console.print(f"{outcome.agency}: {outcome.detail}", markup=False)
+
+
+def _onboard_progress(event: ansible.Progress) -> None:
+    if event.state in ("changed", "failed", "unreachable"):
+        err_console.print(f"  {event.host}: {event.task}: {event.state}", markup=False)
+
+
+def _show_onboard_result(result: onboarding.OnboardResult, inv: Inventory,
+                         timings: bool) -> None:
+    summary = result.by_agency()
+    rows = []
+    for slug, outcome in summary.items():
+        agency = inv.agencies.get(slug)
+        url = f"https://{agency.fqdn}/" if agency and agency.hosted else ""
+        rows.append([slug, outcome.status, outcome.kind if outcome.status != "ok" else "",
+                     outcome.detail if outcome.status == "failed" else url])
+    table(["agency", "status", "step", "detail / site"], rows, title="onboarding result")
+    counts = {s: sum(o.status == s for o in summary.values()) for s in ("changed", "ok", "failed")}
+    console.print(f"{counts['changed']} changed, {counts['ok']} ok, {counts['failed']} failed; "
+                  f"nginx reloads: {sum(result.reloads.values())}", markup=False)
+    if timings:
+        console.print("timings: " + ", ".join(f"{phase} {result.timings[phase]:.2f} s"
+                                              for phase in onboarding.PHASES
+                                              if phase in result.timings), markup=False)
+
+
+ONLY_HELP = "Run one step only: dns, web, tls or verify (to re-run it)."
 
 
 @app.command("plan")
 @handles_errors
 def plan(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
          all_: bool = typer.Option(False, "--all", help=ALL_AGENCIES_HELP),
+         only: Optional[str] = typer.Option(None, "--only", help=ONLY_HELP),
          fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
     """Show what onboarding would change, changing nothing.
 
-    Today: the DNS records, read from the primary by a signed zone transfer. Each
-    agency's records are listed as create / update / delete / conflict / noop with
-    old and new values. A conflict is a name in use that this inventory does not
-    own; 'onboard --force' adopts it.
+    DNS records are read from the primary (a signed zone transfer) and listed as
+    create / update / delete / conflict / noop with old and new values; a conflict is
+    a name in use that this inventory does not own ('onboard --force' adopts it).
+    Site files, vhosts and certificates are compared with what each host has (one
+    SSH round trip per host); files the agency edited are listed and kept.
     """
     inv = ctx.obj.inventory()
-    dns_plan = dnsops.plan_dns(inv, _dns_selection(inv, agencies, all_))
+    steps = (only,) if only else onboarding.STEPS
+    with onboarding.Session(inv) as session:
+        oplan = session.plan(_dns_selection(inv, agencies, all_), steps=steps)
     if fmt is Format.json:
-        emit_json(dns_plan.to_dict())
+        emit_json(oplan.to_dict())
         return
-    _show_dns_plan(dns_plan)
+    _show_onboard_plan(oplan)
 
 
 @app.command("onboard")
@@ -363,40 +399,45 @@ def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metav
             yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
             force: bool = typer.Option(False, "--force",
                                        help="Adopt unowned records and pass the safety gate."),
-            only: Optional[str] = typer.Option(None, "--only",
-                                               help="Run one step: dns, web, tls or verify."),
+            only: Optional[str] = typer.Option(None, "--only", help=ONLY_HELP),
+            timings: bool = typer.Option(False, "--timings",
+                                         help="Print the time each phase took."),
             fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
     """Give agencies their DNS record, vhost, starter site and certificate, then verify.
 
-    Built so far: the DNS step (--only dns). It checks that the TSIG key may update
-    the zone, shows the plan, asks before applying (unless --yes), sends every change
-    as one signed update guarded by prerequisites, then waits until every
-    authoritative nameserver serves it. Exit 1 when any agency failed.
+    Shows the plan first and asks before applying (unless --yes). Steps: dns (one
+    signed update for the zone, then every nameserver is checked), web (one Ansible
+    run: each host's files in one transfer, nginx -t before the swap, one reload per
+    host), tls (ACME certificates after the pre-order checks, installed 0600, served
+    serial compared), verify (as 'provisioner verify'). Re-running converges: a
+    second run changes nothing and reloads nothing. Exit 1 when any agency failed;
+    agencies that succeeded are kept.
     """
-    if only != "dns":
-        raise NotBuiltError("only 'provisioner onboard --only dns' is built yet; the web, tls "
-                            "and verify steps come later; nothing was done")
     if fmt is Format.json and not (yes or dry_run):
         raise UsageError("--format json cannot ask for confirmation",
                          hint="add --yes or --dry-run")
     inv = ctx.obj.inventory()
-    dns_plan = dnsops.plan_dns(inv, _dns_selection(inv, agencies, all_), force=force,
-                               preflight=True)
-    if fmt is Format.table:
-        _show_dns_plan(dns_plan)
-    if dry_run:
-        if fmt is Format.json:
-            emit_json({"plan": dns_plan.to_dict(), "result": None})
-        return
-    if dns_plan.plan.has_changes and not yes and \
-            not typer.confirm(f"Apply these DNS changes to {dns_plan.zone}?", default=False):
-        err_console.print("aborted: nothing was changed")
-        raise typer.Exit(1)
-    result = dnsops.apply_dns(inv, dns_plan, force=force)
-    if fmt is Format.json:
-        emit_json({"plan": dns_plan.to_dict(), "result": result.to_dict()})
+    steps = (only,) if only else onboarding.STEPS
+    table_output = fmt is Format.table
+    report = (lambda line: err_console.print(line, markup=False)) if table_output else None
+    with onboarding.Session(inv, report or (lambda _line: None)) as session:
+        oplan = session.plan(_dns_selection(inv, agencies, all_), steps=steps, force=force)
+        if table_output:
+            _show_onboard_plan(oplan)
+        if dry_run:
+            if not table_output:
+                emit_json({"plan": oplan.to_dict(), "result": None})
+            return
+        if oplan.has_changes and not yes and \
+                not typer.confirm("Apply this plan?", default=False):
+            err_console.print("aborted: nothing was changed")
+            raise typer.Exit(1)
+        result = session.apply(oplan, force=force,
+                               progress=_onboard_progress if table_output else None)
+    if table_output:
+        _show_onboard_result(result, inv, timings)
     else:
-        _show_dns_result(result)
+        emit_json(result.to_dict())
     if result.failed:
         raise typer.Exit(1)
 

@@ -1,0 +1,405 @@
+"""Onboarding end to end: DNS record, vhost + starter site, TLS certificate, verification.
+
+A run is two calls on one ``Session`` (which holds one SSH connection per host):
+``plan`` reads facts (the zone, each host's files and certificates) and computes
+every change without side effects; ``apply`` carries the plan out step by step
+and returns one outcome per agency and step. An agency that fails a step is left
+out of the later steps; other agencies go on, and nothing they got is rolled back.
+
+Steps, in order:
+
+* dns: one signed update for the whole zone, then wait for every nameserver;
+* web: one Ansible run ships every host's files in one transfer and applies them
+  as a transaction (``nginx -t`` before the swap, one reload per host);
+* tls: certificates are ordered concurrently (after the pre-order guardrails),
+  installed 0600; agencies that had none get their HTTPS vhost in a second web
+  run, renewed ones a reload; then the served serial is compared;
+* verify: the same checks as ``provisioner verify``, for every onboarded agency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from . import ansible, site, tls
+from . import verify as verifying
+from .dns import DnsClient
+from .dnsops import DnsPlan, apply_dns, plan_dns
+from .errors import ProvisionerError, UsageError
+from .hosts import HostClient, HostFacts, Preflight
+from .models import Agency, Inventory
+from .plan import Change, Outcome, Plan
+from .sweep import verify_all
+
+STEPS = ("dns", "web", "tls", "verify")
+PHASES = ("plan", "dns", "web", "tls", "verify")
+VERIFY_CONCURRENCY = 32
+
+Report = Callable[[str], None]
+
+
+def _quiet(_line: str) -> None:
+    return None
+
+
+# =========================================================================== plan data
+
+
+@dataclass(frozen=True)
+class OnboardPlan:
+    agencies: tuple[Agency, ...]  # hosted agencies in scope
+    steps: tuple[str, ...]
+    dns: DnsPlan | None
+    plan: Plan  # dns, site, vhost and cert changes
+    targets: tuple[tls.CertTarget, ...]
+    decisions: Mapping[str, tls.CertDecision]  # target key -> order / renew / keep
+    tls_ready: Mapping[str, bool]  # slug -> a certificate is installed (HTTPS vhost)
+    host_errors: Mapping[str, str]  # host -> why it cannot be used this run
+    skipped: tuple[Outcome, ...]  # agencies in scope with nothing to onboard (external)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def has_changes(self) -> bool:
+        return self.plan.has_changes or bool(self.host_errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.steps), "agencies": [a.slug for a in self.agencies],
+                "changes": [c.to_dict() for c in self.plan],
+                "counts": self.plan.counts(),
+                "dns": None if self.dns is None else {
+                    "zone": self.dns.zone, "serial": self.dns.serial,
+                    "owned_records": self.dns.owned_records, "safety": self.dns.safety},
+                "host_errors": dict(self.host_errors),
+                "skipped": [o.to_dict() for o in self.skipped]}
+
+
+@dataclass(frozen=True)
+class OnboardResult:
+    plan: OnboardPlan
+    outcomes: tuple[Outcome, ...]  # one per agency and step that ran
+    reloads: Mapping[str, int]  # host -> nginx reloads done by this run
+    timings: Mapping[str, float]  # phase -> seconds
+
+    @property
+    def failed(self) -> bool:
+        return any(o.status == "failed" for o in self.outcomes)
+
+    def by_agency(self) -> dict[str, Outcome]:
+        """One line per agency: its first failure, else changed when any step changed."""
+        summary: dict[str, Outcome] = {}
+        for outcome in self.outcomes:
+            current = summary.get(outcome.agency)
+            if current is None or _rank(outcome) > _rank(current):
+                summary[outcome.agency] = outcome
+        return summary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"failed": self.failed, "outcomes": [o.to_dict() for o in self.outcomes],
+                "agencies": {slug: o.to_dict() for slug, o in self.by_agency().items()},
+                "reloads": dict(self.reloads), "timings": dict(self.timings),
+                "plan": self.plan.to_dict()}
+
+
+def _rank(outcome: Outcome) -> int:
+    return {"ok": 0, "changed": 1, "failed": 2}[outcome.status]
+
+
+# =========================================================================== pure planning
+
+
+def site_change(agency: Agency, changes: Sequence[site.FileChange]) -> Change:
+    """One row for an agency's site files: counts per action, edited files named."""
+    by_action: dict[str, list[str]] = {}
+    for change in changes:
+        by_action.setdefault(change.action, []).append(change.path)
+    mutating = {a: by_action.get(a, []) for a in ("create", "update", "remove")}
+    new = tuple(f"{len(paths)} {action}" for action, paths in mutating.items() if paths)
+    kept = by_action.get("keep-edited", [])
+    reason = f"kept, edited by the agency: {', '.join(sorted(kept))}" if kept else ""
+    if not any(mutating.values()):
+        return Change(agency.slug, "site", "noop", agency.fqdn, reason=reason or "up to date")
+    first_deploy = all(c.action == "create" for c in changes)
+    action = "create" if first_deploy else "update"
+    return Change(agency.slug, "site", action, agency.fqdn, new=new, reason=reason)
+
+
+def vhost_change(agency: Agency, current_sha256: str | None, desired: bytes,
+                 tls_ready: bool) -> Change:
+    mode = "https" if tls_ready else "http only, until the certificate exists"
+    if current_sha256 is None:
+        return Change(agency.slug, "vhost", "create", agency.fqdn, new=(mode,))
+    if current_sha256 == site.sha256_hex(desired):
+        return Change(agency.slug, "vhost", "noop", agency.fqdn, reason="up to date")
+    return Change(agency.slug, "vhost", "update", agency.fqdn, new=(mode,))
+
+
+def cert_changes(target: tls.CertTarget, decision: tls.CertDecision) -> list[Change]:
+    action = {"order": "create", "renew": "update", "keep": "noop"}[decision.action]
+    return [Change(slug, "cert", action, ", ".join(target.names), rdtype=target.challenge,
+                   reason=decision.reason) for slug in target.agencies]
+
+
+def decide_certs(targets: Sequence[tls.CertTarget], facts: Mapping[str, HostFacts],
+                 now: dt.datetime, days: int = tls.RENEW_DAYS
+                 ) -> tuple[dict[str, tls.CertDecision], dict[str, bool]]:
+    """Per target: order, renew or keep (from the certificate each host serves from disk);
+    per agency: whether a certificate is installed at all (its vhost can serve HTTPS)."""
+    decisions, installed = {}, {}
+    for target in targets:
+        infos = [_installed_cert(facts.get(place.host), place) for place in target.installs]
+        present = [info for info in infos if info is not None]
+        # Every host must hold a good certificate; the worst one decides.
+        worst = None if len(present) < len(infos) else min(present, key=lambda i: i.not_after)
+        decisions[target.key] = tls.decide(worst, target.names, now, days)
+        for slug in target.agencies:
+            installed[slug] = len(present) == len(infos)
+    return decisions, installed
+
+
+def _installed_cert(facts: HostFacts | None, place: tls.Install) -> tls.CertInfo | None:
+    pem = facts.certs.get(place.fullchain) if facts else None
+    if not pem:
+        return None
+    try:
+        return tls.cert_info(pem.encode() if isinstance(pem, str) else pem)
+    except ValueError:
+        return None  # unreadable: order a new one
+
+
+# =========================================================================== the session
+
+
+class Session:
+    """One onboarding run: SSH connections to the hosts, the DNS client, timings."""
+
+    def __init__(self, inventory: Inventory, report: Report = _quiet):
+        self.inventory = inventory
+        self.report = report
+        self.dns = DnsClient(inventory.settings)
+        self.clients: dict[str, HostClient] = {}
+        self.timings: dict[str, float] = {}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - start
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, agencies: Sequence[Agency] | None, *, steps: Sequence[str] = STEPS,
+             force: bool = False, renew_days: int = tls.RENEW_DAYS) -> OnboardPlan:
+        """Read facts and compute every change (agencies None: every active agency)."""
+        unknown = [s for s in steps if s not in STEPS]
+        if unknown:
+            raise UsageError(f"--only: unknown step {', '.join(unknown)}",
+                             hint=f"steps: {', '.join(STEPS)}")
+        with self._phase("plan"):
+            selected = list(agencies) if agencies is not None else \
+                self.inventory.select([], all_=True)
+            hosted = tuple(a for a in selected if a.hosted)
+            skipped = tuple(Outcome(a.slug, "onboard", "ok", "hosted elsewhere "
+                                    f"({a.external_url}): nothing to onboard")
+                            for a in selected if not a.hosted)
+            dns_plan = plan_dns(self.inventory, agencies, force=force, preflight=True,
+                                client=self.dns) if "dns" in steps else None
+            rendered = {a.slug: site.render_site(a) for a in hosted}
+            facts, host_errors = self._host_facts(hosted, rendered)
+            targets = tuple(tls.cert_targets(self.inventory, hosted))
+            decisions, installed = decide_certs(targets, facts,
+                                                dt.datetime.now(dt.timezone.utc), renew_days)
+            changes = list(dns_plan.plan) if dns_plan else []
+            if "web" in steps:
+                changes += self._web_changes(hosted, rendered, facts, installed, host_errors)
+            if "tls" in steps:
+                changes += [c for t in targets for c in cert_changes(t, decisions[t.key])]
+        return OnboardPlan(agencies=hosted, steps=tuple(steps), dns=dns_plan, plan=Plan(changes),
+                           targets=targets, decisions=decisions, tls_ready=installed,
+                           host_errors=host_errors, skipped=skipped, timings=dict(self.timings))
+
+    def _web_changes(self, hosted: Sequence[Agency], rendered: Mapping[str, Mapping[str, bytes]],
+                     facts: Mapping[str, HostFacts], installed: Mapping[str, bool],
+                     host_errors: Mapping[str, str]) -> list[Change]:
+        changes = []
+        for agency in hosted:
+            if agency.host in host_errors:
+                continue
+            site_facts = facts[agency.host].sites.get(agency.slug)
+            host = self.inventory.hosts[agency.host]
+            vhost = site.render_vhost(agency, host, self.inventory.settings,
+                                      tls_ready=installed.get(agency.slug, False))
+            changes.append(site_change(agency, site_facts.plan(rendered[agency.slug])
+                                       if site_facts else site.plan_site_files(
+                                           dict(rendered[agency.slug]), None, {})))
+            changes.append(vhost_change(agency, site_facts.vhost_sha256 if site_facts else None,
+                                        vhost, installed.get(agency.slug, False)))
+        return changes
+
+    def _host_facts(self, hosted: Sequence[Agency], rendered: Mapping[str, Mapping[str, bytes]]
+                    ) -> tuple[dict[str, HostFacts], dict[str, str]]:
+        """Connect, preflight and read facts on every involved host, hosts in parallel."""
+        names = sorted({a.host for a in hosted})
+
+        def read(name: str) -> HostFacts | str:
+            try:
+                client = self._client(name)
+                preflight: Preflight = client.preflight()
+                if not preflight.ok:
+                    return "; ".join(preflight.problems)
+                on_host = [a for a in hosted if a.host == name]
+                return client.facts(on_host, self.inventory.settings,
+                                    {a.slug: list(rendered[a.slug]) for a in on_host})
+            except ProvisionerError as exc:
+                return str(exc)
+
+        facts, errors = {}, {}
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
+            for name, found in zip(names, pool.map(read, names)):
+                if isinstance(found, str):
+                    errors[name] = found
+                else:
+                    facts[name] = found
+        return facts, errors
+
+    def _client(self, name: str) -> HostClient:
+        if name not in self.clients:
+            client = HostClient(self.inventory.hosts[name], self.inventory.settings.known_hosts_file)
+            client.connect()
+            self.clients[name] = self._stack.enter_context(client)
+        return self.clients[name]
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, oplan: OnboardPlan, *, force: bool = False,
+              progress: ansible.ProgressCallback | None = None) -> OnboardResult:
+        outcomes: list[Outcome] = list(oplan.skipped)
+        reloads: dict[str, int] = {}
+        failed: set[str] = set()
+        for host, error in oplan.host_errors.items():
+            for agency in (a for a in oplan.agencies if a.host == host):
+                outcomes.append(Outcome(agency.slug, "web", "failed", f"host {host}: {error}"))
+                failed.add(agency.slug)
+
+        def record(new: Sequence[Outcome]) -> None:
+            outcomes.extend(new)
+            failed.update(o.agency for o in new if o.status == "failed")
+
+        if oplan.dns is not None:
+            with self._phase("dns"):
+                record(self._apply_dns(oplan, force))
+        if "web" in oplan.steps:
+            with self._phase("web"):
+                record(self._deploy(oplan, [a for a in oplan.agencies if a.slug not in failed],
+                                    oplan.tls_ready, reloads, progress, only_if_planned=True))
+        if "tls" in oplan.steps:
+            with self._phase("tls"):
+                record(self._certificates(oplan, failed, reloads, progress))
+        if "verify" in oplan.steps:
+            with self._phase("verify"):
+                record(self.verify([a for a in oplan.agencies if a.slug not in failed]))
+        return OnboardResult(oplan, tuple(outcomes), reloads, dict(self.timings))
+
+    def _apply_dns(self, oplan: OnboardPlan, force: bool) -> list[Outcome]:
+        result = apply_dns(self.inventory, oplan.dns, force=force, client=self.dns)
+        self.report(f"dns: {result.update_messages} update message(s)"
+                    + (f", zone serial {result.serial}" if result.serial else ", nothing to change"))
+        return list(result.outcomes)
+
+    def _deploy(self, oplan: OnboardPlan, agencies: Sequence[Agency],
+                tls_ready: Mapping[str, bool], reloads: dict[str, int],
+                progress: ansible.ProgressCallback | None, *,
+                only_if_planned: bool = False) -> list[Outcome]:
+        """Ship site files and vhosts (``only_if_planned``: no Ansible run at all when the
+        plan has no site or vhost change for these agencies)."""
+        if not agencies:
+            return []
+        slugs = {a.slug for a in agencies}
+        if only_if_planned and not any(c.mutating for c in oplan.plan
+                                       if c.agency in slugs and c.kind in ("site", "vhost")):
+            return [Outcome(a.slug, "web", "ok", "site and vhost up to date") for a in agencies]
+        bundles = [ansible.site_bundle(a, self.inventory, tls_ready=tls_ready.get(a.slug, False))
+                   for a in agencies]
+        report = ansible.deploy_sites(self.inventory, bundles, progress)
+        for host in report.hosts.values():
+            reloads[host.host] = reloads.get(host.host, 0) + int(host.reloaded)
+        self.report(f"web: {len(bundles)} agencies on {len(report.hosts)} host(s), "
+                    f"{sum(int(h.reloaded) for h in report.hosts.values())} reload(s)")
+        return [d.outcome() for d in report.agencies.values()]
+
+    def _certificates(self, oplan: OnboardPlan, failed: set[str], reloads: dict[str, int],
+                      progress: ansible.ProgressCallback | None) -> list[Outcome]:
+        wanted = [t for t in oplan.targets if oplan.decisions[t.key].action != "keep"
+                  and any(slug not in failed for slug in t.agencies)]
+        outcomes = [o for t in oplan.targets if oplan.decisions[t.key].action == "keep"
+                    for o in tls.CertResult(t.key, "ok", oplan.decisions[t.key].reason,
+                                            None, t).outcomes()]
+        if not wanted:
+            return outcomes
+        for name in sorted({i.host for t in wanted for i in t.installs}):
+            self._client(name)
+        results = tls.Issuer(self.inventory, self.clients, self.dns).obtain(wanted)
+        self.report(f"tls: {sum(r.status == 'changed' for r in results)} certificate(s) issued")
+        issued = {slug for r in results if r.status == "changed" for slug in r.target.agencies}
+        activate = [a for a in oplan.agencies if a.slug in issued and a.slug not in failed
+                    and not oplan.tls_ready.get(a.slug)]
+        web = self._activate_https(oplan, activate, reloads, progress)
+        renewed_hosts = sorted({a.host for a in oplan.agencies if a.slug in issued
+                                and oplan.tls_ready.get(a.slug)} - {a.host for a in activate})
+        for name in renewed_hosts:
+            self.clients[name].reload_nginx()
+            reloads[name] = reloads.get(name, 0) + 1
+        served = tls.served_problems(self.inventory, results)
+        for result in results:
+            for outcome in result.outcomes():
+                problem = web.get(outcome.agency) or served.get(outcome.agency)
+                outcomes.append(Outcome(outcome.agency, "tls", "failed", problem)
+                                if problem and outcome.status == "changed" else outcome)
+        return outcomes
+
+    def _activate_https(self, oplan: OnboardPlan, agencies: Sequence[Agency],
+                        reloads: dict[str, int], progress: ansible.ProgressCallback | None
+                        ) -> dict[str, str]:
+        """Second web run: the HTTPS vhost for agencies whose first certificate just arrived."""
+        if not agencies:
+            return {}
+        outcomes = self._deploy(oplan, agencies, {a.slug: True for a in agencies}, reloads,
+                                progress)
+        return {o.agency: f"HTTPS vhost not activated: {o.detail}" for o in outcomes
+                if o.status == "failed"}
+
+    def verify(self, agencies: Sequence[Agency]) -> list[Outcome]:
+        """The same checks as 'provisioner verify', concurrently."""
+        if not agencies:
+            return []
+        targets = [verifying.agency_target(self.inventory, a) for a in agencies]
+
+        async def run() -> list[verifying.AgencyResult]:
+            ctx = verifying.make_context(self.inventory.settings)
+            return await verify_all(targets, ctx, VERIFY_CONCURRENCY)
+
+        results = asyncio.run(run())
+        active = sum(r.active for r in results)
+        self.report(f"verify: {active}/{len(results)} active")
+        return [_verify_outcome(r) for r in results]
+
+
+def _verify_outcome(result: verifying.AgencyResult) -> Outcome:
+    if result.active:
+        return Outcome(result.agency, "verify", "ok", f"active: {result.url}")
+    problems = "; ".join(f"{c.id}: {c.detail}" for c in result.problems()[:3])
+    return Outcome(result.agency, "verify", "failed", f"not active: {problems}")
