@@ -8,7 +8,7 @@
   ``RunResult``: status, rc, per-host stats, failed tasks with their messages and
   every module result.
 * ``deploy_sites`` ships each host's site files and vhosts in ONE transfer (a tar.gz
-  bundle) and applies them with the ``provisioner_vhosts`` module (one task per host:
+  bundle inside the call of the ``provisioner_vhosts`` module: one task per host,
   tested swap, one reload), then maps the run to one ``AgencyDeploy`` per agency.
 
 No secret ever goes through Ansible: certificates' keys are installed by hosts.py.
@@ -16,6 +16,7 @@ No secret ever goes through Ansible: certificates' keys are installed by hosts.p
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -40,7 +41,6 @@ DEPLOY_PLAYBOOK = "onboard.yml"
 PING_PLAYBOOK = "ping.yml"
 VHOST_MODULE = "provisioner_vhosts"
 BUNDLE_SCHEMA = "provisioner/bundle/v1"
-BUNDLE_REMOTE_NAME = ".provisioner-bundle.tar.gz"
 KEPT_RUNS = 20  # artifact folders of earlier runs kept for inspection
 RUN_TIMEOUT = 1800
 SOCKET_PATH_MAX = 104  # Unix socket paths; ssh's ControlPath is <dir>/<40-hex %C>
@@ -229,7 +229,6 @@ def host_vars(host: Host, inventory: Inventory, dirs: AnsibleDirs) -> dict[str, 
         "nginx_binary": host.nginx_binary,
         "nginx_main_config": str(host.nginx_main_config),
         "rejected_dir": str(rejected_dir(host)),
-        "bundle_remote_path": str(host.web_root / BUNDLE_REMOTE_NAME),
     }
     if host.lab and dirs.remote_tmp is not None:
         variables["ansible_remote_tmp"] = str(dirs.remote_tmp)
@@ -356,8 +355,7 @@ def site_bundle(agency: Agency, inventory: Inventory, *, tls_ready: bool) -> Sit
 
 
 def bundle_bytes(bundles: Sequence[SiteBundle]) -> bytes:
-    """One host's bundle as a deterministic tar.gz: same input, same bytes (so Ansible's
-    ``copy`` skips an unchanged transfer)."""
+    """One host's bundle as a deterministic tar.gz (same input, same bytes)."""
     spec = {
         "schema": BUNDLE_SCHEMA,
         "manifest_path": site.MANIFEST_PATH,
@@ -491,7 +489,7 @@ def deploy_sites(inventory: Inventory, bundles: Sequence[SiteBundle],
         for b in bundles:
             by_host.setdefault(b.host, []).append(b)
         for host, host_bundles in by_host.items():
-            (run_dir / f"{host}.tar.gz").write_bytes(bundle_bytes(host_bundles))
+            (run_dir / f"{host}.b64").write_bytes(base64.b64encode(bundle_bytes(host_bundles)))
         run = run_playbook(inventory, DEPLOY_PLAYBOOK, hosts=sorted(by_host),
                            extravars={"bundle_dir": str(run_dir)}, progress=progress)
     finally:

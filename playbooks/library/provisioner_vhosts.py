@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -37,13 +38,14 @@ DOCUMENTATION = r"""
 module: provisioner_vhosts
 short_description: Apply agencies' site files and nginx vhosts as one tested transaction
 description:
-  - Reads a bundle (tar.gz) with C(bundle.json), C(sites/<slug>/...) and C(vhosts/<slug>.conf).
+  - Reads a bundle (tar.gz, base64 in the call itself: one transfer, no copy task) with
+    C(bundle.json), C(sites/<slug>/...) and C(vhosts/<slug>.conf).
   - Writes site files, never overwriting a file the agency edited since the last deploy
     (compared with the deployed manifest); reports such files.
   - Swaps changed vhosts in, tests the whole config with C(nginx -t), isolates and rejects
     the vhosts that break it, and reloads nginx once (never restarts it).
 options:
-  bundle: {description: Path of the bundle on the host., required: true, type: path}
+  bundle: {description: The bundle as base64 (not logged)., required: true, type: str}
   web_root: {description: Every agency site folder must be inside it., required: true, type: path}
   sites_dir: {description: Folder of the vhost files (included by the main config)., required: true, type: path}
   rejected_dir: {description: Where rejected vhost files are kept., required: true, type: path}
@@ -381,10 +383,11 @@ class VhostTransaction:
 
 # =========================================================================== bundle
 
-def read_bundle(path):
-    """(spec, {member name: bytes}) of a bundle; only regular files with safe names."""
+def read_bundle(data):
+    """(spec, {member name: bytes}) of a bundle (tar.gz bytes); only regular files with
+    safe names."""
     members = {}
-    with tarfile.open(path, "r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         for member in tar.getmembers():
             if not member.isfile():
                 raise ValueError("bundle member %r is not a regular file" % member.name)
@@ -397,7 +400,7 @@ def read_bundle(path):
 
 
 def apply_bundle(bundle, web_root, sites_dir, rejected_dir, nginx, now=None):
-    """Apply a host's bundle: site files, then the vhost transaction; result per agency."""
+    """Apply a host's bundle (bytes): site files, then the vhost transaction; per agency."""
     spec, members = read_bundle(bundle)
     manifest_path = spec["manifest_path"]
     agencies, vhosts = {}, {}
@@ -546,7 +549,7 @@ def main():
 
     module = AnsibleModule(
         argument_spec={
-            "bundle": {"type": "path", "required": True},
+            "bundle": {"type": "str", "required": True, "no_log": True},
             "web_root": {"type": "path", "required": True},
             "sites_dir": {"type": "path", "required": True},
             "rejected_dir": {"type": "path", "required": True},
@@ -558,10 +561,10 @@ def main():
     p = module.params
     nginx = Nginx(p["nginx_binary"], p["nginx_main_config"])
     try:
-        result = apply_bundle(p["bundle"], p["web_root"], p["sites_dir"], p["rejected_dir"],
-                              nginx)
+        result = apply_bundle(base64.b64decode(p["bundle"]), p["web_root"], p["sites_dir"],
+                              p["rejected_dir"], nginx)
     except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
-        module.fail_json(msg="cannot apply bundle %s: %s" % (p["bundle"], exc),
+        module.fail_json(msg="cannot apply the bundle: %s" % exc,
                          agencies={}, reloaded=False, nginx_tests=nginx.tests)
     failed = sorted(s for s, r in result["agencies"].items() if r["status"] == "failed")
     changed = any(r["status"] == "changed" for r in result["agencies"].values())

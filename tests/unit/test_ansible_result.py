@@ -20,8 +20,8 @@ from provisioner.ansible import (
     progress_of,
 )
 
-COPY = "Ship this host's bundle (site files and vhosts of its agencies)"
 APPLY = "Apply site files and vhosts (nginx -t, swap, one reload)"
+PING = "Ping"
 
 
 def event(kind: str, host: str | None = None, task: str = APPLY,
@@ -94,18 +94,18 @@ MODULE_OK = {"changed": True, "reloaded": True, "nginx_tests": 1,
 
 RUNS = {
     "success": (
-        [event("runner_on_ok", "web1", COPY, "ansible.builtin.copy", {"changed": False}),
+        [event("runner_on_ok", "web1", PING, "ansible.builtin.ping", {"changed": False}),
          event("runner_on_ok", "web1", res=MODULE_OK),
          stats(ok={"web1": 2}, changed={"web1": 1})],
         "successful", 0,
         {"web1": HostStats(ok=2, changed=1)}, [], 2),
     "unreachable": (
-        [event("runner_on_unreachable", "web2", COPY, "ansible.builtin.copy",
-               {"unreachable": True, "msg": UNREACHABLE_MSG, "changed": False}),
+        [event("runner_on_unreachable", "web2",
+               res={"unreachable": True, "msg": UNREACHABLE_MSG, "changed": False}),
          stats(dark={"web2": 1})],
         "failed", 4,
         {"web2": HostStats(unreachable=1)},
-        [("web2", COPY, True)], 1),
+        [("web2", APPLY, True)], 1),
     "module reports a rejected vhost": (
         [event("runner_on_failed", "web1", res={"msg": "failed: c", **MODULE_OK}),
          stats(failures={"web1": 1}, ok={"web1": 1})],
@@ -159,22 +159,24 @@ WEB1_MODULE = {
 OUTCOMES = {
     "module results per agency, unreachable host fails its agencies": (
         [event("runner_on_failed", "web1", res={"msg": "failed: dishub", **WEB1_MODULE}),
-         event("runner_on_unreachable", "web2", COPY, "ansible.builtin.copy",
-               {"unreachable": True, "msg": "ssh: connect to host 127.0.8.121 port 22: "
-                                            "Connection refused"})],
+         event("runner_on_unreachable", "web2",
+               res={"unreachable": True, "msg": "ssh: connect to host 127.0.8.121 port 22: "
+                                                "Connection refused"})],
         "failed", 4,
         {"dinkes": ("changed", None), "dishub": ("failed", 'nginx: [emerg] unknown directive "x"'),
          "bapenda": ("failed", "host web2 unreachable: ssh: connect to host 127.0.8.121 port 22: "
                                "Connection refused")},
         {"web1": (True, 4), "web2": (False, 0)}),
-    "the bundle transfer failed": (
-        [event("runner_on_failed", "web1", COPY, "ansible.builtin.copy",
-               {"msg": "Destination directory /www does not exist"})],
+    "the module crashed before reporting": (
+        [event("runner_on_failed", "web1",
+               res={"msg": "MODULE FAILURE\nSee stdout/stderr for the exact error",
+                    "module_stderr": "Traceback (most recent call last):\n"
+                                     "OSError: [Errno 28] No space left on device\n"})],
         "failed", 2,
-        {"dinkes": ("failed", "host web1 task '" + COPY + "' failed: Destination directory "
-                              "/www does not exist"),
-         "dishub": ("failed", "host web1 task '" + COPY + "' failed: Destination directory "
-                              "/www does not exist"),
+        {"dinkes": ("failed", "host web1 task '" + APPLY + "' failed: module crashed: "
+                              "OSError: [Errno 28] No space left on device"),
+         "dishub": ("failed", "host web1 task '" + APPLY + "' failed: module crashed: "
+                              "OSError: [Errno 28] No space left on device"),
          "bapenda": ("failed", "ansible run failed (rc 2) before reaching web2")},
         {"web1": (False, 0), "web2": (False, 0)}),
 }

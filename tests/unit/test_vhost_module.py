@@ -99,9 +99,7 @@ http {{
                           vhost=vhost if vhost is not None else self.vhost(slug), files=files)
 
     def apply(self, bundles: list[SiteBundle], nginx: CountingNginx | None = None) -> dict:
-        path = self.root / "bundle.tar.gz"
-        path.write_bytes(bundle_bytes(bundles))
-        return module.apply_bundle(str(path), str(self.web_root), str(self.sites_dir),
+        return module.apply_bundle(bundle_bytes(bundles), str(self.web_root), str(self.sites_dir),
                                    str(self.rejected_dir), nginx or self.nginx(), now=0)
 
     def get(self, slug: str, path: str = "index.html") -> httpx.Response:
