@@ -1,0 +1,241 @@
+"""Onboarding end to end on a real lab: DNS, Ansible, ACME (Pebble), verification.
+
+The module brings up its own lab (offset 50 inside PROVISIONER_TEST_NET) because it
+onboards the whole sample inventory and resets the lab between scenarios. Tests run
+in file order and build on each other's state where they say so.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from provisioner import ansible, site
+from provisioner.registry import load_inventory
+
+from .conftest import TEST_NET, TestLab, run_cli, start_test_lab
+
+
+@pytest.fixture(scope="module")
+def olab(tmp_path_factory: pytest.TempPathFactory):
+    test_lab = start_test_lab(tmp_path_factory.mktemp("onboard"), TEST_NET, offset=50)
+    try:
+        yield test_lab
+    finally:
+        test_lab.lab.down()
+
+
+def cli(olab: TestLab, *args: str):
+    return run_cli(olab.inventory_dir, olab.state_dir, *args, subprocess=True)
+
+
+def onboard_json(olab: TestLab, *args: str) -> tuple[int, dict]:
+    result = cli(olab, "onboard", *args, "--yes", "--format", "json")
+    assert result.stdout.strip(), result.stderr
+    return result.exit_code, json.loads(result.stdout)
+
+
+def trust_context(olab: TestLab) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(olab.inventory.settings.trust_roots[0]))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def fetch(olab: TestLab, slug: str, path: str = "/") -> tuple[int, str, x509.Certificate]:
+    """GET https://<agency>/path from its host's address, verifying the chain to Pebble."""
+    agency = olab.inventory.agencies[slug]
+    address = olab.inventory.hosts[agency.host].public_ipv4
+    context = trust_context(olab)
+    with socket.create_connection((address, 443), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=agency.fqdn) as tls:
+        cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+        conn = http.client.HTTPConnection(agency.fqdn)
+        conn.sock = tls
+        conn.request("GET", path, headers={"Host": agency.fqdn})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace"), cert
+
+
+def nginx_workers(olab: TestLab) -> dict[str, set[int]]:
+    """Worker PIDs per host: a reload replaces them, so equal sets mean no reload."""
+    workers = {}
+    for host in olab.lab.hosts:
+        master = int(olab.lab.paths.host(host).nginx_pid.read_text())
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        workers[host.name] = {int(pid) for pid in children}
+    return workers
+
+
+def test_one_agency_from_nothing_to_https(olab: TestLab):
+    code, out = onboard_json(olab, "dinkes")
+
+    assert code == 0, out
+    assert out["agencies"]["dinkes"]["status"] == "changed"
+    steps = {o["kind"]: o["status"] for o in out["outcomes"] if o["agency"] == "dinkes"}
+    assert steps == {"dns": "changed", "web": "changed", "tls": "changed", "verify": "ok"}
+    status, body, cert = fetch(olab, "dinkes")
+    assert status == 200 and "Dinas Kesehatan" in body
+    assert cert.subject.rfc4514_string() or cert.extensions  # chain verified by the context
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["dinkes.paserkab.go.id"]
+    service = olab.inventory.agencies["dinkes"].services[0]
+    status, page, _ = fetch(olab, "dinkes", "/" + site.service_path(service))
+    assert status == 200
+    for heading in ("Persyaratan", "Jangka Waktu Penyelesaian", "Biaya/Tarif", "Produk Pelayanan"):
+        assert heading in page
+
+
+def test_whole_sample_in_one_run(olab: TestLab):
+    code, out = onboard_json(olab, "--all", "--timings")
+
+    assert code == 0, [o for o in out["outcomes"] if o["status"] == "failed"]
+    agencies = olab.inventory.agencies
+    assert len(out["agencies"]) == len(agencies) >= 30
+    assert {a.host for a in agencies.values()} == {"web1", "web2"}
+    assert all(o["status"] in ("changed", "ok") for o in out["agencies"].values())
+    # First onboarding: the HTTP vhost (for the ACME challenge), then the HTTPS one.
+    assert set(out["reloads"]) == {"web1", "web2"} and max(out["reloads"].values()) <= 2
+    assert set(out["timings"]) >= {"plan", "dns", "web", "tls", "verify"}
+    for slug in ("setda", "disdukcapil", "kec-muara-samu"):
+        status, body, _ = fetch(olab, slug)
+        assert status == 200 and agencies[slug].name in body
+
+
+def test_rerun_changes_nothing_and_reloads_nothing(olab: TestLab):
+    before = nginx_workers(olab)
+
+    code, out = onboard_json(olab, "--all")
+
+    assert code == 0
+    assert {o["status"] for o in out["agencies"].values()} == {"ok"}
+    assert out["plan"]["counts"]["create"] == out["plan"]["counts"]["update"] == 0
+    assert sum(out["reloads"].values()) == 0
+    assert nginx_workers(olab) == before
+
+
+def test_plan_lists_an_edited_page_and_onboard_keeps_it(olab: TestLab):
+    agency = olab.inventory.agencies["dkisp"]
+    host = olab.inventory.hosts[agency.host]
+    page = site.site_dir(agency, host) / "index.html"
+    page.write_text(page.read_text(encoding="utf-8").replace("</main>", "<p>Berita DKISP</p></main>"),
+                    encoding="utf-8")
+
+    plan = json.loads(cli(olab, "plan", "dkisp", "--format", "json").stdout)
+    code, _out = onboard_json(olab, "dkisp")
+
+    site_rows = [c for c in plan["changes"] if c["kind"] == "site"]
+    assert "index.html" in site_rows[0]["reason"]
+    assert code == 0
+    assert "Berita DKISP" in page.read_text(encoding="utf-8")
+
+
+def test_broken_vhost_for_one_agency_leaves_every_other_site_serving(olab: TestLab):
+    inventory = olab.inventory
+    broken, changed = inventory.agencies["dinsos"], inventory.agencies["dishub"]
+    assert broken.host == changed.host
+    host = inventory.hosts[broken.host]
+    old_broken = site.vhost_path(broken, host).read_bytes()
+    bystanders = [a.slug for a in inventory.agencies.values() if a.slug not in ("dinsos",)][:12]
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for slug in bystanders:
+                try:
+                    status, _body, _cert = fetch(olab, slug)
+                    if status != 200:
+                        failures.append(f"{slug}: {status}")
+                except (OSError, ssl.SSLError) as exc:
+                    failures.append(f"{slug}: {exc}")
+
+    bad = ansible.site_bundle(broken, inventory, tls_ready=True)
+    bad = ansible.SiteBundle(bad.slug, bad.host, bad.site_dir, bad.vhost_path,
+                             bad.vhost.replace(b"server_name", b"server_nme", 1), bad.files)
+    good = ansible.site_bundle(changed, inventory, tls_ready=True)
+    good = ansible.SiteBundle(good.slug, good.host, good.site_dir, good.vhost_path,
+                              good.vhost + b"# reviewed\n", good.files)
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        report = ansible.deploy_sites(inventory, [bad, good])
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join()
+
+    assert failures == []
+    assert report.agencies["dinsos"].status == "failed"
+    assert "nginx" in report.agencies["dinsos"].reason
+    assert report.agencies["dishub"].status == "changed"
+    assert site.vhost_path(broken, host).read_bytes() == old_broken
+    assert site.vhost_path(changed, host).read_bytes().endswith(b"# reviewed\n")
+    assert report.agencies["dinsos"].rejected_file and Path(report.agencies["dinsos"].rejected_file).exists()
+    assert fetch(olab, "dinsos")[0] == 200
+    # The next onboarding puts the inventory's vhost back for dishub.
+    code, out = onboard_json(olab, "dishub")
+    assert code == 0 and out["agencies"]["dishub"]["status"] == "changed"
+
+
+def test_killed_midway_then_rerun_converges(olab: TestLab):
+    olab.lab.reset()
+    argv = [sys.executable, "-m", "provisioner", "--inventory", str(olab.inventory_dir),
+            "--state-dir", str(olab.state_dir), "onboard", "--all", "--yes"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    deadline = time.monotonic() + 60
+    while "web:" not in seen and time.monotonic() < deadline:  # killed after the first deploy
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen += line
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert "web:" in seen, seen
+
+    code, out = onboard_json(olab, "--all")
+    assert code == 0, [o for o in out["outcomes"] if o["status"] == "failed"]
+    code, out = onboard_json(olab, "--all")
+    assert code == 0 and {o["status"] for o in out["agencies"].values()} == {"ok"}
+    assert sum(out["reloads"].values()) == 0
+    for host in olab.lab.hosts:
+        done = subprocess.run([host.nginx_binary, "-t", "-c", str(host.nginx_main_config)],
+                              capture_output=True)
+        assert done.returncode == 0, done.stderr
+
+
+def test_wildcard_mode(olab: TestLab):
+    olab.lab.reset()
+    settings_file = olab.inventory_dir / "group_vars/all.yml"
+    settings = yaml.safe_load(settings_file.read_text())
+    settings_file.write_text(yaml.safe_dump({**settings, "tls_mode": "dns-01-wildcard"},
+                                            sort_keys=False))
+    olab.inventory = load_inventory(olab.inventory_dir, olab.state_dir)
+    try:
+        code, out = onboard_json(olab, "dinkes", "dkisp", "setda")
+        assert code == 0, out["outcomes"]
+        for slug in ("dinkes", "dkisp", "setda"):
+            status, _body, cert = fetch(olab, slug)
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert status == 200
+            assert set(names.get_values_for_type(x509.DNSName)) == {"*.paserkab.go.id",
+                                                                    "paserkab.go.id"}
+        certs = {o["detail"] for o in out["outcomes"] if o["kind"] == "tls"}
+        assert len(certs) == 1  # one certificate for every agency
+        code, out = onboard_json(olab, "dinkes", "dkisp", "setda")
+        assert code == 0 and {o["status"] for o in out["agencies"].values()} == {"ok"}
+    finally:
+        settings_file.write_text(yaml.safe_dump(settings, sort_keys=False))
+        olab.inventory = load_inventory(olab.inventory_dir, olab.state_dir)
