@@ -11,7 +11,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(PROVISIONER) registry check
+	$(PROVISIONER) demo
 
 test: setup
 	$(VENV)/bin/pytest -q tests

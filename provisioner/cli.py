@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 something checked or attempted failed, 2 usage or input erro
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import json
 import os
@@ -21,9 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import ansible, csvimport, registry, scaffold
+from . import ansible, csvimport, registry, scaffold, tls
 from . import onboard as onboarding
 from . import site
+from .audit import AuditLog
 from .errors import InputError, NotBuiltError, ProvisionerError
 from .errors import UsageError
 from . import dnsops
@@ -623,13 +625,40 @@ def sweep(ctx: typer.Context,
     raise typer.Exit(0 if result.summary.active == result.summary.total else 1)
 
 
+def _show_audit(state_dir: Path, agency: str | None, fmt: Format, limit: int) -> None:
+    """The last ``limit`` audit entries (optionally of one agency), oldest first."""
+    entries = AuditLog(state_dir).read(agency=agency)[-limit:]
+    if fmt is Format.json:
+        emit_json([e.to_dict() for e in entries])
+        return
+    if not entries:
+        console.print("no changes recorded yet" + (f" for {agency}" if agency else ""))
+        return
+    table(["time", "operator", "command", "agency", "kind", "action", "change", "result"],
+          [[e.time.isoformat(timespec="seconds"), e.operator, e.command, e.agency, e.kind, e.action,
+            e.change if isinstance(e.change, str) else json.dumps(e.change, ensure_ascii=False),
+            e.result + (f": {e.reason}" if e.reason else "")] for e in entries],
+          title=f"audit log of {agency}" if agency else "audit log")
+
+
 @app.command("history")
 @handles_errors
 def history(ctx: typer.Context, fmt: Format = typer.Option(Format.table, "--format", "-f"),
-            limit: int = typer.Option(30, "--limit", min=1, help="How many past sweeps."),
+            limit: int = typer.Option(30, "--limit", min=1,
+                                      help="How many past sweeps (or audit entries)."),
             agency: Optional[str] = typer.Option(None, "--agency", metavar="SLUG",
-                                                 help="One agency's verdicts instead.")) -> None:
-    """Show the trend of the active share and publication score over past sweeps."""
+                                                 help="One agency's verdicts instead."),
+            audit: bool = typer.Option(False, "--audit",
+                                       help="Show the audit log instead: who changed what, "
+                                            "when, with which result.")) -> None:
+    """Show the trend of the active share and publication score over past sweeps.
+
+    With --audit: the audit log of every change mutating commands made (time in UTC,
+    operator, command, agency, what changed, result), oldest first.
+    """
+    if audit:
+        _show_audit(ctx.obj.resolved_state_dir, agency, fmt, limit)
+        return
     state_dir = ctx.obj.resolved_state_dir
     points = (history_store.agency_trend(state_dir, agency, limit) if agency
               else history_store.sweep_trend(state_dir, limit))
@@ -658,25 +687,136 @@ def restore(ctx: typer.Context, archive: Path = typer.Argument(...)) -> None:
     not_built("restore", 8)
 
 
+CERT_ACTIONS = {"create": "order", "update": "renew", "noop": "keep"}
+
+
 @app.command("renew")
 @handles_errors
-def renew(ctx: typer.Context) -> None:
-    """Renew certificates that expire within N days, install them and verify the served serial."""
-    not_built("renew", 6)
+def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
+          all_: bool = typer.Option(False, "--all", help="Every active agency hosted here."),
+          days: int = typer.Option(tls.RENEW_DAYS, "--days", min=0,
+                                   help="Renew certificates that expire within this many days."),
+          dry_run: bool = typer.Option(False, "--dry-run",
+                                       help="Show what would be renewed and stop."),
+          fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Renew certificates that expire within N days, install them and verify the served serial.
+
+    Reads the certificate each host really has (one SSH round trip per host) and
+    renews those expiring within --days (or not covering the agency's name). Before
+    any order, the name must resolve to its host at every authoritative server and a
+    random file in the challenge webroot must be fetchable; new keys (ECDSA P-256)
+    are installed 0600, each host is reloaded once (after nginx -t), and the served
+    certificate's serial is compared with the new one. An agency without any
+    certificate gets its first one when its vhost is deployed. Meant for a daily
+    timer (contrib/systemd/): exit 1 when any agency failed, 0 otherwise.
+    """
+    inv = ctx.obj.inventory()
+    table_output = fmt is Format.table
+    report = (lambda line: err_console.print(line, markup=False)) if table_output else \
+        (lambda _line: None)
+    with onboarding.Session(inv, report) as session:
+        oplan = session.plan(_dns_selection(inv, agencies, all_), steps=("tls",),
+                             renew_days=days)
+        if table_output:
+            table(["agency", "certificate", "action", "reason"],
+                  [[c.agency, c.name, CERT_ACTIONS[c.action], c.reason] for c in oplan.plan],
+                  title=f"certificates (renewing within {days} days)")
+            for host, error in oplan.host_errors.items():
+                console.print(f"host {host} cannot be used: {error}", markup=False)
+        if dry_run:
+            if not table_output:
+                emit_json({"plan": oplan.to_dict(), "result": None})
+            return
+        result = session.apply(oplan, progress=_onboard_progress if table_output else None)
+    if table_output:
+        _show_onboard_result(result, inv, timings=False)
+    else:
+        emit_json({"plan": oplan.to_dict(), "result": result.to_dict()})
+    if result.failed:
+        raise typer.Exit(1)
 
 
 @app.command("certs")
 @handles_errors
-def certs(ctx: typer.Context) -> None:
-    """List every certificate with its expiry."""
-    not_built("certs", 6)
+def certs(ctx: typer.Context,
+          live: bool = typer.Option(False, "--live",
+                                    help="Read the certificates on the hosts (one SSH round "
+                                         "trip per host) instead of the controller's records."),
+          days: int = typer.Option(tls.RENEW_DAYS, "--days", min=0,
+                                   help="Mark certificates that expire within this many days."),
+          fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """List every certificate with its expiry.
+
+    By default from the controller's records (<state>/certs/*.json, written at each
+    issue: names, serial, expiry, hosts; never key material). --live reads what each
+    host really serves from disk. Status: ok, renew due (within --days), missing,
+    error (host unreadable: exit 1).
+    """
+    inv = ctx.obj.inventory()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    listings = (tls.live_certs(inv, inv.select([], all_=True), now, days) if live
+                else tls.recorded_certs(inv.state_dir, now, days))
+    if fmt is Format.json:
+        emit_json([listing.to_dict(now) for listing in listings])
+    elif not listings:
+        console.print("no certificates recorded yet: run 'provisioner onboard' "
+                      "(or 'provisioner certs --live' to read the hosts)")
+    else:
+        rows = [listing.to_dict(now) for listing in listings]
+        table(["certificate", "names", "host", "serial", "expires", "days left", "status"],
+              [[r["key"], ", ".join(r["names"]), r["host"], r["serial"] or "-",
+                r["not_after"][:10] if r["not_after"] else "-",
+                f"{r['days_left']:.0f}" if r["days_left"] is not None else "-",
+                r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"]
+               for r in rows],
+              title=f"{len(rows)} certificates ({'on the hosts' if live else 'issued'})")
+    if any(tls.listing_status(listing) == "error" for listing in listings):
+        raise typer.Exit(1)
 
 
 @app.command("demo")
 @handles_errors
-def demo(ctx: typer.Context) -> None:
-    """Bring the lab up, onboard every sample agency, sweep, and write the HTML report."""
-    not_built("demo", 9)
+def demo(ctx: typer.Context,
+         down: bool = typer.Option(False, "--down", help="Stop the lab instead."),
+         output: Optional[Path] = typer.Option(None, "--output", "-o", dir_okay=False,
+                                               help="Where to write the HTML report "
+                                                    "[default: <state>/demo/laporan.html]."),
+         lang: Lang = typer.Option(Lang.id, "--lang", help="Language of the HTML report."),
+         fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """The whole job on the built-in lab: lab up, onboard every sample agency, sweep,
+    write the HTML report. Running it again changes nothing and is fast."""
+    from . import demo as demo_run  # the lab's dependencies are only needed here
+
+    if down:
+        report = _lab(ctx).down()
+        console.print(f"lab down: {len(report.servers)} server(s) stopped, loopback addresses "
+                      f"removed: {', '.join(report.addresses_removed) or 'none'}", markup=False)
+        return
+    inv = ctx.obj.inventory()
+    say = (lambda line: err_console.print(line, markup=False)) if fmt is Format.table \
+        else (lambda _line: None)
+    result = demo_run.run_demo(inv, output, say, lang.value)
+    summary = result.onboarding.by_agency()
+    counts = {s: sum(o.status == s for o in summary.values()) for s in ("changed", "ok", "failed")}
+    if fmt is Format.json:
+        emit_json({"onboarded": len(summary), "onboard": counts,
+                   "onboard_seconds": round(result.onboard_seconds, 2),
+                   "sweep": result.sweep.summary.to_dict(), "report": str(result.report_path),
+                   "example_url": result.example_url, "example_curl": result.example_curl,
+                   "failed": [o.to_dict() for o in summary.values() if o.status == "failed"]})
+    else:
+        for outcome in (o for o in summary.values() if o.status == "failed"):
+            err_console.print(f"failed: {outcome.agency} ({outcome.kind}): {outcome.detail}",
+                              markup=False)
+        console.print(f"onboarded {len(summary)} agencies in {result.onboard_seconds:.1f} s: "
+                      f"{counts['changed']} changed, {counts['ok']} already up to date, "
+                      f"{counts['failed']} failed", markup=False)
+        console.print(result.sweep.summary.line(), markup=False)
+        console.print(f"report: {result.report_path}", markup=False)
+        console.print(f"try one site: {result.example_url}\n  {result.example_curl}",
+                      markup=False)
+    if counts["failed"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:
