@@ -277,6 +277,12 @@ class HostClient:
         certs = {Path(path): pem for path, pem in raw["certs"].items()}
         return HostFacts(host=h.name, sites=sites, certs=certs)
 
+    def certificates(self, fullchains: Iterable[Path]) -> dict[Path, str | None]:
+        """The leaf certificate (PEM) at each path, None when absent (one round trip)."""
+        raw = self.call("facts", manifest_path=site.MANIFEST_PATH, agencies=[],
+                        certs=sorted({str(p) for p in fullchains}))
+        return {Path(path): pem for path, pem in raw["certs"].items()}
+
     def write_files(self, files: Sequence[RemoteFile]) -> None:
         """Write files atomically, each with its mode from the first byte (one round trip)."""
         if files:

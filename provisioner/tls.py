@@ -55,6 +55,7 @@ RENEW_DAYS = 30
 ORDER_TIMEOUT = 90.0  # seconds for one order: validation, finalization, download
 POLL_FIRST, POLL_MAX = 0.05, 1.0  # seconds between polls, doubling
 HTTP_PROBE_TIMEOUT = 5.0
+SERVE_SETTLE = 5.0  # seconds a reloaded nginx gets to serve the new certificate
 MAX_PARALLEL_ORDERS = 16
 USER_AGENT = "provisioner (regency agency hosting)"
 CNAME_DEPTH = 8
@@ -735,24 +736,118 @@ def served_serial(address: str, port: int, sni: str, timeout: float = 5.0) -> in
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def served_problems(inventory: Inventory, results: Sequence[CertResult]) -> dict[str, str]:
-    """For every issued result: does each of its agencies' sites serve the new serial?"""
-    problems = {}
-    for result in results:
-        if result.status != "changed" or result.info is None or result.target is None:
-            continue
-        for slug in result.target.agencies:
-            agency = inventory.agencies[slug]
-            host = inventory.hosts[agency.host]
+def served_problems(inventory: Inventory, results: Sequence[CertResult],
+                    settle: float = SERVE_SETTLE) -> dict[str, str]:
+    """For every issued result: does each of its agencies' sites serve the new serial?
+
+    nginx reloads asynchronously (old workers finish their connections), so each
+    site gets up to ``settle`` seconds to switch before it counts as a problem."""
+    checks = [(slug, result.info.serial) for result in results
+              if result.status == "changed" and result.info is not None and result.target
+              for slug in result.target.agencies]
+
+    def check(item: tuple[str, int]) -> str | None:
+        slug, expected = item
+        agency = inventory.agencies[slug]
+        host = inventory.hosts[agency.host]
+        deadline = time.monotonic() + settle
+        while True:
             try:
                 serial = served_serial(host.public_ipv4, 443, agency.fqdn)
+                problem = None if serial == expected else (
+                    f"{agency.fqdn} on {host.name} serves serial {serial:x}, not the new "
+                    f"{expected:x}")
             except HostError as exc:
-                problems[slug] = str(exc)
+                problem = str(exc)
+            if problem is None or time.monotonic() > deadline:
+                return problem
+            time.sleep(0.1)
+
+    found = _parallel(check, checks)
+    return {slug: problem for (slug, _serial), problem in zip(checks, found) if problem}
+
+
+# =========================================================================== listing
+
+
+@dataclass(frozen=True)
+class CertListing:
+    """One certificate as 'provisioner certs' shows it (from a record or read on a host)."""
+
+    key: str
+    names: tuple[str, ...]
+    host: str
+    source: str  # "record" (controller) or "host" (read live)
+    decision: CertDecision
+    serial: str | None = None
+    not_after: dt.datetime | None = None
+    error: str | None = None
+
+    def to_dict(self, now: dt.datetime) -> dict[str, Any]:
+        return {"key": self.key, "names": list(self.names), "host": self.host,
+                "source": self.source, "serial": self.serial,
+                "not_after": self.not_after.isoformat() if self.not_after else None,
+                "days_left": round((self.not_after - now).total_seconds() / 86400, 1)
+                if self.not_after else None,
+                "status": listing_status(self), "reason": self.error or self.decision.reason}
+
+
+def listing_status(listing: CertListing) -> str:
+    if listing.error:
+        return "error"
+    return {"keep": "ok", "renew": "renew due", "order": "missing"}[listing.decision.action]
+
+
+def recorded_certs(state_dir: Path, now: dt.datetime, days: int = RENEW_DAYS
+                   ) -> list[CertListing]:
+    """What the controller issued, from its records (fast: no host is contacted)."""
+    listings = []
+    for record in read_records(state_dir):
+        info = CertInfo(int(record.serial, 16), dt.datetime.fromisoformat(record.not_before),
+                        record.not_after_time, record.names, record.issuer)
+        listings.append(CertListing(record.key, record.names, ", ".join(record.hosts), "record",
+                                    decide(info, record.names, now, days), record.serial,
+                                    record.not_after_time))
+    return listings
+
+
+def live_certs(inventory: Inventory, agencies: Sequence[Agency], now: dt.datetime,
+               days: int = RENEW_DAYS) -> list[CertListing]:
+    """What every host really has on disk for the agencies' certificates (one round trip
+    per host, hosts in parallel); an unreachable host is listed with its error."""
+    targets = cert_targets(inventory, agencies)
+    hosts = sorted({i.host for t in targets for i in t.installs})
+
+    def read(name: str) -> dict[Path, str | None]:
+        paths = [i.fullchain for t in targets for i in t.installs if i.host == name]
+        with HostClient(inventory.hosts[name], inventory.settings.known_hosts_file) as client:
+            return client.certificates(paths)
+
+    found = dict(zip(hosts, _parallel(read, hosts)))
+    listings = []
+    for target in targets:
+        for place in target.installs:
+            pems = found[place.host]
+            if isinstance(pems, ProvisionerError):
+                listings.append(CertListing(target.key, target.names, place.host, "host",
+                                            CertDecision("order", "unknown"), error=str(pems)))
                 continue
-            if serial != result.info.serial:
-                problems[slug] = (f"{agency.fqdn} on {host.name} serves serial {serial:x}, "
-                                  f"not the new {result.info.serial_hex}")
-    return problems
+            listings.append(_host_listing(target, place, pems.get(place.fullchain), now, days))
+    return listings
+
+
+def _host_listing(target: CertTarget, place: Install, pem: str | None, now: dt.datetime,
+                  days: int) -> CertListing:
+    try:
+        info = cert_info(pem.encode()) if pem else None
+    except ProvisionerError as exc:
+        return CertListing(target.key, target.names, place.host, "host",
+                           CertDecision("renew", "unreadable"), error=f"{place.fullchain}: {exc}")
+    if info is None:
+        return CertListing(target.key, target.names, place.host, "host",
+                           decide(None, target.names, now, days))
+    return CertListing(target.key, info.names, place.host, "host",
+                       decide(info, target.names, now, days), info.serial_hex, info.not_after)
 
 
 # =========================================================================== helpers
