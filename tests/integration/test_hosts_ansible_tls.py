@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import json
 import os
 import socket
 import ssl
@@ -245,13 +246,19 @@ def close_masters(control_dir: Path) -> None:
 
 # --------------------------------------------------------------------------- TLS
 
-def test_an_http01_certificate_is_issued_installed_and_served(inv, lab, clients, first_deploy):
+@pytest.fixture(scope="module")
+def dinkes_https(inv, clients, first_deploy):
+    """dinkes with its DNS record, an HTTP-01 certificate and its HTTPS vhost."""
     dnsops.dns_step(inv, agencies(inv, "dinkes"))
     issuer = tls.Issuer(inv, clients, DnsClient(inv.settings))
     [target] = tls.cert_targets(inv, agencies(inv, "dinkes"))
-
     [result] = issuer.obtain([target])
+    report = deploy(inv, ("dinkes",), tls_ready=True)
+    return target, result, report
 
+
+def test_an_http01_certificate_is_issued_installed_and_served(inv, dinkes_https):
+    target, result, report = dinkes_https
     assert result.status == "changed", result.reason
     assert result.info.names == ("dinkes.paserkab.go.id",)
     install = target.installs[0]
@@ -261,7 +268,6 @@ def test_an_http01_certificate_is_issued_installed_and_served(inv, lab, clients,
     assert [r.serial for r in record if r.key == "dinkes"] == [result.info.serial_hex]
     assert b"PRIVATE" not in (inv.state_dir / "certs" / "dinkes.json").read_bytes()
 
-    report = deploy(inv, ("dinkes",), tls_ready=True)
     assert report.agencies["dinkes"].status == "changed" and report.hosts["web1"].reloaded
     assert tls.served_problems(inv, [result]) == {}
     host = inv.hosts["web1"]
@@ -269,6 +275,46 @@ def test_an_http01_certificate_is_issued_installed_and_served(inv, lab, clients,
     peer = verified_handshake(host.public_ipv4, "dinkes.paserkab.go.id", inv.settings.trust_roots)
     assert ("DNS", "dinkes.paserkab.go.id") in peer["subjectAltName"]
     assert get(inv, "dinkes")[0] == 301  # HTTP now redirects to HTTPS
+
+
+def test_renew_replaces_a_due_certificate_and_the_site_serves_it(inv, lab, cli, dinkes_https):
+    _target, first, _report = dinkes_https
+    host = inv.hosts["web1"]
+    workers = nginx_workers(lab, "web1")
+
+    renewed = cli("renew", "dinkes", "--days", "100000", "--format", "json")
+
+    assert renewed.exit_code == 0, renewed.stdout + renewed.stderr
+    result = json.loads(renewed.stdout)["result"]
+    assert result["agencies"]["dinkes"]["status"] == "changed"
+    assert result["reloads"] == {"web1": 1}
+    served = tls.served_serial(host.public_ipv4, 443, "dinkes.paserkab.go.id")
+    assert served != first.info.serial
+    assert f"serial {served:x}" in result["agencies"]["dinkes"]["detail"]
+    assert nginx_workers(lab, "web1") != workers
+
+    again = cli("renew", "dinkes", "--format", "json")  # 30 days: nothing is due
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["result"]["reloads"] == {}
+    assert json.loads(again.stdout)["result"]["agencies"]["dinkes"]["status"] == "ok"
+
+    listed = {c["key"]: c for c in json.loads(cli("certs", "--format", "json").stdout)}
+    assert listed["dinkes"]["serial"] == f"{served:x}" and listed["dinkes"]["status"] == "ok"
+    live = json.loads(cli("certs", "--live", "--format", "json").stdout)
+    dinkes = next(c for c in live if c["key"] == "dinkes")
+    assert (dinkes["serial"], dinkes["host"], dinkes["source"]) == (f"{served:x}", "web1", "host")
+    assert next(c for c in live if c["key"] == "dishub")["status"] == "missing"
+
+
+def test_renew_dry_run_changes_nothing(inv, cli, dinkes_https):
+    host = inv.hosts["web1"]
+    before = tls.served_serial(host.public_ipv4, 443, "dinkes.paserkab.go.id")
+    dry = cli("renew", "dinkes", "--days", "100000", "--dry-run", "--format", "json")
+    assert dry.exit_code == 0
+    output = json.loads(dry.stdout)
+    assert output["result"] is None
+    assert [c["action"] for c in output["plan"]["changes"]] == ["update"]
+    assert tls.served_serial(host.public_ipv4, 443, "dinkes.paserkab.go.id") == before
 
 
 def test_a_wildcard_certificate_is_issued_through_dns01(inv, clients, first_deploy):
