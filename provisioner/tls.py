@@ -21,6 +21,7 @@ with TXT records through dns.py's signed updates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import http.client
@@ -34,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import josepy as jose
 import requests
@@ -345,39 +346,31 @@ class AcmeAccount:
             except acme_errors.ConflictError as exc:
                 regr = messages.RegistrationResource(uri=exc.location, body=registration)
         self._regr = regr
-        self.registration_file.write_text(json.dumps(
+        _write_secret(self.registration_file, (json.dumps(
             {"directory": self.directory_url, "uri": regr.uri,
-             "contact": list(regr.body.contact)}, indent=2) + "\n")
-        self.registration_file.chmod(0o600)
+             "contact": list(regr.body.contact)}, indent=2) + "\n").encode())
 
 
-class acme_call:
-    """Context manager: every acme/requests failure becomes an ``AcmeError`` naming the target."""
-
-    def __init__(self, target: str):
-        self.target = target
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, ProvisionerError):
-            return False
-        if isinstance(exc, messages.Error):
-            raise AcmeError(self.target, f"the CA refused: {exc.detail or exc.code} "
-                                         f"({exc.typ})") from None
-        if isinstance(exc, acme_errors.ValidationError):
-            raise AcmeError(self.target, f"validation failed: {validation_problems(exc)}") \
-                from None
-        if isinstance(exc, acme_errors.Error):
-            raise AcmeError(self.target, f"{type(exc).__name__}: {exc}") from None
-        if isinstance(exc, requests.exceptions.SSLError):
-            raise AcmeError(self.target, f"cannot verify the ACME API's certificate: {exc}",
-                            hint="set acme_ca_bundle to the CA of the ACME API (lab: Pebble's)") \
-                from None
-        if isinstance(exc, (requests.exceptions.RequestException, OSError)):
-            raise AcmeError(self.target, f"cannot reach the ACME API: {exc}") from None
-        return False
+@contextlib.contextmanager
+def acme_call(target: str) -> Iterator[None]:
+    """Every acme/requests failure inside becomes an ``AcmeError`` naming the target."""
+    try:
+        yield
+    except ProvisionerError:
+        raise
+    except messages.Error as exc:
+        raise AcmeError(target, f"the CA refused: {exc.detail or exc.code} ({exc.typ})") \
+            from None
+    except acme_errors.ValidationError as exc:
+        raise AcmeError(target, f"validation failed: {validation_problems(exc)}") from None
+    except acme_errors.Error as exc:
+        raise AcmeError(target, f"{type(exc).__name__}: {exc}") from None
+    except requests.exceptions.SSLError as exc:
+        raise AcmeError(target, f"cannot verify the ACME API's certificate: {exc}",
+                        hint="set acme_ca_bundle to the CA of the ACME API (lab: Pebble's)") \
+            from None
+    except (requests.exceptions.RequestException, OSError) as exc:
+        raise AcmeError(target, f"cannot reach the ACME API: {exc}") from None
 
 
 def validation_problems(exc: acme_errors.ValidationError) -> str:
@@ -405,11 +398,11 @@ def addresses_at(dns: DnsClient, server: Nameserver, name: str, rdtype: str) -> 
     raise DNSError(server.name, name, "CNAME chain too long")
 
 
-def dns_problem(dns: DnsClient, name: str, host: Host) -> str | None:
+def dns_problem(dns: DnsClient, servers: Sequence[Nameserver], name: str,
+                host: Host) -> str | None:
     """None when every authoritative server points ``name`` at ``host`` (IPv4 and IPv6)."""
     wanted = {"A": (host.public_ipv4,), "AAAA": (host.public_ipv6,) if host.public_ipv6 else ()}
     try:
-        servers = dns.authoritative_servers()
         for server in servers:
             for rdtype, expected in wanted.items():
                 got = addresses_at(dns, server, name, rdtype)
@@ -500,11 +493,15 @@ class Issuer:
         """Pre-order checks; target key -> problem for every target that must not be ordered."""
         problems: dict[str, str] = {}
         http = [t for t in targets if t.challenge == "http-01"]
-        for target in http:
-            host = self.inventory.hosts[target.installs[0].host]
-            problem = dns_problem(self.dns, target.names[0], host)
-            if problem:
-                problems[target.key] = problem
+        if http:
+            try:
+                servers = self.dns.authoritative_servers()
+            except DNSError as exc:
+                return {t.key: f"cannot check DNS: {exc}" for t in targets}
+            found = _parallel(lambda t: dns_problem(self.dns, servers, t.names[0],
+                                                    self.inventory.hosts[t.installs[0].host]),
+                              http)
+            problems.update({t.key: problem for t, problem in zip(http, found) if problem})
         problems.update(self._probe_http([t for t in http if t.key not in problems]))
         if any(t.challenge == "dns-01" for t in targets):
             try:
@@ -519,16 +516,20 @@ class Issuer:
         probes = {t.key: (secrets.token_urlsafe(24), secrets.token_bytes(16).hex().encode())
                   for t in targets}
         files = self._challenge_files({t: [probes[t.key]] for t in targets})
-        self._place(files)
+
+        def check(target: CertTarget) -> str | None:
+            host = self.inventory.hosts[target.installs[0].host]
+            token, content = probes[target.key]
+            return http_problem(host.public_ipv4, target.names[0], token, content)
+
         try:
-            def check(target: CertTarget) -> str | None:
-                host = self.inventory.hosts[target.installs[0].host]
-                token, content = probes[target.key]
-                return http_problem(host.public_ipv4, target.names[0], token, content)
-            found = _parallel(check, targets)
+            problems = self._place(files, targets)
+            reachable = [t for t in targets if t.key not in problems]
+            found = _parallel(check, reachable)
         finally:
             self._remove(files)
-        return {t.key: problem for t, problem in zip(targets, found) if problem}
+        problems.update({t.key: problem for t, problem in zip(reachable, found) if problem})
+        return problems
 
     # ------------------------------------------------------------------ orders
 
@@ -543,7 +544,7 @@ class Issuer:
                                        for o in orders if o.target.challenge == "http-01"})
         txt = [o for o in orders if o.target.challenge == "dns-01"]
         try:
-            self._place(files)
+            problems.update(self._place(files, [o.target for o in orders]))
             problems.update(self._publish_txt(txt))
             ready = [o for o in orders if o.target.key not in problems]
             issued, failed = _split(_parallel(self._finish_order, ready),
@@ -622,12 +623,15 @@ class Issuer:
                 for token, content in pairs)
         return files
 
-    def _place(self, files: Mapping[str, list[RemoteFile]]) -> None:
-        """One write per host, hosts in parallel; the first failure is raised."""
-        for problem in _parallel(lambda host: self.hosts[host].write_files(files[host]),
-                                 list(files)):
-            if isinstance(problem, ProvisionerError):
-                raise problem
+    def _place(self, files: Mapping[str, list[RemoteFile]], targets: Sequence[CertTarget]
+               ) -> dict[str, str]:
+        """One write per host, hosts in parallel; target key -> problem where it failed."""
+        hosts = list(files)
+        failed = {host: str(done) for host, done in zip(hosts, _parallel(
+            lambda host: self.hosts[host].write_files(files[host]), hosts))
+                  if isinstance(done, ProvisionerError)}
+        return {t.key: f"cannot place challenge files: {failed[t.installs[0].host]}"
+                for t in targets if t.challenge == "http-01" and t.installs[0].host in failed}
 
     def _remove(self, files: Mapping[str, list[RemoteFile]]) -> None:
         """Best effort: a token left behind is harmless (random name, no secret)."""
