@@ -153,14 +153,17 @@ def _is_current_file(fd: int, path: Path) -> bool:
 
 def _acquire(path: Path, break_lock: bool,
              confirmed: bool) -> tuple[int, LockHolder | None, LockHolder | None]:
-    """(locked fd, holder left by an unclean exit, holder whose lock was broken)."""
+    """(locked fd, holder left by an unclean exit, holder whose lock was broken).
+
+    At most one lock is broken: a run that took the fresh lock in between is respected.
+    """
     broken = None
     for _ in range(_ATTEMPTS):
         fd = _open(path)
         if not _try_flock(path, fd):
             holder = _read_holder(fd)
             os.close(fd)
-            _refuse_unless_breakable(path, holder, break_lock, confirmed)
+            _refuse_unless_breakable(path, holder, break_lock and broken is None, confirmed)
             path.unlink(missing_ok=True)
             broken = holder
             continue

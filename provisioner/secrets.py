@@ -126,7 +126,7 @@ def tsig_secrets_in(text: str) -> list[str]:
 
 
 MIN_SECRET_CHARS = 8
-"""Shorter forms are not matched: they would scrub ordinary words, and no real key is that short."""
+"""Shorter forms are not matched: they would scrub ordinary words; no real key is that short."""
 
 
 def _base64_forms(raw: bytes) -> set[str]:
