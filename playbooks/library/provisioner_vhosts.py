@@ -38,25 +38,55 @@ DOCUMENTATION = r"""
 module: provisioner_vhosts
 short_description: Apply agencies' site files and nginx vhosts as one tested transaction
 description:
-  - Reads a bundle (tar.gz, base64 in the call itself: one transfer, no copy task) with
-    C(bundle.json), C(sites/<slug>/...) and C(vhosts/<slug>.conf).
+  - Reads a bundle (tar.gz, base64, passed in the call itself so a host gets one transfer
+    and no copy task) with C(bundle.json), C(sites/<slug>/...) and C(vhosts/<slug>.conf).
   - Writes site files, never overwriting a file the agency edited since the last deploy
     (compared with the deployed manifest); reports such files.
   - Swaps changed vhosts in, tests the whole config with C(nginx -t), isolates and rejects
     the vhosts that break it, and reloads nginx once (never restarts it).
 options:
-  bundle: {description: The bundle as base64 (not logged)., required: true, type: str}
-  web_root: {description: Every agency site folder must be inside it., required: true, type: path}
-  sites_dir: {description: Folder of the vhost files (included by the main config)., required: true, type: path}
-  rejected_dir: {description: Where rejected vhost files are kept., required: true, type: path}
-  nginx_binary: {description: The nginx executable., required: true, type: path}
-  nginx_main_config: {description: The main nginx config file., required: true, type: path}
+  bundle:
+    description: The bundle, base64 (not logged).
+    required: true
+    type: str
+  web_root:
+    description: Every agency site folder must be inside it.
+    required: true
+    type: path
+  sites_dir:
+    description: Folder of the vhost files (included by the main config).
+    required: true
+    type: path
+  rejected_dir:
+    description: Where rejected vhost files are kept for inspection.
+    required: true
+    type: path
+  nginx_binary:
+    description: The nginx executable.
+    required: true
+    type: path
+  nginx_main_config:
+    description: The main nginx config file (passed to nginx -t and nginx -s reload).
+    required: true
+    type: path
+author:
+  - provisioner (DKISP Kabupaten Paser)
 """
 
 RETURN = r"""
-agencies: {description: Per agency status (changed/ok/failed), reason, vhost action and file lists., type: dict}
-reloaded: {description: Whether nginx was reloaded., type: bool}
-nginx_tests: {description: How many times nginx -t ran., type: int}
+agencies:
+  description: Per agency status (changed, ok, failed), reason, vhost action, rejected file
+    and file lists (created, updated, removed, kept_edited, unchanged count).
+  returned: always
+  type: dict
+reloaded:
+  description: Whether nginx was reloaded (at most once).
+  returned: always
+  type: bool
+nginx_tests:
+  description: How many times nginx -t ran.
+  returned: always
+  type: int
 """
 
 BUNDLE_SCHEMA = "provisioner/bundle/v1"
