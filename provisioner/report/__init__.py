@@ -14,8 +14,19 @@ from ..errors import ProvisionerError
 
 def write_atomic(path: Path, text: str) -> None:
     """Write through a temporary file in the same folder and rename it into place, so a
-    reader (Prometheus' textfile collector, a web server) never sees half a file."""
+    reader (Prometheus' textfile collector, a web server) never sees half a file.
+
+    A path that exists but is no regular file (/dev/stdout, a FIFO, /dev/null) is
+    written in place: renaming over it would replace a device with a file.
+    """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        try:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise ProvisionerError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:

@@ -154,3 +154,17 @@ def test_write_atomic_replaces_whole_file(tmp_path: Path) -> None:
     write_atomic(target, "new\n")
     assert target.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["provisioner.prom"]
+
+
+def test_write_atomic_never_replaces_a_device(tmp_path):
+    """Renaming a temp file over /dev/null once turned it into a regular file."""
+    import os
+    import stat
+
+    from provisioner.report import write_atomic
+
+    write_atomic(Path("/dev/null"), "discarded\n")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    target = tmp_path / "report.txt"
+    write_atomic(target, "kept\n")
+    assert target.read_text() == "kept\n" and not list(tmp_path.glob(".report.txt.*"))
