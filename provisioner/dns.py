@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import os
 import re
-import stat
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -45,6 +43,7 @@ import dns.zone
 
 from .errors import DNSError, InputError, Problem
 from .models import Nameserver, Settings
+from .secrets import read_secret_file
 
 DEFAULT_TIMEOUT = 3.0  # seconds for one query, update or transfer read
 DEFAULT_PROPAGATION_TIMEOUT = 10.0
@@ -165,39 +164,12 @@ def _key_from(name: str, values: dict[str, _Token], line: int, path: Path) -> Ts
 def load_tsig_key(path: Path) -> TsigKey:
     """Read the key file; refuse one that others could read or that another user owns."""
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise InputError([Problem(path, None, "tsig_key_file", "file not found",
-                                  "run 'provisioner lab up' (lab) or create it with tsig-keygen, "
-                                  "mode 0600")]) from None
-    except OSError as exc:
-        raise InputError([Problem(path, None, "tsig_key_file",
-                                  f"cannot open: {exc.strerror}")]) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        _check_key_file(path, info)
-        raw = handle.read()
+    raw = read_secret_file(path, "tsig_key_file")
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
         raise _key_error(path, None, "not a text file") from None
     return parse_tsig_key(text, path)
-
-
-def _check_key_file(path: Path, info: os.stat_result) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError([Problem(path, None, "tsig_key_file", "not a regular file")])
-    if info.st_uid != os.geteuid():
-        raise InputError([Problem(path, None, "tsig_key_file",
-                                  f"owned by uid {info.st_uid}, not by the user running "
-                                  f"provisioner (uid {os.geteuid()})",
-                                  f"chown the file to uid {os.geteuid()}")])
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise InputError([Problem(path, None, "tsig_key_file",
-                                  f"readable or writable by group or others (mode {mode:04o})",
-                                  f"run: chmod 600 {path}")])
 
 
 # =========================================================================== records as data

@@ -168,7 +168,7 @@ def _installed_cert(facts: HostFacts | None, place: tls.Install) -> tls.CertInfo
         return None
     try:
         return tls.cert_info(pem.encode() if isinstance(pem, str) else pem)
-    except ValueError:
+    except ProvisionerError:
         return None  # unreadable: order a new one
 
 

@@ -51,6 +51,7 @@ from .errors import AcmeError, DNSError, HostError, ProvisionerError
 from .hosts import HostClient, HostFacts, RemoteFile
 from .models import Agency, Host, Inventory, Nameserver, Settings
 from .plan import Outcome
+from .secrets import read_secret_file
 
 RENEW_DAYS = 30
 ORDER_TIMEOUT = 90.0  # seconds for one order: validation, finalization, download
@@ -312,12 +313,8 @@ class AcmeAccount:
         if self._jwk is None:
             if not self.key_file.exists():
                 _write_secret(self.key_file, key_pem(new_private_key()))
-            mode = self.key_file.stat().st_mode & 0o777
-            if mode & 0o077:
-                raise AcmeError(self.directory_url, f"account key {self.key_file} is readable "
-                                                    f"by others (mode {mode:04o})",
-                                hint=f"chmod 600 {self.key_file}")
-            key = serialization.load_pem_private_key(self.key_file.read_bytes(), password=None)
+            pem = read_secret_file(self.key_file, "ACME account key")
+            key = serialization.load_pem_private_key(pem, password=None)
             self._jwk = jose.JWKEC(key=key)
         return self._jwk
 
