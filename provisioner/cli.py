@@ -128,6 +128,16 @@ def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -
     console.print(t)
 
 
+def command_line() -> str:
+    """How this run was started, for the lock file and the audit log."""
+    return " ".join(["provisioner", *sys.argv[1:]])
+
+
+BREAK_LOCK_OPTION = typer.Option(False, "--break-lock",
+                                 help="Take over the inventory lock of a run that died "
+                                      "without releasing it (its PID must be gone).")
+
+
 def not_built(command: str, issue: int) -> None:
     raise NotBuiltError(f"'provisioner {command}' is not built yet (planned in issue #{issue}); "
                         "nothing was done")
@@ -404,6 +414,7 @@ def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metav
             only: Optional[str] = typer.Option(None, "--only", help=ONLY_HELP),
             timings: bool = typer.Option(False, "--timings",
                                          help="Print the time each phase took."),
+            break_lock: bool = BREAK_LOCK_OPTION,
             fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
     """Give agencies their DNS record, vhost, starter site and certificate, then verify.
 
@@ -422,7 +433,8 @@ def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metav
     steps = (only,) if only else onboarding.STEPS
     table_output = fmt is Format.table
     report = (lambda line: err_console.print(line, markup=False)) if table_output else None
-    with onboarding.Session(inv, report or (lambda _line: None)) as session:
+    with onboarding.Session(inv, report or (lambda _line: None), command=command_line(),
+                            break_lock=break_lock) as session:
         oplan = session.plan(_dns_selection(inv, agencies, all_), steps=steps, force=force)
         if table_output:
             _show_onboard_plan(oplan)
@@ -698,6 +710,7 @@ def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar
                                    help="Renew certificates that expire within this many days."),
           dry_run: bool = typer.Option(False, "--dry-run",
                                        help="Show what would be renewed and stop."),
+          break_lock: bool = BREAK_LOCK_OPTION,
           fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
     """Renew certificates that expire within N days, install them and verify the served serial.
 
@@ -714,7 +727,8 @@ def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar
     table_output = fmt is Format.table
     report = (lambda line: err_console.print(line, markup=False)) if table_output else \
         (lambda _line: None)
-    with onboarding.Session(inv, report) as session:
+    with onboarding.Session(inv, report, command=command_line(),
+                            break_lock=break_lock) as session:
         oplan = session.plan(_dns_selection(inv, agencies, all_), steps=("tls",),
                              renew_days=days)
         if table_output:
@@ -795,7 +809,7 @@ def demo(ctx: typer.Context,
     inv = ctx.obj.inventory()
     say = (lambda line: err_console.print(line, markup=False)) if fmt is Format.table \
         else (lambda _line: None)
-    result = demo_run.run_demo(inv, output, say, lang.value)
+    result = demo_run.run_demo(inv, output, say, lang.value, command=command_line())
     summary = result.onboarding.by_agency()
     counts = {s: sum(o.status == s for o in summary.values()) for s in ("changed", "ok", "failed")}
     if fmt is Format.json:

@@ -50,7 +50,8 @@ def example_commands(inventory: Inventory, slug: str | None = None) -> tuple[str
 
 
 def run_demo(inventory: Inventory, report_path: Path | None = None,
-             report: onboard.Report = lambda _line: None, lang: str = "id") -> DemoResult:
+             report: onboard.Report = lambda _line: None, lang: str = "id",
+             command: str = "provisioner demo") -> DemoResult:
     if inventory.settings.lab is None:
         raise UsageError("the demo runs on the built-in lab, and this inventory has no 'lab:' "
                          "section", hint="use the sample inventory (./inventory)")
@@ -58,7 +59,7 @@ def run_demo(inventory: Inventory, report_path: Path | None = None,
     lab = Lab(inventory).up()
     report(f"lab: up in {lab.seconds:.1f} s ({lab.lab_dir})")
     started = time.monotonic()
-    with onboard.Session(inventory, report) as session:
+    with onboard.Session(inventory, report, command=command) as session:
         result = session.apply(session.plan(None))
     onboard_seconds = time.monotonic() - started
     swept = sweep.run_sweep(inventory)

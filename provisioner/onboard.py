@@ -31,10 +31,13 @@ from . import ansible, site, tls
 from . import verify as verifying
 from .dns import DnsClient
 from .dnsops import DnsPlan, apply_dns, plan_dns
+from .audit import AuditEntry, AuditLog
 from .errors import ProvisionerError, UsageError
 from .hosts import HostClient, HostFacts, Preflight
+from .locking import inventory_lock
 from .models import Agency, Inventory
 from .plan import Change, Outcome, Plan
+from .registry import ensure_state_dir
 from .sweep import verify_all
 
 STEPS = ("dns", "web", "tls", "verify")
@@ -176,17 +179,31 @@ def _installed_cert(facts: HostFacts | None, place: tls.Install) -> tls.CertInfo
 
 
 class Session:
-    """One onboarding run: SSH connections to the hosts, the DNS client, timings."""
+    """One onboarding run: SSH connections to the hosts, the DNS client, timings.
 
-    def __init__(self, inventory: Inventory, report: Report = _quiet):
+    ``command`` (the command line) makes it a mutating session: it holds the
+    inventory's lock from plan to apply and appends every change to the audit log.
+    Without it the session only reads (``provisioner plan``).
+    """
+
+    def __init__(self, inventory: Inventory, report: Report = _quiet, *,
+                 command: str | None = None, break_lock: bool = False):
         self.inventory = inventory
         self.report = report
+        self.command = command
+        self.break_lock = break_lock
         self.dns = DnsClient(inventory.settings)
         self.clients: dict[str, HostClient] = {}
         self.timings: dict[str, float] = {}
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Session:
+        if self.command is not None:
+            ensure_state_dir(self.inventory.state_dir)
+            lock = self._stack.enter_context(inventory_lock(
+                self.inventory.state_dir, self.command, break_lock=self.break_lock))
+            if lock.warning:
+                self.report(f"lock: {lock.warning}")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -312,6 +329,9 @@ class Session:
         if "verify" in oplan.steps:
             with self._phase("verify"):
                 record(self.verify([a for a in oplan.agencies if a.slug not in failed]))
+        if self.command is not None:
+            AuditLog(self.inventory.state_dir).record(
+                *audit_entries(self.command, oplan.plan, outcomes))
         return OnboardResult(oplan, tuple(outcomes), reloads, dict(self.timings))
 
     def _apply_dns(self, oplan: OnboardPlan, force: bool) -> list[Outcome]:
@@ -396,6 +416,31 @@ class Session:
         active = sum(r.active for r in results)
         self.report(f"verify: {active}/{len(results)} active")
         return [_verify_outcome(r) for r in results]
+
+
+STEP_OF_KIND = {"dns": "dns", "site": "web", "vhost": "web", "cert": "tls"}
+
+
+def audit_entries(command: str, plan: Plan, outcomes: Sequence[Outcome]) -> list[AuditEntry]:
+    """One entry per planned change, with the result of the step that carried it out;
+    plus every failure that no planned change explains (e.g. a failed verification)."""
+    result_of = {(o.agency, o.kind): o for o in outcomes}
+    entries, explained = [], set()
+    for change in (c for c in plan if c.mutating):
+        outcome = result_of.get((change.agency, STEP_OF_KIND.get(change.kind, change.kind)))
+        if outcome is None:
+            continue  # the step did not run for this agency (an earlier step failed)
+        explained.add((outcome.agency, outcome.kind))
+        entries.append(AuditEntry(
+            command=command, agency=change.agency, kind=change.kind, action=change.action,
+            change={"name": change.name, "type": change.rdtype, "old": list(change.old),
+                    "new": list(change.new)},
+            result=outcome.status,
+            reason=outcome.detail if outcome.status == "failed" else None))
+    entries += [AuditEntry(command=command, agency=o.agency, kind=o.kind, action="apply",
+                           change=o.kind, result="failed", reason=o.detail)
+                for o in outcomes if o.status == "failed" and (o.agency, o.kind) not in explained]
+    return entries
 
 
 def _verify_outcome(result: verifying.AgencyResult) -> Outcome:

@@ -97,6 +97,18 @@ def test_one_agency_from_nothing_to_https(olab: TestLab):
         assert heading in page
 
 
+def test_every_change_is_in_the_audit_log(olab: TestLab):
+    audit = json.loads(cli(olab, "history", "--audit", "--agency", "dinkes", "--format",
+                           "json").stdout)
+
+    kinds = {(e["kind"], e["action"], e["result"]) for e in audit}
+    assert {("dns", "create", "changed"), ("site", "create", "changed"),
+            ("vhost", "create", "changed"), ("cert", "create", "changed")} <= kinds
+    assert all(e["command"].startswith("provisioner ") and e["operator"] for e in audit)
+    secret = olab.inventory.settings.tsig_key_file.read_text().split('secret "')[1].split('"')[0]
+    assert secret not in (olab.state_dir / "audit.jsonl").read_text()
+
+
 def test_whole_sample_in_one_run(olab: TestLab):
     code, out = onboard_json(olab, "--all", "--timings")
 
@@ -123,6 +135,21 @@ def test_rerun_changes_nothing_and_reloads_nothing(olab: TestLab):
     assert out["plan"]["counts"]["create"] == out["plan"]["counts"]["update"] == 0
     assert sum(out["reloads"].values()) == 0
     assert nginx_workers(olab) == before
+
+
+def test_two_runs_at_once_one_waits_for_the_lock(olab: TestLab):
+    argv = [sys.executable, "-m", "provisioner", "--inventory", str(olab.inventory_dir),
+            "--state-dir", str(olab.state_dir), "onboard", "--all", "--yes"]
+    olab.lab.reset()  # a full onboarding: the first run holds the lock for seconds
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first.stdout.readline()  # the plan is printed: the lock is taken before planning
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    _out, first_err = first.communicate(timeout=300)
+
+    assert first.returncode == 0, first_err
+    assert second.returncode == 1
+    assert "locked by" in second.stderr and f"pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
 
 
 def test_plan_lists_an_edited_page_and_onboard_keeps_it(olab: TestLab):
