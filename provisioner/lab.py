@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .dns import TsigKey, load_tsig_key
 from .errors import LabError
 from .models import Host, Inventory, LabSettings, Settings
 
@@ -335,38 +336,9 @@ def pebble_config(lab: LabSettings, paths: LabPaths) -> str:
     )
 
 
-@dataclass(frozen=True)
-class TsigKey:
-    name: str
-    algorithm: str
-    secret: str  # base64
-
-
-_KEY_RE = re.compile(
-    r'key\s+"?(?P<name>[A-Za-z0-9._-]+)"?\s*\{\s*'
-    r'algorithm\s+"?(?P<algorithm>[A-Za-z0-9-]+)"?\s*;\s*'
-    r'secret\s+"(?P<secret>[A-Za-z0-9+/=]+)"\s*;\s*\}\s*;',
-    re.S,
-)
-
-
 def tsig_key_text(key: TsigKey) -> str:
     """BIND key-file format, as tsig-keygen writes it."""
     return f'key "{key.name}" {{\n\talgorithm {key.algorithm};\n\tsecret "{key.secret}";\n}};\n'
-
-
-def parse_tsig_key(text: str) -> TsigKey:
-    match = _KEY_RE.search(text)
-    if not match:
-        raise ValueError('not a BIND key file (key "NAME" { algorithm ...; secret "..."; };)')
-    return TsigKey(match["name"], match["algorithm"].lower(), match["secret"])
-
-
-def read_tsig_key(path: Path) -> TsigKey:
-    try:
-        return parse_tsig_key(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise LabError("tsig", f"cannot read TSIG key {path}: {exc}") from None
 
 
 def known_hosts_lines(address: str, port: int, public_key: str) -> list[str]:
@@ -419,7 +391,7 @@ def write_file(path: Path, data: str | bytes, mode: int = 0o644) -> bool:
 def ensure_tsig_key(path: Path, default_name: str) -> TsigKey:
     """Read the TSIG key file, or create it (hmac-sha256, 256-bit secret, mode 0600)."""
     if Path(path).exists():
-        return read_tsig_key(path)
+        return load_tsig_key(path)
     key = TsigKey(default_name, "hmac-sha256", base64.b64encode(secrets.token_bytes(32)).decode())
     write_file(path, tsig_key_text(key), 0o600)
     return key
@@ -844,7 +816,7 @@ class Lab:
 
     def key_name(self) -> str:
         if self.settings.tsig_key_file.exists():
-            return read_tsig_key(self.settings.tsig_key_file).name
+            return load_tsig_key(self.settings.tsig_key_file).name
         return f"{self.settings.inventory_id}-lab"
 
     def servers(self) -> list[ServerSpec]:

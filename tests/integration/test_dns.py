@@ -30,7 +30,7 @@ import yaml
 from provisioner import dnsops, dnsplan
 from provisioner.dns import DnsClient
 from provisioner.errors import DNSError
-from provisioner.lab import read_tsig_key
+from provisioner.dns import load_tsig_key
 from provisioner.models import Inventory
 from provisioner.registry import load_inventory
 
@@ -114,7 +114,7 @@ def on_every_server(lab: TestLab, name: str, rdtype: str) -> dict[str, list[str]
 
 def raw_update(lab: TestLab, build) -> str:
     """Someone else's signed update (dnspython directly, the lab's key); returns the rcode."""
-    key = read_tsig_key(lab.inventory.settings.tsig_key_file)
+    key = load_tsig_key(lab.inventory.settings.tsig_key_file)
     update = dns.update.UpdateMessage(lab.inventory.settings.zone)
     build(update)
     update.use_tsig(dns.tsig.Key(key.name, key.secret, key.algorithm))
@@ -322,7 +322,7 @@ def one_error_line(result: CliResult) -> str:
 def test_wrong_tsig_key_is_one_clear_line_and_changes_nothing(lab: TestLab, dinv: DnsInventory,
                                                               tmp_path: Path):
     slug = dinv.add("badkey")
-    real = read_tsig_key(lab.inventory.settings.tsig_key_file)
+    real = load_tsig_key(lab.inventory.settings.tsig_key_file)
     wrong_secret = "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZyE="
     key_file = tmp_path / "wrong.key"
     key_file.write_text(f'key "{real.name}" {{ algorithm {real.algorithm}; '

@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioner.errors import LabError
-from provisioner.lab import Lab, process_cmdline, read_tsig_key
+from provisioner.dns import load_tsig_key
+from provisioner.lab import Lab, process_cmdline
 from provisioner.models import Host
 from provisioner.registry import load_inventory
 
@@ -57,7 +58,7 @@ def ns_addresses(lab: TestLab) -> tuple[str, str]:
 
 
 def tsig(lab: TestLab) -> dns.tsig.Key:
-    key = read_tsig_key(lab.inventory.settings.tsig_key_file)
+    key = load_tsig_key(lab.inventory.settings.tsig_key_file)
     return dns.tsig.Key(key.name, key.secret, key.algorithm)
 
 
@@ -181,7 +182,7 @@ def test_unsigned_update_is_refused(lab: TestLab):
 
 
 def test_update_signed_with_a_wrong_secret_is_refused(lab: TestLab):
-    key = read_tsig_key(lab.inventory.settings.tsig_key_file)
+    key = load_tsig_key(lab.inventory.settings.tsig_key_file)
     wrong = dns.tsig.Key(key.name, "d3JvbmctYnV0LXdlbGwtZm9ybWVkLXNlY3JldC0xMjM0NQ==", key.algorithm)
     name = f"{unique('lab-wrongkey')}.{lab.inventory.settings.zone}"
     message = dns.update.UpdateMessage(lab.inventory.settings.zone, keyring=wrong)
@@ -202,7 +203,7 @@ def test_zone_transfer_needs_the_key(lab: TestLab):
 def test_tsig_key_file_is_private_and_in_bind_format(lab: TestLab):
     path = lab.inventory.settings.tsig_key_file
     assert path.stat().st_mode & 0o777 == 0o600
-    key = read_tsig_key(path)
+    key = load_tsig_key(path)
     assert key.algorithm == "hmac-sha256"
     checked = subprocess.run(["named-checkconf", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -599,5 +600,5 @@ def test_down_never_kills_a_process_it_did_not_start(scratch: TestLab, tmp_path:
 def test_inventory_of_the_scratch_lab_still_loads(scratch: TestLab):
     """Keys created by the lab pass the registry's own checks (0600 TSIG key)."""
     inventory = load_inventory(scratch.inventory_dir, scratch.state_dir)
-    assert Lab(inventory).key_name() == read_tsig_key(
+    assert Lab(inventory).key_name() == load_tsig_key(
         inventory.settings.tsig_key_file).name

@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioner import site
-from provisioner.lab import add_loopback, loopback_addresses, read_tsig_key, remove_loopback
+from provisioner.dns import load_tsig_key
+from provisioner.lab import add_loopback, loopback_addresses, remove_loopback
 from provisioner.models import Inventory
 from provisioner.registry import load_inventory
 
@@ -221,7 +222,7 @@ def site_files(spec: SiteSpec, inventory: Inventory) -> dict[str, bytes]:
 
 
 def tsig_key(lab: TestLab) -> dns.tsig.Key:
-    key = read_tsig_key(lab.inventory.settings.tsig_key_file)
+    key = load_tsig_key(lab.inventory.settings.tsig_key_file)
     return dns.tsig.Key(key.name, key.secret, key.algorithm)
 
 
