@@ -14,7 +14,7 @@ demo: setup
 	$(PROVISIONER) demo
 
 test: setup
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
 
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit
