@@ -153,7 +153,10 @@ def run_sweep(inventory: Inventory, *, concurrency: int = 32, per_address: int =
     async def run() -> list[tuple[AgencyResult, int]]:
         ctx = make_context(inventory.settings, extra_roots, per_address=per_address,
                            timeout=timeout, rules=rules)
-        return await verify_with_retry(targets, ctx, concurrency, progress)
+        try:
+            return await verify_with_retry(targets, ctx, concurrency, progress)
+        finally:
+            ctx.close()
 
     outcomes = asyncio.run(run())
     names = {a.slug: a.name for a in inventory.agencies.values()}

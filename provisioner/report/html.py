@@ -209,10 +209,12 @@ def _chart(trend: list[SweepPoint], lang: str) -> str:
         f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" fill="#5b5b60">{v}</text>'
         for v in (0, 25, 50, 75, 100))
     label_every = max(1, len(trend) // 8)
+    last = len(trend) - 1
     labels = "".join(
-        f'<text x="{x(i):.1f}" y="{height - bottom + 16}" text-anchor="middle" font-size="11" '
-        f'fill="#5b5b60">{escape(p.started_at[:10])}</text>'
-        for i, p in enumerate(trend) if i % label_every == 0 or i == len(trend) - 1)
+        f'<text x="{x(i):.1f}" y="{height - bottom + 16}" font-size="11" fill="#5b5b60" '
+        f'text-anchor="{"start" if i == 0 else "end" if i == last else "middle"}">'
+        f"{escape(p.started_at[:10])}</text>"
+        for i, p in enumerate(trend) if i % label_every == 0 or i == last)
 
     def series(values: Iterable[float], colour: str, dash: str) -> str:
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))

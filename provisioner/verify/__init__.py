@@ -103,11 +103,20 @@ class VerifyContext:
     timeout: float = 5.0
     clock: Callable[[], dt.datetime] = utc_now
     zones: dnscheck.ZoneCache = field(default_factory=dnscheck.ZoneCache)
+    dns: dnscheck.Querier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dns = dnscheck.Querier(self.timeout, self.limit)
 
     def fresh(self) -> VerifyContext:
         """The same settings with the zone cache emptied (for a retry round)."""
-        return VerifyContext(self.rules, self.tls, self.nameservers, self.limit,
-                             self.timeout, self.clock)
+        again = VerifyContext(self.rules, self.tls, self.nameservers, self.limit,
+                              self.timeout, self.clock)
+        again.dns = self.dns
+        return again
+
+    def close(self) -> None:
+        self.dns.close()
 
 
 def make_context(settings: Settings | None, extra_roots: tuple[Path, ...] = (), *,
@@ -201,11 +210,11 @@ async def _check_dns(target: Target, ctx: VerifyContext) -> dnscheck.DnsOutcome:
         return dnscheck.no_dns("an IP address: no DNS name to check")
     if target.zone and ctx.nameservers:
         zone = await ctx.zones.get(target.zone, lambda: dnscheck.inventory_zone(
-            target.zone, ctx.nameservers, ctx.timeout, ctx.limit))
+            target.zone, ctx.nameservers, ctx.dns))
     else:
         zone = await ctx.zones.get(f"external {target.name}", lambda: dnscheck.external_zone(
-            target.name, ctx.timeout, ctx.limit))
-    return await dnscheck.check_name(target.name, zone, target.expected, ctx.timeout, ctx.limit)
+            target.name, ctx.dns))
+    return await dnscheck.check_name(target.name, zone, target.expected, ctx.dns)
 
 
 async def _probe_site(target: Target, address: str,
@@ -272,6 +281,9 @@ def verify_site(inventory: Inventory | None, text: str, extra_roots: tuple[Path,
     async def run() -> AgencyResult:
         ctx = make_context(inventory.settings if inventory else None, extra_roots,
                            timeout=timeout)
-        return await verify_target(target, ctx)
+        try:
+            return await verify_target(target, ctx)
+        finally:
+            ctx.close()
 
     return asyncio.run(run())

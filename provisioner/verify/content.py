@@ -492,14 +492,25 @@ def not_content_reason(page: PageAnalysis, rules: ScoringRules) -> str | None:
 
 def same_site_path(url: str, base_url: str) -> str | None:
     """The path (and query) of url when it is on the same scheme, host and port as base."""
-    absolute = urljoin(base_url, url)
-    target, base = urlsplit(absolute), urlsplit(base_url)
-    if (target.scheme, target.hostname, target.port) != (base.scheme, base.hostname, base.port):
-        return None
-    path = target.path or "/"
+    base, target = urlsplit(base_url), urlsplit(url)
+    if target.scheme or target.netloc:
+        if (target.scheme, target.hostname, target.port) != (base.scheme, base.hostname,
+                                                            base.port):
+            return None
+        path, query = target.path or "/", target.query
+    else:
+        path, query = _relative_path(base.path or "/", target.path, target.query)
     if PurePosixPath(path).name.lower() in ("index.html", "index.htm", "index.php"):
         path = path.rsplit("/", 1)[0] + "/"
-    return path + (f"?{target.query}" if target.query else "")
+    return path + (f"?{query}" if query else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _relative_path(base_path: str, path: str, query: str) -> tuple[str, str]:
+    """A relative reference resolved against a base path (the same few links recur on
+    every site built from one template, hence the cache)."""
+    joined = urlsplit(urljoin(f"http://x{base_path}", path or ""))
+    return joined.path or "/", query
 
 
 def pages_from_links(page: PageAnalysis, base_url: str, rules: ScoringRules) -> list[str]:

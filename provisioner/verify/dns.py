@@ -11,6 +11,7 @@ the lab's servers know them.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -83,19 +84,95 @@ class DnsOutcome:
 
 # =========================================================================== queries
 
-async def ask(server: Server, qname: str, rdtype: str, timeout: float, limit: Limit) -> Answer:
-    """One non-recursive query; a failure becomes an Answer with the error, never raises."""
-    query = dns.message.make_query(qname, rdtype)
-    query.flags &= ~dns.flags.RD
-    try:
-        async with limit(server.address):
-            response, _ = await dns.asyncquery.udp_with_fallback(
-                query, server.address, timeout=timeout, port=server.port)
-    except dns.exception.Timeout:
-        return Answer(server, error=f"no answer within {timeout:g}s")
-    except (OSError, dns.exception.DNSException) as exc:
-        return Answer(server, error=f"query failed: {exc}")
-    return read_answer(server, qname, response)
+class _Endpoint(asyncio.DatagramProtocol):
+    """One UDP socket to one server; answers are matched to waiting queries by message id."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        future = self.waiting.pop(int.from_bytes(data[:2], "big"), None) if len(data) >= 12 \
+            else None
+        if future and not future.done():
+            future.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(exc)
+        self.waiting.clear()
+
+
+class Querier:
+    """Non-recursive queries for one run: one UDP socket per server shared by every query
+    (message ids tell the answers apart), TCP when an answer is truncated, a concurrency
+    slot per server address. Creating a socket per query cost more than the query itself
+    (0.55 ms of CPU per query, against ~0.1 ms shared). Build and close it in one loop."""
+
+    def __init__(self, timeout: float, limit: Limit):
+        self.timeout, self.limit = timeout, limit
+        self._endpoints: dict[tuple[str, int], asyncio.Future[_Endpoint]] = {}
+
+    async def ask(self, server: Server, qname: str, rdtype: str) -> Answer:
+        """One query; a failure becomes an Answer with the error, never raises."""
+        query = dns.message.make_query(qname, rdtype)
+        query.flags &= ~dns.flags.RD
+        try:
+            async with self.limit(server.address), asyncio.timeout(self.timeout):
+                response = await self._exchange(server, query)
+        except TimeoutError:
+            return Answer(server, error=f"no answer within {self.timeout:g}s")
+        except (OSError, dns.exception.DNSException) as exc:
+            return Answer(server, error=f"query failed: {exc}")
+        return read_answer(server, qname, response)
+
+    async def _exchange(self, server: Server, query: dns.message.Message) -> dns.message.Message:
+        endpoint = await self._endpoint(server)
+        while query.id in endpoint.waiting:
+            query.id = random.getrandbits(16)
+        answer = asyncio.get_running_loop().create_future()
+        endpoint.waiting[query.id] = answer
+        try:
+            endpoint.transport.sendto(query.to_wire())
+            response = _question_and_answer(await answer)
+        finally:
+            endpoint.waiting.pop(query.id, None)
+        if not query.is_response(response):
+            raise dns.exception.FormError("the answer does not match the question")
+        if response.flags & dns.flags.TC:
+            response = await dns.asyncquery.tcp(query, server.address, timeout=self.timeout,
+                                                port=server.port)
+        return response
+
+    async def _endpoint(self, server: Server) -> _Endpoint:
+        key = (server.address, server.port)
+        if key not in self._endpoints:
+            loop = asyncio.get_running_loop()
+            self._endpoints[key] = asyncio.ensure_future(loop.create_datagram_endpoint(
+                _Endpoint, remote_addr=key))
+        try:
+            _, endpoint = await asyncio.shield(self._endpoints[key])
+        except OSError:
+            del self._endpoints[key]
+            raise
+        return endpoint
+
+    def close(self) -> None:
+        for endpoint in self._endpoints.values():
+            if endpoint.done() and not endpoint.exception():
+                endpoint.result()[0].close()
+        self._endpoints.clear()
+
+
+def _question_and_answer(wire: bytes) -> dns.message.Message:
+    """Parse only the header, question and answer: the authority and additional sections
+    (NS and glue, resent with every answer) are never used and cost most of the parsing."""
+    trimmed = wire[:8] + b"\0\0\0\0" + wire[12:]
+    return dns.message.from_wire(trimmed, ignore_trailing=True)
 
 
 def read_answer(server: Server, qname: str, response: dns.message.Message) -> Answer:
@@ -129,10 +206,9 @@ def _text(name: dns.name.Name) -> str:
 
 # =========================================================================== zone servers
 
-async def inventory_zone(zone: str, seeds: tuple[Server, ...], timeout: float,
-                         limit: Limit) -> ZoneServers:
+async def inventory_zone(zone: str, seeds: tuple[Server, ...], dns_: Querier) -> ZoneServers:
     """The zone's servers from its NS records, asked of the inventory's nameservers."""
-    answers = await asyncio.gather(*(ask(s, zone, "NS", timeout, limit) for s in seeds))
+    answers = await asyncio.gather(*(dns_.ask(s, zone, "NS") for s in seeds))
     names = sorted({n for a in answers if a.authoritative for n in a.names})
     if not names:
         return ZoneServers(zone, problem="no NS records from " + _reasons(answers))
@@ -143,18 +219,18 @@ async def inventory_zone(zone: str, seeds: tuple[Server, ...], timeout: float,
         if name in by_name:
             servers.append(by_name[name])
             continue
-        glue = await ask(glue_source, name, "A", timeout, limit)
+        glue = await dns_.ask(glue_source, name, "A")
         if not glue.addresses:
             return ZoneServers(zone, problem=f"no address for nameserver {name} "
                                              f"({glue.error or glue.rcode})")
         servers.append(Server(name, glue.addresses[0]))
-    return await _with_serials(zone, tuple(servers), timeout, limit)
+    return await _with_serials(zone, tuple(servers), dns_)
 
 
-async def external_zone(name: str, timeout: float, limit: Limit) -> ZoneServers:
+async def external_zone(name: str, dns_: Querier) -> ZoneServers:
     """The zone of a name outside the inventory, and its servers, via the system resolver."""
     resolver = dns.asyncresolver.Resolver()
-    resolver.lifetime = timeout
+    resolver.lifetime = dns_.timeout
     try:
         zone = await dns.asyncresolver.zone_for_name(name, resolver=resolver)
         ns = await resolver.resolve(zone, "NS")
@@ -164,12 +240,11 @@ async def external_zone(name: str, timeout: float, limit: Limit) -> ZoneServers:
             servers.append(Server(_text(record.target), addresses[0].address))
     except (OSError, dns.exception.DNSException) as exc:
         return ZoneServers(name, problem=f"system resolver: {exc}")
-    return await _with_serials(_text(zone), tuple(servers), timeout, limit)
+    return await _with_serials(_text(zone), tuple(servers), dns_)
 
 
-async def _with_serials(zone: str, servers: tuple[Server, ...], timeout: float,
-                        limit: Limit) -> ZoneServers:
-    soa = await asyncio.gather(*(ask(s, zone, "SOA", timeout, limit) for s in servers))
+async def _with_serials(zone: str, servers: tuple[Server, ...], dns_: Querier) -> ZoneServers:
+    soa = await asyncio.gather(*(dns_.ask(s, zone, "SOA") for s in servers))
     return ZoneServers(zone, servers, tuple(soa))
 
 
@@ -189,12 +264,12 @@ class ZoneCache:
 # =========================================================================== checks
 
 async def check_name(name: str, zone: ZoneServers, expected: Expected | None,
-                     timeout: float, limit: Limit) -> DnsOutcome:
+                     dns_: Querier) -> DnsOutcome:
     """Ask every authoritative server for the name and judge the answers."""
     if zone.problem:
         why = f"could not find the servers of {zone.zone}: {zone.problem}"
         return DnsOutcome(tuple(result(c, Status.ERROR, why) for c in DNS_CHECKS), None)
-    answers = await asyncio.gather(*(ask(s, name, "A", timeout, limit) for s in zone.servers))
+    answers = await asyncio.gather(*(dns_.ask(s, name, "A") for s in zone.servers))
     checks = name_checks(name, answers, zone.soa, expected)
     answered = [a for a in answers if a.authoritative and a.addresses]
     return DnsOutcome(tuple(checks), answered[0].addresses[0] if answered else None)

@@ -255,22 +255,30 @@ def content_result(response: Response, page: PageAnalysis, rules: ScoringRules) 
 
 async def read_publication(site: Site, home_path: str, home: PageAnalysis,
                            rules: ScoringRules) -> Publication:
-    """Read the service-standard pages (from standar-pelayanan.json, else the home page's
-    links) until every item is found or the page budget is spent, and score them.
+    """Read the service-standard pages the home page links to, then, if items are still
+    missing, the ones standar-pelayanan.json names; stop once every item is found.
 
     A page that cannot be read ends the reading; what was read is still scored."""
     pages = {home_path: home}
     home_url = urljoin(site.base_url, home_path)
     try:
-        data = await site.get(rules.data_path)
-        listed = pages_from_data(data.text(), home_url, rules) if data.status == 200 else None
-        for path in listed or pages_from_links(home, home_url, rules):
-            if not missing_items(pages, rules):
-                break
-            if path not in pages:
-                response = await site.get(path)
-                if response.status == 200:
-                    pages[path] = analyse_page(response.text(), rules)
+        await _read_pages(site, pages_from_links(home, home_url, rules), pages, rules)
+        if missing_items(pages, rules):
+            data = await site.get(rules.data_path)
+            if data.status == 200:
+                listed = pages_from_data(data.text(), home_url, rules) or []
+                await _read_pages(site, listed, pages, rules)
     except ProbeFailure:
         pass
     return score_publication(pages, rules)
+
+
+async def _read_pages(site: Site, paths: list[str], pages: dict[str, PageAnalysis],
+                      rules: ScoringRules) -> None:
+    for path in paths:
+        if not missing_items(pages, rules) or len(pages) > rules.max_pages:
+            return
+        if path not in pages:
+            response = await site.get(path)
+            if response.status == 200:
+                pages[path] = analyse_page(response.text(), rules)

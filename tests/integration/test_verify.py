@@ -222,8 +222,7 @@ def site_files(spec: SiteSpec, inventory: Inventory) -> dict[str, bytes]:
 
 
 def tsig_key(lab: TestLab) -> dns.tsig.Key:
-    key = load_tsig_key(lab.inventory.settings.tsig_key_file)
-    return dns.tsig.Key(key.name, key.secret, key.algorithm)
+    return load_tsig_key(lab.inventory.settings.tsig_key_file).dnspython_key()
 
 
 def dns_update(lab: TestLab, records: dict[str, str | None]) -> None:
