@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     leaks = find_leaks(args.paths, secrets)
     for leak in leaks:
         print(f"leak: {leak}")
-    print(f"leakcheck: {len(leaks)} finding(s) in {', '.join(map(str, args.paths))}",
-          file=sys.stderr)
+    scanned = sum(1 for _ in _files(args.paths))
+    print(f"leakcheck: {len(leaks)} finding(s) in {scanned} file(s), "
+          f"{len(secrets)} TSIG secret(s) looked for", file=sys.stderr)
     return 1 if leaks else 0
 
 
