@@ -363,10 +363,12 @@ def _show_onboard_result(result: onboarding.OnboardResult, inv: Inventory,
     rows = []
     for slug, outcome in summary.items():
         agency = inv.agencies.get(slug)
-        url = f"https://{agency.fqdn}/" if agency and agency.hosted else ""
-        rows.append([slug, outcome.status, outcome.kind if outcome.status != "ok" else "",
+        url = f"https://{agency.fqdn}/" if agency and agency.hosted else outcome.detail
+        changed = [o.kind for o in result.outcomes if o.agency == slug and o.status == "changed"]
+        steps = outcome.kind if outcome.status == "failed" else ", ".join(changed)
+        rows.append([slug, outcome.status, steps,
                      outcome.detail if outcome.status == "failed" else url])
-    table(["agency", "status", "step", "detail / site"], rows, title="onboarding result")
+    table(["agency", "status", "steps", "detail / site"], rows, title="result")
     counts = {s: sum(o.status == s for o in summary.values()) for s in ("changed", "ok", "failed")}
     console.print(f"{counts['changed']} changed, {counts['ok']} ok, {counts['failed']} failed; "
                   f"nginx reloads: {sum(result.reloads.values())}", markup=False)
