@@ -152,6 +152,19 @@ def test_two_runs_at_once_one_waits_for_the_lock(olab: TestLab):
     assert "Traceback" not in second.stderr
 
 
+def test_renew_everything_serves_new_serials_with_one_reload_per_host(olab: TestLab):
+    before = {slug: fetch(olab, slug)[2].serial_number for slug in olab.inventory.agencies}
+
+    result = cli(olab, "renew", "--all", "--days", "9999", "--format", "json")
+
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)["result"]
+    assert {o["status"] for o in out["agencies"].values()} == {"changed"}
+    assert out["reloads"] == {"web1": 1, "web2": 1}
+    after = {slug: fetch(olab, slug)[2].serial_number for slug in olab.inventory.agencies}
+    assert all(after[slug] != before[slug] for slug in before)
+
+
 def test_plan_lists_an_edited_page_and_onboard_keeps_it(olab: TestLab):
     agency = olab.inventory.agencies["dkisp"]
     host = olab.inventory.hosts[agency.host]
