@@ -24,6 +24,7 @@ from .verify import (
     VerifyContext,
     agency_target,
     make_context,
+    run,
     utc_now,
     verify_target,
 )
@@ -150,7 +151,7 @@ def run_sweep(inventory: Inventory, *, concurrency: int = 32, per_address: int =
     rules = load_rules()
     started = utc_now()
 
-    async def run() -> list[tuple[AgencyResult, int]]:
+    async def verify_all_agencies() -> list[tuple[AgencyResult, int]]:
         ctx = make_context(inventory.settings, extra_roots, per_address=per_address,
                            timeout=timeout, rules=rules)
         try:
@@ -158,7 +159,7 @@ def run_sweep(inventory: Inventory, *, concurrency: int = 32, per_address: int =
         finally:
             ctx.close()
 
-    outcomes = asyncio.run(run())
+    outcomes = run(verify_all_agencies())
     names = {a.slug: a.name for a in inventory.agencies.values()}
     records = tuple(record_of(result, names.get(result.agency), started, rules, attempts)
                     for result, attempts in outcomes)

@@ -15,8 +15,10 @@ import datetime as dt
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Coroutine, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+import uvloop
 
 from ..errors import UsageError
 from ..models import Agency, Inventory, Settings
@@ -45,6 +47,7 @@ __all__ = [
     "url_target", "utc_now", "verify_site", "verify_target",
 ]
 
+T = TypeVar("T")
 HTTPS_CHECKS = ("https.status", "https.hsts", "https.headers", "https.content")
 
 
@@ -84,6 +87,13 @@ class AddressLimiter:
         if slot is None:
             slot = self._slots[address] = asyncio.Semaphore(self.per_address)
         return slot
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run verifications on uvloop: its C event loop and TLS transport cut the CPU a site
+    costs by about a fifth (benchmarks/RESULTS.md)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
 
 
 def utc_now() -> dt.datetime:
@@ -278,7 +288,7 @@ def verify_site(inventory: Inventory | None, text: str, extra_roots: tuple[Path,
     """Verify one agency (slug or name) or URL, synchronously (for the CLI)."""
     target = resolve_target(inventory, text)
 
-    async def run() -> AgencyResult:
+    async def verify() -> AgencyResult:
         ctx = make_context(inventory.settings if inventory else None, extra_roots,
                            timeout=timeout)
         try:
@@ -286,4 +296,4 @@ def verify_site(inventory: Inventory | None, text: str, extra_roots: tuple[Path,
         finally:
             ctx.close()
 
-    return asyncio.run(run())
+    return run(verify())

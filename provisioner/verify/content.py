@@ -161,6 +161,7 @@ def _rules_from(data: dict[str, Any]) -> ScoringRules:
         for c in data["components"])
     lapor, headings, exclude = data["lapor"], data["headings"], data["exclude"]
     content, discovery = data["content"], data["discovery"]
+    words = exclude["class_or_id_words"]
     bands = tuple(sorted((Band(b["grade"], float(b["min"]), b["zone"], dict(b["label"]))
                           for b in data["bands"]), key=lambda b: -b.min))
     if not bands or bands[-1].min > 0:
@@ -177,7 +178,8 @@ def _rules_from(data: dict[str, Any]) -> ScoringRules:
         exclude_tags=frozenset(exclude["tags"]),
         header_outside_main=bool(exclude["header_outside_main"]),
         exclude_roles=frozenset(exclude["roles"]),
-        exclude_class=re.compile(exclude["class_or_id"], flags),
+        exclude_class=re.compile("(^|[-_])(" + "|".join(map(re.escape, words)) + ")($|[-_])",
+                                 flags),
         min_text_chars=int(content["min_text_chars"]),
         not_content=tuple(NotContentRule(r["reason"], r["where"], re.compile(r["pattern"], flags))
                           for r in content["not_content"]),
@@ -205,226 +207,181 @@ class PageAnalysis:
     leading_text: str
 
 
-@dataclass(slots=True)
-class _Open:
-    """An open element while reading."""
-
-    tag: str
-    excluded: bool
-    start: int  # index in the event list when it opened
-    capture: str | None = None  # "heading" (always), "label" / "cell" (if it qualifies)
-    block: bool = False
-    block_has_text: bool = False
-    marker: str | None = None
-
-
-class _PageReader:
-    """An lxml parser target turning a page into a flat list of events.
-
-    Events are ``("t", text, in_main)``, ``("h", (component, rank, text), in_main)``,
-    ``("m+", component, in_main)`` and ``("m-", component, in_main)``. Text inside a
-    heading is folded into its heading event when the heading closes. libxml2 sends
-    balanced start/end calls (implied end tags included), so a stack is enough.
-    """
-
-    def __init__(self, rules: ScoringRules):
-        self.rules = rules
-        self.events: list[tuple[str, Any, bool]] = []
-        self.stack: list[_Open] = []
-        self.blocks: list[_Open] = []
-        self.headings_open = 0
-        self.skip_depth = 0
-        self.main_depth = 0
-        self.saw_main = False
-        self.title: list[str] | None = None
-        self.titles: list[str] = []
-        self.h1: list[str] = []
-        self.links: list[tuple[str, str]] = []
-        self.link_text: list[str] | None = None
-        self.link_href = ""
-        self.lapor_link = False
-
-    # ---------------------------------------------------------------- lxml target API
-
-    def start(self, tag: str, attrib: dict[str, str]) -> None:
-        if self.skip_depth or tag in SKIP_TAGS:
-            self.skip_depth += 1
-            return
-        if tag == "title":
-            self.title = []
-        elif tag == "a":
-            self._open_link(attrib.get("href", ""))
-        parent_excluded = bool(self.stack) and self.stack[-1].excluded
-        node = _Open(tag, parent_excluded or self._excludes(tag, attrib), len(self.events),
-                     block=tag in BLOCK_TAGS)
-        if tag == "main":
-            self.main_depth += 1
-            self.saw_main = True
-        if not node.excluded:
-            node.capture = self._capture_kind(tag)
-            if node.capture == "heading":
-                self.headings_open += 1
-            marker = attrib.get("data-komponen")
-            if marker and (component := self.rules.markers.get(marker.strip().lower())):
-                node.marker = component
-                self._emit("m+", component)
-        if node.block:
-            self.blocks.append(node)
-        self.stack.append(node)
-
-    def end(self, tag: str) -> None:
-        if self.skip_depth:
-            self.skip_depth -= 1
-            return
-        if tag == "title" and self.title is not None:
-            self.titles.append("".join(self.title))
-            self.title = None
-        elif tag == "a":
-            self._close_link()
-        node = self.stack.pop()
-        if node.block:
-            self.blocks.pop()
-        if node.capture:
-            if node.capture == "heading":
-                self.headings_open -= 1
-            self._fold_heading(node)
-        if node.marker:
-            self._emit("m-", node.marker)
-        if node.tag == "main":
-            self.main_depth -= 1
-
-    def data(self, text: str) -> None:
-        if self.skip_depth:
-            return
-        if self.title is not None:
-            self.title.append(text)
-            return
-        if self.link_text is not None:
-            self.link_text.append(text)
-        if not self.stack or self.stack[-1].excluded:
-            return
-        if self.blocks and not text.isspace():
-            self.blocks[-1].block_has_text = True
-        self._emit("t", text)
-
-    def close(self) -> None:
-        self._close_link()
-
-    # ---------------------------------------------------------------- helpers
-
-    def _excludes(self, tag: str, attrib: dict[str, str]) -> bool:
-        rules = self.rules
-        if tag in rules.exclude_tags:
-            return True
-        if tag == "header" and rules.header_outside_main and not any(
-                n.tag in CONTAINERS_OF_HEADERS for n in self.stack):
-            return True
-        if not attrib:
-            return False
-        if attrib.get("role", "").lower() in rules.exclude_roles:
-            return True
-        return rules.excludes_names(attrib.get("class", "")) or rules.excludes_names(
-            attrib.get("id", ""))
-
-    def _capture_kind(self, tag: str) -> str | None:
-        if self.headings_open:
-            return None
-        if tag in HEADING_RANKS:
-            return "heading"
-        if tag in LABEL_TAGS and (not self.blocks or not self.blocks[-1].block_has_text):
-            return "label"
-        if tag == "td":
-            return "cell"
-        return None
-
-    def _fold_heading(self, node: _Open) -> None:
-        """Replace the text events of a closed heading-like element by one heading event."""
-        inner = self.events[node.start:]
-        if any(kind == "h" for kind, _, _ in inner):
-            return  # it holds headings of its own: a container, not a label
-        text = "".join(value for kind, value, _ in inner if kind == "t")
-        if node.capture != "heading" and not 0 < len(text.strip()) <= self.rules.max_heading_chars:
-            return  # empty or long: emphasis or an ordinary cell, not a label
-        component = self.rules.component_for(text)
-        if node.capture == "cell" and component is None:
-            return  # an ordinary table cell
-        markers = [event for event in inner if event[0] != "t"]
-        del self.events[node.start:]
-        self.events.extend(markers)
-        self._emit("h", (component, HEADING_RANKS.get(node.tag, LABEL_RANK), text))
-        if node.tag == "h1":
-            self.h1.append(text)
-
-    def _emit(self, kind: str, value: Any) -> None:
-        self.events.append((kind, value, self.main_depth > 0))
-
-    def _open_link(self, href: str) -> None:
-        self._close_link()
-        self.link_href, self.link_text = href.strip(), []
-        if "lapor" in href and (urlsplit(self.link_href).hostname or "").lower() \
-                in self.rules.lapor_hosts:
-            self.lapor_link = True
-
-    def _close_link(self) -> None:
-        if self.link_text is not None:
-            self.links.append((self.link_href, SPACES.sub(" ", "".join(self.link_text)).strip()))
-            self.link_text = None
+HEADING_TAGS = tuple(HEADING_RANKS)
+CANDIDATE_TAGS = (*HEADING_TAGS, "td", "strong", "b")
+SENTINEL = "\ue000"  # a private-use character: stands for a heading in the linear text
+MARKED = etree.XPath(".//*[@data-komponen]")
+HEADING_MARK = re.compile(SENTINEL + "[0-9]+" + SENTINEL)
+MAY_BE_CHROME = etree.XPath("//*[@role or @class or @id]")
+XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
 
 def analyse_page(html: str, rules: ScoringRules) -> PageAnalysis:
-    """Read one HTML page: which components it publishes, its links and its main text."""
-    parser = _PageReader(rules)
-    if html.strip():
-        lxml_parser = etree.HTMLParser(target=parser, no_network=True, remove_comments=True,
-                                       remove_pis=True)
-        lxml_parser.feed(html)
-        lxml_parser.close()
-    events = [e for e in parser.events if e[2]] if parser.saw_main else parser.events
-    text = " ".join(value if kind == "t" else value[2] for kind, value, _ in events
-                    if kind in ("t", "h"))
-    title = SPACES.sub(" ", " ".join(parser.titles)).strip()
+    """Read one HTML page: which components it publishes, its links and its main text.
+
+    libxml2 (lxml) builds the tree; Python only visits the links, the candidate headings
+    and the text between them, never every element (that made reading twice as costly).
+    """
+    root = _parse(html)
+    if root is None:
+        return PageAnalysis({}, False, (), "", "", 0, "")
+    etree.strip_elements(root, *SKIP_TAGS, with_tail=False)
+    links = tuple((a.get("href", "").strip(), _text(a).strip()) for a in root.iter("a"))
+    lapor = any(_is_lapor(href, rules) for href, _ in links)
+    title = " ".join(_text(t) for t in root.iter("title"))
+    for element in _chrome(root, rules):
+        _drop(element)
+    scope = next(root.iter("main"), None)
+    if scope is None:
+        scope = next(root.iter("body"), root)
+    headings = _headings(scope, rules)
+    pieces = "".join(scope.itertext()).split(SENTINEL)
+    found = _components_in(pieces, headings, rules)
+    found |= _marked_components(scope, rules, skip=found)
+    text = "".join(p if i % 2 == 0 else headings[int(p)][2] for i, p in enumerate(pieces))
+    h1 = [SPACES.sub(" ", _text(h)).strip() for h in root.iter("h1")]
     return PageAnalysis(
-        found=_components_in(events, rules),
-        lapor_link=parser.lapor_link,
-        links=tuple(parser.links),
-        title=title,
-        headline=" | ".join([title, *(SPACES.sub(" ", h).strip() for h in parser.h1)]),
+        found=found,
+        lapor_link=lapor,
+        links=links,
+        title=SPACES.sub(" ", title).strip(),
+        headline=" | ".join([SPACES.sub(" ", title).strip(), *h1]),
         text_chars=word_chars(text),
         leading_text=SPACES.sub(" ", text[:LEADING_TEXT_CHARS * 2]).strip()[:LEADING_TEXT_CHARS],
     )
 
 
-def _components_in(events: list[tuple[str, Any, bool]], rules: ScoringRules) -> dict[str, str]:
-    """Components whose heading (or marker) is followed by enough text."""
+def _parse(html: str) -> etree._Element | None:
+    parser = etree.HTMLParser(no_network=True, remove_comments=True, remove_pis=True)
+    try:
+        if html.lstrip().startswith("<?xml"):
+            html = XML_DECLARATION.sub("", html, count=1)
+        return etree.fromstring(html.replace(SENTINEL, ""), parser)
+    except (etree.XMLSyntaxError, ValueError):
+        return None  # an empty document
+
+
+def _text(element: etree._Element) -> str:
+    return "".join(element.itertext())
+
+
+def _is_lapor(href: str, rules: ScoringRules) -> bool:
+    return "lapor" in href and (urlsplit(href).hostname or "").lower() in rules.lapor_hosts
+
+
+def _chrome(root: etree._Element, rules: ScoringRules) -> list[etree._Element]:
+    """Menus, footers, sidebars and page headers: never main content."""
+    chrome = list(root.iter(*rules.exclude_tags))
+    if rules.header_outside_main:
+        chrome += [h for h in root.iter("header")
+                   if next(h.iterancestors(*CONTAINERS_OF_HEADERS), None) is None]
+    for element in MAY_BE_CHROME(root):
+        if element.get("role", "").lower() in rules.exclude_roles \
+                or rules.excludes_names(element.get("class", "")) \
+                or rules.excludes_names(element.get("id", "")):
+            chrome.append(element)
+    return chrome
+
+
+def _drop(element: etree._Element) -> None:
+    """Remove an element and its content, keeping the text that follows it."""
+    parent = element.getparent()
+    if parent is None:
+        return
+    if element.tail:
+        previous = element.getprevious()
+        if previous is not None:
+            previous.tail = (previous.tail or "") + element.tail
+        else:
+            parent.text = (parent.text or "") + element.tail
+    parent.remove(element)
+
+
+def _marked_components(scope: etree._Element, rules: ScoringRules,
+                       skip: dict[str, str]) -> dict[str, str]:
+    """Elements marked data-komponen="..." holding text besides their headings (which
+    _headings has already replaced by sentinels)."""
+    found = {}
+    for element in MARKED(scope):
+        component = rules.markers.get(element.get("data-komponen").strip().lower())
+        if component and component not in skip and component not in found:
+            if word_chars(HEADING_MARK.sub("", _text(element))) >= rules.min_content_chars:
+                found[component] = "data-komponen"
+    return found
+
+
+def _headings(scope: etree._Element, rules: ScoringRules) -> list[tuple[str | None, int, str]]:
+    """The headings of the main content as (component, rank, text), in document order; each
+    is replaced in the tree by SENTINEL + its index, so the text around it can be measured.
+
+    Headings are h1-h6, dt and th; a strong/b at the start of a block (a label), and a
+    table cell holding only a component's name."""
+    headings: list[tuple[str | None, int, str]] = []
+    taken: set[etree._Element] = set()
+    for element in list(scope.iter(*CANDIDATE_TAGS)):
+        if any(a in taken for a in element.iterancestors()):
+            continue  # inside a heading already taken
+        text = _text(element)
+        rank = HEADING_RANKS.get(element.tag, LABEL_RANK)
+        if element.tag not in HEADING_RANKS:
+            if not 0 < len(text.strip()) <= rules.max_heading_chars:
+                continue
+            component = rules.component_for(text)
+            if element.tag == "td" and component is None:
+                continue  # an ordinary table cell
+            if element.tag != "td" and not _at_block_start(element):
+                continue  # emphasis inside a sentence
+        else:
+            component = rules.component_for(text)
+        taken.add(element)
+        for child in list(element):
+            element.remove(child)
+        element.text = f"{SENTINEL}{len(headings)}{SENTINEL}"
+        headings.append((component, rank, text))
+    return headings
+
+
+def _at_block_start(element: etree._Element) -> bool:
+    """No text before the element inside its block (p, li, div, td, ...)."""
+    node = element
+    while True:
+        parent = node.getparent()
+        if parent is None:
+            return True
+        for sibling in node.itersiblings(preceding=True):
+            if _text(sibling).strip() or (sibling.tail or "").strip():
+                return False
+        if (parent.text or "").strip():
+            return False
+        if parent.tag in BLOCK_TAGS:
+            return True
+        node = parent
+
+
+def _components_in(pieces: list[str], headings: list[tuple[str | None, int, str]],
+                   rules: ScoringRules) -> dict[str, str]:
+    """Components whose heading is followed by enough text before the next heading of the
+    same or a higher rank (or the next component heading). ``pieces`` alternates text and
+    heading indexes, as split on SENTINEL."""
     found: dict[str, str] = {}
     open_headings: list[list] = []  # [component, rank, heading text, letters so far]
-    marker_chars: dict[str, int] = {}
-    markers: list[str] = []
+
     def add(chars: int) -> None:
         for heading in open_headings:
             heading[3] += chars
-        for marker in markers:
-            marker_chars[marker] = marker_chars.get(marker, 0) + chars
 
-    for kind, value, _ in events:
-        if kind == "t":
-            if open_headings or markers:
-                add(word_chars(value))
-        elif kind == "h":
-            component, rank, text = value
-            _settle(open_headings, found, rules, ends=lambda h: component or h[1] >= rank)
-            if component:
-                open_headings.append([component, rank, text, 0])
-            else:
-                add(word_chars(text))  # a minor label ("KTP:") is content of what it is under
-        elif kind == "m+":
-            markers.append(value)
-        elif kind == "m-" and value in markers:
-            markers.remove(value)
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            if open_headings and piece:
+                add(word_chars(piece))
+            continue
+        component, rank, text = headings[int(piece)]
+        _settle(open_headings, found, rules, ends=lambda h: component or h[1] >= rank)
+        if component:
+            open_headings.append([component, rank, text, 0])
+        else:
+            add(word_chars(text))  # a minor label ("KTP:") is content of what it is under
     _settle(open_headings, found, rules, ends=lambda h: True)
-    for component, chars in marker_chars.items():
-        if chars >= rules.min_content_chars:
-            found.setdefault(component, "data-komponen")
     return found
 
 

@@ -177,27 +177,25 @@ def _question_and_answer(wire: bytes) -> dns.message.Message:
 
 def read_answer(server: Server, qname: str, response: dns.message.Message) -> Answer:
     """The addresses (following CNAMEs), SOA serial or NS names a response holds."""
+    rrsets = {(rrset.name, rrset.rdtype): rrset for rrset in response.answer
+              if rrset.rdclass == dns.rdataclass.IN}
     name = dns.name.from_text(qname)
     cnames: list[str] = []
     for _ in range(MAX_CNAME_CHAIN):
-        cname = _rrset(response, name, dns.rdatatype.CNAME)
+        cname = rrsets.get((name, dns.rdatatype.CNAME))
         if cname is None:
             break
         name = cname[0].target
         cnames.append(_text(name))
-    soa = _rrset(response, name, dns.rdatatype.SOA)
+    soa = rrsets.get((name, dns.rdatatype.SOA))
     return Answer(
         server, rcode=dns.rcode.to_text(response.rcode()),
         authoritative=bool(response.flags & dns.flags.AA),
-        addresses=tuple(sorted(r.address for r in _rrset(response, name, dns.rdatatype.A) or ())),
+        addresses=tuple(sorted(r.address for r in rrsets.get((name, dns.rdatatype.A), ()))),
         cnames=tuple(cnames),
         serial=soa[0].serial if soa else None,
-        names=tuple(sorted(_text(r.target) for r in _rrset(response, name, dns.rdatatype.NS) or ())),
+        names=tuple(sorted(_text(r.target) for r in rrsets.get((name, dns.rdatatype.NS), ()))),
     )
-
-
-def _rrset(response: dns.message.Message, name: dns.name.Name, rdtype: dns.rdatatype.RdataType):
-    return response.get_rrset(response.answer, name, dns.rdataclass.IN, rdtype)
 
 
 def _text(name: dns.name.Name) -> str:
