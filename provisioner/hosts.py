@@ -122,6 +122,42 @@ class HostFacts:
     certs: Mapping[Path, str | None]  # fullchain path -> leaf certificate PEM (None: absent)
 
 
+@dataclass(frozen=True)
+class SiteFile:
+    """One file of a site (or its vhost) as the host has it; ``data`` only when fetched."""
+
+    sha256: str
+    mode: int
+    size: int
+    mtime: float
+    data: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_answer(cls, raw: Mapping[str, Any]) -> SiteFile:
+        data = base64.b64decode(raw["data"]) if "data" in raw else None
+        return cls(raw["sha256"], raw["mode"], raw["size"], raw["mtime"], data)
+
+
+@dataclass(frozen=True)
+class SiteSnapshot:
+    """Everything of one agency's site on its host: files (by relative path), folder
+    modes, entries that are not regular files (``skipped``: symlinks, devices), the vhost."""
+
+    exists: bool
+    files: Mapping[str, SiteFile]
+    dirs: Mapping[str, int]
+    skipped: tuple[str, ...]
+    vhost: SiteFile | None
+
+    @property
+    def empty(self) -> bool:
+        return not self.files and not self.dirs and not self.skipped and self.vhost is None
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+
 class HostClient:
     """One SSH connection to one web host (use as a context manager)."""
 
@@ -301,3 +337,51 @@ class HostClient:
                            nginx_main_config=str(h.nginx_main_config))
         if not answer["reloaded"]:
             raise HostError(h.name, answer["error"])
+
+    # ------------------------------------------------------------------ offboarding, restore
+
+    def site_snapshot(self, agency: Agency, *, content: bool) -> SiteSnapshot:
+        """The agency's site folder and vhost (with every file's bytes when ``content``),
+        in one round trip."""
+        h = self.host
+        raw = self.call("site_snapshot", site_dir=str(site.site_dir(agency, h)),
+                        web_root=str(h.web_root), vhost_path=str(site.vhost_path(agency, h)),
+                        content=content)
+        return SiteSnapshot(
+            exists=raw["exists"],
+            files={rel: SiteFile.from_answer(f) for rel, f in raw["files"].items()},
+            dirs=dict(raw["dirs"]), skipped=tuple(raw["skipped"]),
+            vhost=SiteFile.from_answer(raw["vhost"]) if raw["vhost"] else None)
+
+    def remove_vhost(self, agency: Agency) -> bool:
+        """Remove the agency's vhost: ``nginx -t`` without it (the file is put back when
+        that fails: HostError), then one reload. False when there was none."""
+        h = self.host
+        answer = self.call("remove_vhost", vhost_path=str(site.vhost_path(agency, h)),
+                           sites_dir=str(h.nginx_sites_dir), nginx_binary=h.nginx_binary,
+                           nginx_main_config=str(h.nginx_main_config))
+        if answer["error"]:
+            raise HostError(h.name, answer["error"])
+        return answer["removed"]
+
+    def remove_tree(self, path: Path, root: Path) -> int | None:
+        """Delete a folder strictly inside ``root``; entries removed, None when absent."""
+        answer = self.call("remove_tree", path=str(path), root=str(root))
+        return answer["entries"] if answer["removed"] else None
+
+    def restore_site(self, agency: Agency, files: Mapping[str, SiteFile],
+                     dirs: Mapping[str, int]) -> tuple[int, int]:
+        """Write files back byte for byte with their modes and mtimes (one round trip):
+        (written, already identical). A differing file on the host is never overwritten:
+        then nothing is written and HostError names the files."""
+        h = self.host
+        answer = self.call("restore_site", site_dir=str(site.site_dir(agency, h)),
+                           web_root=str(h.web_root), dirs=dict(dirs), files=[
+                               {"path": rel, "data": base64.b64encode(f.data or b"").decode(),
+                                "mode": f.mode, "mtime": f.mtime} for rel, f in files.items()])
+        if answer["conflicts"]:
+            raise HostError(h.name, f"not restored: {len(answer['conflicts'])} file(s) on the "
+                                    f"host differ from the archive: "
+                                    f"{', '.join(answer['conflicts'][:5])}",
+                            hint="move them away (or offboard the agency first), then re-run")
+        return answer["written"], answer["unchanged"]

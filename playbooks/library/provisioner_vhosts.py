@@ -7,7 +7,9 @@ how nginx is tested and reloaded) have one definition:
 * Ansible runs it as the module ``provisioner_vhosts`` (``main``): apply a bundle
   of agencies' site files and vhosts as one transaction per host.
 * ``provisioner/hosts.py`` sends it over SSH to ``python3`` and runs ``serve_forever``:
-  one request per line (facts, preflight, write/remove files, reload nginx).
+  one request per line (facts, preflight, write/remove files, reload nginx; for
+  offboarding and restore: snapshot a site, remove a vhost as a tested transaction,
+  remove a folder, put a site back).
 
 Only the standard library is used: the host needs nothing but python3 and nginx.
 
@@ -27,6 +29,7 @@ import io
 import json
 import os
 import posixpath
+import shutil
 import stat
 import subprocess
 import sys
@@ -144,6 +147,12 @@ def inside(path, folder):
     """True when ``path`` (after resolving symlinks) is ``folder`` or below it."""
     real, base = os.path.realpath(path), os.path.realpath(folder)
     return real == base or real.startswith(base.rstrip("/") + "/")
+
+
+def strictly_inside(path, folder):
+    """True when ``path`` is below ``folder`` (not ``folder`` itself) and not a symlink."""
+    return inside(path, folder) and not os.path.islink(path) and \
+        os.path.realpath(path) != os.path.realpath(folder)
 
 
 def safe_join(folder, rel):
@@ -437,8 +446,7 @@ def apply_bundle(bundle, web_root, sites_dir, rejected_dir, nginx, now=None):
     for entry in spec["agencies"]:
         slug = entry["slug"]
         site_dir, vhost_path = entry["site_dir"], entry["vhost_path"]
-        if not inside(site_dir, web_root) or os.path.realpath(site_dir) == \
-                os.path.realpath(web_root):
+        if not strictly_inside(site_dir, web_root):
             raise ValueError("%s: site folder %s is not inside %s" % (slug, site_dir, web_root))
         if os.path.dirname(vhost_path) != sites_dir.rstrip("/"):
             raise ValueError("%s: vhost %s is not in %s" % (slug, vhost_path, sites_dir))
@@ -474,6 +482,117 @@ def _agency_status(result):
         "rejected_file": result.get("rejected_file"),
         "files": files,
     }
+
+
+# =========================================================================== offboarding and restore
+
+def _entry(data, info, with_content):
+    entry = {"sha256": sha256_hex(data), "mode": stat.S_IMODE(info.st_mode),
+             "size": len(data), "mtime": info.st_mtime}
+    if with_content:
+        entry["data"] = base64.b64encode(data).decode()
+    return entry
+
+
+def _read_with_stat(path):
+    """(content, stat) of a regular file without following a symlink; None when absent."""
+    try:
+        with open(path, "rb", opener=_nofollow) as handle:
+            info = os.fstat(handle.fileno())
+            return (handle.read(), info) if stat.S_ISREG(info.st_mode) else None
+    except OSError as exc:
+        return _absent(exc)
+
+
+def site_snapshot(site_dir, web_root, vhost_path, with_content):
+    """Every regular file of a site (hash, mode, size, mtime; content when asked), its
+    folders' modes, what could not be taken (symlinks, devices), and its vhost."""
+    if not strictly_inside(site_dir, web_root) and os.path.lexists(site_dir):
+        raise ValueError("site folder %s is not inside %s" % (site_dir, web_root))
+    files, dirs, skipped = {}, {}, []
+    for parent, subdirs, names in os.walk(site_dir):  # never follows symlinked folders
+        for name in sorted(subdirs) + sorted(names):
+            path = os.path.join(parent, name)
+            rel = os.path.relpath(path, site_dir)
+            info = os.lstat(path)
+            if stat.S_ISDIR(info.st_mode):
+                dirs[rel] = stat.S_IMODE(info.st_mode)
+                continue
+            found = _read_with_stat(path) if stat.S_ISREG(info.st_mode) else None
+            if found is None:
+                skipped.append(rel)
+            else:
+                files[rel] = _entry(found[0], found[1], with_content)
+    vhost = _read_with_stat(vhost_path)
+    return {"exists": os.path.isdir(site_dir), "files": files, "dirs": dirs,
+            "skipped": skipped,
+            "vhost": _entry(vhost[0], vhost[1], with_content) if vhost else None}
+
+
+def remove_vhost(nginx, vhost_path, sites_dir):
+    """Remove one vhost as a transaction: ``nginx -t`` without it; when that fails the file
+    is put back as it was and nothing is reloaded; otherwise one reload."""
+    if os.path.dirname(vhost_path) != sites_dir.rstrip("/"):
+        raise ValueError("vhost %s is not in %s" % (vhost_path, sites_dir))
+    found = _read_with_stat(vhost_path)
+    if found is None:
+        return {"removed": False, "reloaded": False, "error": None}
+    old, info = found
+    remove_file(vhost_path)
+    ok, problem = nginx.test()
+    if not ok:
+        write_atomic(vhost_path, old, mode=stat.S_IMODE(info.st_mode))
+        return {"removed": False, "reloaded": False,
+                "error": "nginx -t fails without this vhost (it was put back): " + problem}
+    ok, output = nginx.reload()
+    return {"removed": True, "reloaded": ok,
+            "error": None if ok else "nginx reload failed: " + output}
+
+
+def remove_tree(path, root):
+    """Delete a folder and everything in it; it must be strictly inside ``root``."""
+    if not os.path.lexists(path):
+        return {"removed": False, "entries": 0}
+    if not strictly_inside(path, root) or not os.path.isdir(path):
+        raise ValueError("%s is not a folder inside %s" % (path, root))
+    entries = sum(len(folders) + len(names) for _p, folders, names in os.walk(path))
+    shutil.rmtree(path)
+    return {"removed": True, "entries": entries}
+
+
+def restore_site(site_dir, web_root, files, dirs):
+    """Put archived files back (content, mode, mtime) and set folder modes.
+
+    A file on the host whose content differs from the archive is never overwritten:
+    then nothing is written at all and the differing paths are returned."""
+    if not strictly_inside(site_dir, web_root) and os.path.lexists(site_dir):
+        raise ValueError("site folder %s is not inside %s" % (site_dir, web_root))
+    wanted = {}
+    for item in files:
+        data = base64.b64decode(item["data"])
+        wanted[item["path"]] = (safe_join(site_dir, item["path"]), data, item)
+    for path in [target for target, _d, _i in wanted.values()] + \
+            [safe_join(site_dir, rel) for rel in dirs]:
+        if not inside(path, site_dir):
+            raise ValueError("%s leaves %s (symlinked folder?)" % (path, site_dir))
+    conflicts = sorted(rel for rel, (target, data, _item) in wanted.items()
+                       if file_sha256(target) not in (None, sha256_hex(data))
+                       or (os.path.lexists(target) and not os.path.isfile(target)))
+    if conflicts:
+        return {"written": 0, "unchanged": 0, "conflicts": conflicts}
+    os.makedirs(site_dir, mode=DIR_MODE, exist_ok=True)
+    for rel in sorted(dirs):
+        os.makedirs(safe_join(site_dir, rel), mode=DIR_MODE, exist_ok=True)
+    written = 0
+    for rel, (target, data, item) in sorted(wanted.items()):
+        if file_sha256(target) != sha256_hex(data):
+            write_atomic(target, data, mode=int(item["mode"]), root=site_dir)
+            written += 1
+        os.chmod(target, int(item["mode"]))
+        os.utime(target, (item["mtime"], item["mtime"]))
+    for rel in sorted(dirs, key=lambda r: r.count("/"), reverse=True):
+        os.chmod(safe_join(site_dir, rel), int(dirs[rel]))
+    return {"written": written, "unchanged": len(wanted) - written, "conflicts": []}
 
 
 # =========================================================================== requests from hosts.py
@@ -548,12 +667,35 @@ def op_reload(request):
     return {"reloaded": ok, "error": None if ok else "nginx reload failed: " + output}
 
 
+def op_site_snapshot(request):
+    return site_snapshot(request["site_dir"], request["web_root"], request["vhost_path"],
+                         bool(request.get("content")))
+
+
+def op_remove_vhost(request):
+    nginx = Nginx(request["nginx_binary"], request["nginx_main_config"])
+    return remove_vhost(nginx, request["vhost_path"], request["sites_dir"])
+
+
+def op_remove_tree(request):
+    return remove_tree(request["path"], request["root"])
+
+
+def op_restore_site(request):
+    return restore_site(request["site_dir"], request["web_root"], request["files"],
+                        request["dirs"])
+
+
 OPERATIONS = {
     "facts": op_facts,
     "preflight": op_preflight,
     "write_files": op_write_files,
     "remove_files": op_remove_files,
     "reload": op_reload,
+    "site_snapshot": op_site_snapshot,
+    "remove_vhost": op_remove_vhost,
+    "remove_tree": op_remove_tree,
+    "restore_site": op_restore_site,
 }
 
 
