@@ -1,8 +1,8 @@
 """Verify every agency site at once and sum up: the regency's "% active" figure.
 
-A pool of ``concurrency`` workers verifies the sites (asyncio); each destination address
-gets at most ``per_address`` connections at a time, because many agencies share one web
-server. Sites with a check in ``error`` (could not probe) are verified once more before
+A pool of ``concurrency`` tasks verifies the sites (asyncio, on uvloop); each destination
+address gets at most ``per_address`` connections at a time, because many agencies share
+one web server. ``workers`` processes can share the work on a machine with more cores. Sites with a check in ``error`` (could not probe) are verified once more before
 anything is reported. The result is a list of versioned records (the JSON Lines format
 is the source of truth; every report is rendered from these records) and a summary.
 """
@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable
 
-from .models import Inventory
+from .models import Inventory, Settings
 from .verify import (
     ACTIVE_CHECKS,
     AgencyResult,
@@ -143,25 +146,93 @@ def sweep_targets(inventory: Inventory) -> list[Target]:
     return [agency_target(inventory, a) for a in inventory.select([], all_=True)]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How one process verifies: sites at once, connections per address, seconds per step."""
+
+    concurrency: int
+    per_address: int
+    timeout: float
+    extra_roots: tuple[Path, ...]
+
+    def share(self, workers: int) -> Limits:
+        """One worker process's part, so that all of them together keep to these limits."""
+        return Limits(max(1, -(-self.concurrency // workers)),
+                      max(1, self.per_address // workers), self.timeout, self.extra_roots)
+
+
 def run_sweep(inventory: Inventory, *, concurrency: int = 32, per_address: int = 8,
-              timeout: float = 5.0, extra_roots: tuple[Path, ...] = (),
+              timeout: float = 5.0, extra_roots: tuple[Path, ...] = (), workers: int = 1,
               progress: Progress | None = None) -> SweepResult:
-    """Sweep the inventory's agencies; the caller renders and stores the result."""
+    """Sweep the inventory's agencies; the caller renders and stores the result.
+
+    ``workers`` > 1 splits the agencies among that many processes (one event loop each),
+    for machines whose sweep is bound by one CPU core."""
     targets = sweep_targets(inventory)
     rules = load_rules()
     started = utc_now()
-
-    async def verify_all_agencies() -> list[tuple[AgencyResult, int]]:
-        ctx = make_context(inventory.settings, extra_roots, per_address=per_address,
-                           timeout=timeout, rules=rules)
-        try:
-            return await verify_with_retry(targets, ctx, concurrency, progress)
-        finally:
-            ctx.close()
-
-    outcomes = run(verify_all_agencies())
+    limits = Limits(concurrency, per_address, timeout, extra_roots)
+    if workers > 1 and len(targets) > 1:
+        outcomes = _verify_in_processes(inventory.settings, targets, limits, workers, progress)
+    else:
+        outcomes = verify_shard(inventory.settings, targets, limits, progress)
     names = {a.slug: a.name for a in inventory.agencies.values()}
     records = tuple(record_of(result, names.get(result.agency), started, rules, attempts)
                     for result, attempts in outcomes)
     return SweepResult(started_at=started, finished_at=utc_now(), scoring_version=rules.version,
                        records=records, summary=summarise(records))
+
+
+def verify_shard(settings: Settings, targets: list[Target], limits: Limits,
+                 progress: Progress | None = None) -> list[tuple[AgencyResult, int]]:
+    """Verify some targets in this process, on its own event loop."""
+
+    async def verify_targets() -> list[tuple[AgencyResult, int]]:
+        ctx = make_context(settings, limits.extra_roots, per_address=limits.per_address,
+                           timeout=limits.timeout)
+        try:
+            return await verify_with_retry(targets, ctx, limits.concurrency, progress)
+        finally:
+            ctx.close()
+
+    return run(verify_targets())
+
+
+_progress_queue: multiprocessing.SimpleQueue | None = None  # set in each worker process
+
+
+def _remember_queue(queue: multiprocessing.SimpleQueue) -> None:
+    global _progress_queue
+    _progress_queue = queue
+
+
+def _shard_in_worker(settings: Settings, targets: list[Target],
+                     limits: Limits) -> list[tuple[AgencyResult, int]]:
+    def report(done: int, total: int, agency: str) -> None:
+        _progress_queue.put(agency)
+
+    return verify_shard(settings, targets, limits, report)
+
+
+def _verify_in_processes(settings: Settings, targets: list[Target], limits: Limits,
+                         workers: int, progress: Progress | None) -> list[tuple[AgencyResult, int]]:
+    """Round-robin shards in worker processes; results back in the targets' order."""
+    context = multiprocessing.get_context("fork")
+    queue = context.SimpleQueue()
+    shards = [targets[i::workers] for i in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_remember_queue,
+                             initargs=(queue,)) as pool:
+        futures = [pool.submit(_shard_in_worker, settings, shard, limits.share(workers))
+                   for shard in shards if shard]
+        done = 0
+        while futures_wait(futures, timeout=0.1).not_done or not queue.empty():
+            while not queue.empty():
+                done += 1
+                agency = queue.get()
+                if progress:
+                    progress(done, len(targets), agency)
+        shard_results = [future.result() for future in futures]
+    outcomes: list[tuple[AgencyResult, int]] = [None] * len(targets)  # type: ignore[list-item]
+    for i, results in enumerate(shard_results):
+        outcomes[i::workers] = results
+    return outcomes

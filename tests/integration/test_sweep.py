@@ -91,8 +91,14 @@ def test_sweep_reports_in_every_format(sweep_sites: Sites, tmp_path: Path) -> No
     assert len(page.xpath("//tbody")[0].findall("tr")) == 5
 
 
-def test_history_shows_the_trend(sweep_sites: Sites) -> None:
-    sweep(sweep_sites, "--format", "json", "-o", "/dev/null")
+def test_history_shows_the_trend(sweep_sites: Sites, tmp_path: Path) -> None:
+    two = sweep(sweep_sites, "--format", "json", "-o", str(tmp_path / "sweep.json"),
+                "--workers", "2")
+    document = json.loads((tmp_path / "sweep.json").read_text())
+    assert two.exit_code == 1 and document["summary"]["active"] == 2
+    assert [r["agency"] for r in document["records"]] == [
+        "s-default", "s-expired", "s-external", "s-hang", "s-healthy"]  # inventory order
+    assert [r["attempts"] for r in document["records"]] == [1, 1, 1, 2, 1]
     overall = sweep_sites.cli("history", "--format", "json", "--limit", "3")
     points = json.loads(overall.stdout)
     assert overall.exit_code == 0 and len(points) == 3
