@@ -140,7 +140,6 @@ footer { margin-top: 36px; font-size: 13px; color: var(--muted); }
 def render(sweep: SweepResult, trend: list[SweepPoint], rules: ScoringRules, zone: str,
            lang: str = "id") -> str:
     t = TEXT[lang]
-    s = sweep.summary
     when = sweep.started_at.astimezone().strftime("%d-%m-%Y %H:%M %Z")
     parts = [
         f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n<meta charset="utf-8">\n'

@@ -39,7 +39,15 @@ from .model import (
     result,
     skipped,
 )
-from .tls import ProbeFailure, TlsContexts, failed_checks, make_contexts, open_tls, tls_checks
+from .tls import (
+    TLS_CHECKS,
+    ProbeFailure,
+    TlsContexts,
+    failed_checks,
+    make_contexts,
+    open_tls,
+    tls_checks,
+)
 
 __all__ = [
     "ACTIVE_CHECKS", "CHECKS", "AgencyResult", "CertInfo", "Check", "CheckResult", "Publication",
@@ -49,6 +57,7 @@ __all__ = [
 
 T = TypeVar("T")
 HTTPS_CHECKS = ("https.status", "https.hsts", "https.headers", "https.content")
+NO_HTTPS = "an http:// URL: no HTTPS to check"
 
 
 @dataclass(frozen=True)
@@ -230,57 +239,61 @@ async def _check_dns(target: Target, ctx: VerifyContext) -> dnscheck.DnsOutcome:
 async def _probe_site(target: Target, address: str,
                       ctx: VerifyContext) -> tuple[list[CheckResult], Publication, CertInfo]:
     """TLS on the first hop, then the home page and the publication over that stream."""
-    site_url = target.https_url or target.http_url
-    parts = urlsplit(site_url)
-    checks: list[CheckResult] = []
-    cert = NO_CERT
+    nothing = score_publication({}, ctx.rules)
     try:
-        if target.https_url:
-            port = parts.port or 443
-            stream = await open_tls(address, port, target.name, ctx.tls, ctx.timeout)
-            tls_results, cert = tls_checks(target.name, stream, ctx.clock())
-            checks += tls_results
-            verify = stream.verified
-
-            async def connect() -> HttpConnection:
-                again = await open_tls(address, port, target.name, ctx.tls, ctx.timeout,
-                                       verify=verify)
-                return HttpConnection(again.reader, again.writer, parts.netloc)
-
-            first = HttpConnection(stream.reader, stream.writer, parts.netloc)
-        else:
-            checks += skipped(["tls.chain", "tls.name", "tls.expiry", "tls.version"],
-                              "an http:// URL on a non-standard port: no HTTPS to check")
-
-            async def connect() -> HttpConnection:
-                return await open_plain(address, parts.port or 80, parts.netloc, ctx.timeout)
-
-            first = await connect()
+        checks, cert, site = await _open_site(target, address, ctx)
     except ProbeFailure as failure:
-        return _unreadable(checks or failed_checks(failure), failure, ctx), \
-            score_publication({}, ctx.rules), cert
-    site = Site(urlunsplit((parts.scheme, parts.netloc, "/", "", "")), first, connect, ctx.timeout)
+        tls = failed_checks(failure) if target.https_url else _no_tls()
+        return tls + _unreadable(target, failure, ctx), nothing, NO_CERT
     try:
-        path, response = await site.get_following(parts.path or "/")
+        path, response = await site.get_following(urlsplit(target.url).path or "/")
         home = analyse_page(response.text(), ctx.rules)
         checks += (https_checks(path, response, home, ctx.rules) if target.https_url
-                   else skipped(HTTPS_CHECKS, "an http:// URL: no HTTPS to check"))
+                   else skipped(HTTPS_CHECKS, NO_HTTPS))
         publication = (await read_publication(site, path, home, ctx.rules)
-                       if response.status == 200 else score_publication({}, ctx.rules))
+                       if response.status == 200 else nothing)
     except ProbeFailure as failure:
-        return _unreadable(checks, failure, ctx), score_publication({}, ctx.rules), cert
+        return checks + _unreadable(target, failure, ctx), nothing, cert
     finally:
         site.close()
     return checks + publication_checks(publication, ctx.rules), publication, cert
 
 
-def _unreadable(checks: list[CheckResult], failure: ProbeFailure,
-                ctx: VerifyContext) -> list[CheckResult]:
+async def _open_site(target: Target, address: str,
+                     ctx: VerifyContext) -> tuple[list[CheckResult], CertInfo, Site]:
+    """Connect (TLS checks from the handshake), ready to read pages; later connections to
+    the site, if the server closes this one, trust the certificate the same way."""
+    parts = urlsplit(target.url)
+    base = urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
+    if not target.https_url:
+        async def plain() -> HttpConnection:
+            return await open_plain(address, parts.port or 80, parts.netloc, ctx.timeout)
+
+        return _no_tls(), NO_CERT, Site(base, await plain(), plain, ctx.timeout)
+    port = parts.port or 443
+    stream = await open_tls(address, port, target.name, ctx.tls, ctx.timeout)
+    checks, cert = tls_checks(target.name, stream, ctx.clock())
+
+    async def again() -> HttpConnection:
+        more = await open_tls(address, port, target.name, ctx.tls, ctx.timeout,
+                              verify=stream.verified)
+        return HttpConnection(more.reader, more.writer, parts.netloc)
+
+    first = HttpConnection(stream.reader, stream.writer, parts.netloc)
+    return checks, cert, Site(base, first, again, ctx.timeout)
+
+
+def _no_tls() -> list[CheckResult]:
+    return skipped(TLS_CHECKS, "an http:// URL on a non-standard port: no HTTPS to check")
+
+
+def _unreadable(target: Target, failure: ProbeFailure, ctx: VerifyContext) -> list[CheckResult]:
     """The HTTPS and publication checks of a site whose pages could not be read."""
     why = f"not read: {failure.detail}"
-    return (checks + [result("https.status", failure.status, failure.detail)]
-            + skipped(HTTPS_CHECKS[1:], why)
-            + skipped([f"publication.{i}" for i in ctx.rules.ids], why))
+    https = ([result("https.status", failure.status, failure.detail)]
+             + skipped(HTTPS_CHECKS[1:], why)) if target.https_url \
+        else skipped(HTTPS_CHECKS, NO_HTTPS)
+    return https + skipped([f"publication.{i}" for i in ctx.rules.ids], why)
 
 
 def verify_site(inventory: Inventory | None, text: str, extra_roots: tuple[Path, ...] = (),

@@ -26,6 +26,7 @@ from .model import CertInfo, CheckResult, Status, result
 WARN_DAYS = 21
 FAIL_DAYS = 7
 OLD_VERSIONS = ("SSLv3", "TLSv1", "TLSv1.1")
+TLS_CHECKS = ("tls.chain", "tls.name", "tls.expiry", "tls.version")
 
 
 class ProbeFailure(Exception):
@@ -172,7 +173,7 @@ def tls_checks(name: str, stream: TlsStream, now: dt.datetime) -> tuple[list[Che
     cert = stream.cert
     if cert is None:
         return [result(c, Status.FAIL, "the server sent no certificate")
-                for c in ("tls.chain", "tls.name", "tls.expiry")] + [_version(stream)], CertInfo(None, None)
+                for c in TLS_CHECKS[:3]] + [_version(stream)], CertInfo(None, None)
     days_left = int((cert.not_after - now).total_seconds() // 86400)
     chain = (result("tls.chain", Status.PASS, f"issued by {cert.issuer}") if stream.verified
              else result("tls.chain", Status.FAIL, f"{stream.chain_problem} (issuer {cert.issuer})"))
@@ -199,5 +200,4 @@ def _version(stream: TlsStream) -> CheckResult:
 
 
 def failed_checks(failure: ProbeFailure) -> list[CheckResult]:
-    return [result(c, failure.status, failure.detail)
-            for c in ("tls.chain", "tls.name", "tls.expiry", "tls.version")]
+    return [result(c, failure.status, failure.detail) for c in TLS_CHECKS]

@@ -157,7 +157,8 @@ class SiteSpec:
     redirect: bool = True
     content: str = "starter"  # starter | nginx-default | footer | external
     address: str | None = None  # A record target other than the serving host
-    extra_listen: str | None = None  # "ip:port" also served (default_server), for URL tests
+    extra_listen: str | None = None  # "ip:port" also served over TLS (default_server)
+    plain_listen: str | None = None  # "ip:port" also served over plain HTTP (default_server)
 
 
 @dataclass
@@ -207,6 +208,9 @@ def vhost_text(fqdn: str, address: str, root: Path, cert: Path, key: Path, spec:
         extra = (f"server {{\n    listen {spec.extra_listen} ssl default_server;\n"
                  f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
                  f"    root {root};\n    index index.html;\n{SECURITY_HEADERS}}}\n")
+    if spec.plain_listen:
+        extra += (f"server {{\n    listen {spec.plain_listen} default_server;\n"
+                  f"    root {root};\n    index index.html;\n}}\n")
     return (f"server {{\n    listen {address}:80;\n    server_name {fqdn};\n    {http_body}\n}}\n"
             f"server {{\n    listen {address}:443 ssl;\n    server_name {fqdn};\n"
             f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
@@ -385,7 +389,8 @@ def sites(lab: TestLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
     web2 = lab.inventory.hosts["web2"].public_ipv4
     specs = [SiteSpec(s.slug, s.served_by, s.external, s.cert, s.redirect, s.content,
                       hole if s.slug == "v-hang" else None,
-                      f"{web2}:8443" if s.slug == "v-external" else None) for s in SPECS]
+                      f"{web2}:8443" if s.slug == "v-external" else None,
+                      f"{web2}:8080" if s.slug == "v-external" else None) for s in SPECS]
     with black_hole(hole), served_sites(lab, root, specs) as served:
         yield served
 
@@ -508,6 +513,16 @@ def test_any_url_with_an_ip_address_and_port(sites: Sites) -> None:
                     https__status="pass")
     assert document["publication"]["score"] == 100.0
     assert document["active"] is True and code == 0
+
+
+def test_plain_http_url_on_another_port(sites: Sites) -> None:
+    web2 = sites.lab.inventory.hosts["web2"].public_ipv4
+    document, code = sites.verify(f"http://{web2}:8080/")
+    assert document["url"] == f"http://{web2}:8080/" and code == 1
+    assert_statuses(document, http__redirect="fail", tls__chain="skip", https__status="skip",
+                    https__content="skip", publication__biaya="pass")
+    assert document["publication"]["score"] == 100.0  # read over http://
+    assert document["active"] is False  # no HTTPS: not active
 
 
 def test_unreachable_server_is_error_not_fail(sites: Sites) -> None:

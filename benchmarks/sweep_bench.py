@@ -1,0 +1,456 @@
+"""Benchmark: `provisioner sweep` over 1,000 lab sites, against the alternatives ops has.
+
+Brings up a private lab (real BIND ns1 + ns2, nginx, on PREFIX.(X+offset)) and serves
+N generated agencies from it: one wildcard A record, one wildcard vhost and a wildcard
+certificate from a throwaway CA, and a real starter site per agency (rendered by
+provisioner.site). Then, in one run:
+
+* sweep: `provisioner sweep --format jsonl` as a child process (the real CLI: loads the
+  N-agency inventory, verifies, stores history); its CPU and peak memory come from
+  wait4(). The CPU of the same process doing everything but the sweep (`registry check`:
+  same imports, same inventory load) is measured too, and subtracted for the sweep alone.
+* shell loop: the checks a sysadmin would script, sequentially, for a subset: `dig` at
+  ns1 and ns2, `curl` of http:// (redirect) and of https:// home + standar-pelayanan.json
+  (chain and name verified, headers read). It does less than a verification (no scoring).
+* blackbox_exporter (Debian's prometheus-blackbox-exporter, run directly with its own
+  config): per site a DNS probe at ns1 and at ns2, an HTTPS probe (200, TLS verified,
+  HSTS) and an HTTP probe (redirect to https), driven at the same concurrency; its CPU is
+  read from /proc. Also less than a verification (no content, no publication score).
+* peak memory of a 10,000-site sweep (same CLI; sites map onto the 1,000 rendered ones).
+
+    .venv/bin/python benchmarks/sweep_bench.py [--prefix 127.0.6] [--offset 100]
+        [--sites 1000] [--big 10000] [--concurrency 64] [--shell-sites 200] [--write-results]
+
+Target: >= 300 full site verifications per CPU-second of the sweep process, ahead of
+blackbox_exporter. --write-results rewrites the "Sweep" section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.tsig
+import dns.update
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from provisioner import site  # noqa: E402
+from provisioner.dns import load_tsig_key  # noqa: E402
+from provisioner.lab import Lab  # noqa: E402
+from provisioner.registry import load_inventory  # noqa: E402
+from provisioner.verify.http import HttpConnection  # noqa: E402
+from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # noqa: E402
+
+PROVISIONER = [sys.executable, "-m", "provisioner"]
+BLACKBOX = "/usr/bin/prometheus-blackbox-exporter"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION_START, SECTION_END = "<!-- sweep_bench:start -->", "<!-- sweep_bench:end -->"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# =========================================================================== measuring
+
+@dataclass
+class Run:
+    label: str
+    sites: int
+    wall: float
+    cpu: float
+    max_rss_mb: float | None = None
+    ok: int | None = None  # sites that came out healthy (sanity check)
+
+    @property
+    def per_second(self) -> float:
+        return self.sites / self.wall
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.sites / self.cpu
+
+
+def run_child(argv: list[str], **kwargs) -> tuple[float, float, float, int]:
+    """Run a process to completion: (wall s, CPU s, peak RSS MB, exit code) from wait4()."""
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    error = process.stderr.read().decode()
+    process.stderr.close()
+    if process.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(argv[:6])}... failed ({process.returncode}): {error}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, process.returncode
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+# =========================================================================== the bench lab
+
+@dataclass
+class Bench:
+    lab: Lab
+    inventory_dir: Path
+    state_dir: Path
+    ca_file: Path
+    zone: str
+    web: str  # web1's address: every site is served there
+    ns: tuple[str, str]
+
+    def name(self, i: int) -> str:
+        return f"b{i:04d}.{self.zone}"
+
+
+def make_certificates(zone: str, folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a wildcard certificate for *.zone (ECDSA P-256)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sweep bench CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"*.{zone}")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=60))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"*.{zone}")]), False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    paths = folder / "ca.pem", folder / "fullchain.pem", folder / "privkey.pem"
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(leaf.public_bytes(pem))
+    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def write_agencies(inventory_dir: Path, count: int) -> None:
+    sample = yaml.safe_load((SAMPLE_INVENTORY / "agencies" / "dinkes.yml").read_text())
+    for i in range(count):
+        data = {**sample, "slug": f"b{i:04d}", "host": "web1"}
+        (inventory_dir / "agencies" / f"b{i:04d}.yml").write_text(
+            yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+
+
+def vhost(zone: str, address: str, web_root: Path, cert: Path, key: Path) -> str:
+    """One wildcard vhost for every bench site; b1234 is served from b0234's folder."""
+    return f"""map $host $bench_site {{
+    "~^b[0-9](?<n>[0-9]{{3}})\\." b0$n;
+    default none;
+}}
+server {{
+    listen {address}:80;
+    server_name *.{zone};
+    return 301 https://$host$request_uri;
+}}
+server {{
+    listen {address}:443 ssl;
+    server_name *.{zone};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    root {web_root}/$bench_site;
+    index index.html;
+    access_log off;
+    add_header Strict-Transport-Security "max-age=63072000" always;
+    add_header X-Content-Type-Options "nosniff" always;
+    add_header Referrer-Policy "strict-origin-when-cross-origin" always;
+    add_header Content-Security-Policy "default-src 'self'; frame-ancestors 'none'" always;
+}}
+"""
+
+
+def wildcard_record(bench_lab: Lab, zone: str, address: str) -> None:
+    settings = bench_lab.settings
+    key = load_tsig_key(settings.tsig_key_file).dnspython_key()
+    message = dns.update.UpdateMessage(zone, keyring=key)
+    message.replace(f"*.{zone}.", 300, "A", address)
+    response = dns.query.tcp(message, settings.primary.address, timeout=5)
+    assert response.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(response.rcode())
+    deadline = time.monotonic() + 10
+    for ns in settings.nameservers:
+        while not dns.query.udp(dns.message.make_query(f"probe.{zone}", "A"), ns.address,
+                                timeout=2).answer:
+            assert time.monotonic() < deadline, f"{ns.name} never served the wildcard"
+            time.sleep(0.05)
+
+
+@contextmanager
+def bench_lab(root: Path, prefix: str, offset: int, sites: int) -> Iterator[Bench]:
+    inventory_dir = make_test_inventory(root / "inventory", prefix, offset, agencies=False)
+    write_agencies(inventory_dir, sites)
+    state_dir = root / "state"
+    inventory = load_inventory(inventory_dir, state_dir)
+    lab = Lab(inventory)
+    try:
+        lab.up()
+        web1 = inventory.hosts["web1"]
+        zone = inventory.settings.zone
+        tls = web1.tls_dir / "bench"
+        tls.mkdir(parents=True, exist_ok=True)
+        ca_file, cert, key = make_certificates(zone, tls)
+        web_root = web1.web_root / "bench"
+        for agency in inventory.agencies.values():
+            site.write_files(site.render_site(agency), web_root / agency.slug)
+        (web1.nginx_sites_dir / "bench.conf").write_text(
+            vhost(zone, web1.public_ipv4, web_root, cert, key))
+        lab.reload_nginx(web1)
+        wildcard_record(lab, zone, web1.public_ipv4)
+        ns = tuple(n.address for n in inventory.settings.nameservers)
+        yield Bench(lab, inventory_dir, state_dir, ca_file, zone, web1.public_ipv4, ns)
+    finally:
+        lab.down()
+
+
+# =========================================================================== the runs
+
+def sweep_run(bench: Bench, inventory_dir: Path, sites: int, concurrency: int, out: Path,
+              workers: int = 1) -> tuple[Run, Run]:
+    """The CLI sweep, and alone: minus the same process's fixed cost (imports + inventory
+    load, measured with `registry check`)."""
+    base = [*PROVISIONER, "--inventory", str(inventory_dir), "--state-dir", str(bench.state_dir)]
+    wall, cpu, rss, _ = run_child([*base, "sweep", "--format", "jsonl", "-o", str(out),
+                                   "--ca", str(bench.ca_file), "--concurrency", str(concurrency),
+                                   "--per-address", str(concurrency), "--workers", str(workers)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    active = sum(r["active"] for r in records)
+    label = "provisioner sweep" + (f" --workers {workers}" if workers > 1 else "")
+    full = Run(f"{label} (whole process)", sites, wall, cpu, rss, active)
+    fixed_wall, fixed_cpu, fixed_rss, _ = run_child([*base, "registry", "check"])
+    return full, Run(f"{label} (sweep alone)", sites, wall - fixed_wall, cpu - fixed_cpu,
+                     rss - fixed_rss, active)
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The round with the median CPU time (the machine is shared: rounds vary)."""
+    return sorted(runs, key=lambda r: r.cpu)[len(runs) // 2]
+
+
+SHELL_LOOP = r"""
+ok=0
+for i in $(seq 0 $((N - 1))); do
+  name=$(printf 'b%04d.%s' "$i" "$ZONE")
+  a1=$(dig +norec +short +time=2 @"$NS1" "$name" A)
+  a2=$(dig +norec +short +time=2 @"$NS2" "$name" A)
+  redirect=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' \
+    --resolve "$name:80:$a1" "http://$name/")
+  https=$(curl -s --cacert "$CA" --resolve "$name:443:$a1" -D - -o /dev/null \
+    -w '%{http_code}\n' "https://$name/" "https://$name/standar-pelayanan.json" \
+    | tr '[:upper:]' '[:lower:]')
+  case "$redirect $https" in
+    "301 https://$name/"*strict-transport-security*200*200*) [ "$a1" = "$a2" ] && ok=$((ok+1));;
+  esac
+done
+echo "$ok" > "$OUT"
+"""
+
+
+def shell_run(bench: Bench, sites: int, out: Path) -> Run:
+    env = {**os.environ, "N": str(sites), "ZONE": bench.zone, "NS1": bench.ns[0],
+           "NS2": bench.ns[1], "CA": str(bench.ca_file), "OUT": str(out)}
+    wall, cpu, _, _ = run_child(["bash", "-c", SHELL_LOOP], env=env)
+    return Run("dig + curl, sequential shell loop", sites, wall, cpu, None,
+               int(out.read_text().strip()))
+
+
+def blackbox_config(bench: Bench, sites: int) -> dict:
+    modules = {
+        "https_site": {"prober": "http", "timeout": "5s", "http": {
+            "valid_status_codes": [200], "fail_if_not_ssl": True, "no_follow_redirects": True,
+            "preferred_ip_protocol": "ip4", "tls_config": {"ca_file": str(bench.ca_file)},
+            "fail_if_header_not_matches": [{"header": "Strict-Transport-Security",
+                                            "regexp": "max-age=[0-9]+"}]}},
+        "http_redirect": {"prober": "http", "timeout": "5s", "http": {
+            "valid_status_codes": [301, 308], "no_follow_redirects": True,
+            "preferred_ip_protocol": "ip4",
+            "fail_if_header_not_matches": [{"header": "Location", "regexp": "^https://"}]}},
+    }
+    for i in range(sites):
+        modules[f"dns_b{i:04d}"] = {"prober": "dns", "timeout": "5s", "dns": {
+            "query_name": bench.name(i), "query_type": "A", "recursion_desired": False,
+            "preferred_ip_protocol": "ip4", "transport_protocol": "udp",
+            "valid_rcodes": ["NOERROR"],
+            "validate_answer_rrs": {"fail_if_not_matches_regexp": [f".*\tA\t{bench.web}"]}}}
+    return {"modules": modules}
+
+
+def probe_paths(bench: Bench, i: int) -> list[str]:
+    name = bench.name(i)
+    return [f"/probe?module=dns_b{i:04d}&target={bench.ns[0]}:53",
+            f"/probe?module=dns_b{i:04d}&target={bench.ns[1]}:53",
+            f"/probe?module=http_redirect&target={quote(f'http://{bench.web}/')}&hostname={name}",
+            f"/probe?module=https_site&target={quote(f'https://{bench.web}/')}&hostname={name}"]
+
+
+async def drive_blackbox(address: str, port: int, bench: Bench, sites: int,
+                         concurrency: int) -> int:
+    """Every site's four probes, `concurrency` sites at a time over keep-alive connections;
+    returns how many sites had every probe succeed."""
+    pending = iter(range(sites))
+    ok = 0
+
+    async def worker() -> None:
+        nonlocal ok
+        reader, writer = await asyncio.open_connection(address, port)
+        connection = HttpConnection(reader, writer, f"{address}:{port}")
+        for i in pending:
+            bodies = [(await connection.get(path, 30)).body for path in probe_paths(bench, i)]
+            ok += all(b"\nprobe_success 1" in body for body in bodies)
+        connection.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok
+
+
+def blackbox_run(bench: Bench, root: Path, sites: int, concurrency: int, address: str,
+                 rounds: int) -> Run:
+    config = root / "blackbox.yml"
+    config.write_text(yaml.safe_dump(blackbox_config(bench, sites)))
+    port = 9115
+    process = subprocess.Popen([BLACKBOX, f"--config.file={config}",
+                                f"--web.listen-address={address}:{port}", "--log.level=error"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = []
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                asyncio.run(drive_blackbox(address, port, bench, 1, 1))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("blackbox_exporter did not start")
+                time.sleep(0.1)
+        for _ in range(rounds):
+            cpu_before, started = process_cpu(process.pid), time.perf_counter()
+            ok = asyncio.run(drive_blackbox(address, port, bench, sites, concurrency))
+            runs.append(Run(f"blackbox_exporter {blackbox_version()} (4 probes per site)", sites,
+                            time.perf_counter() - started, process_cpu(process.pid) - cpu_before,
+                            None, ok))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    return median_run(runs)
+
+
+def blackbox_version() -> str:
+    done = subprocess.run([BLACKBOX, "--version"], capture_output=True, text=True)
+    return (done.stdout + done.stderr).split()[2]
+
+
+# =========================================================================== report
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    return (f"{os.cpu_count()} CPU ({cpu}), {memory} GiB RAM, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")
+
+
+def table(runs: list[Run]) -> str:
+    lines = ["| run | sites | wall s | sites/s | CPU s | sites per CPU-s | peak RSS | healthy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        rss = f"{r.max_rss_mb:.0f} MB" if r.max_rss_mb else ""
+        lines.append(f"| {r.label} | {r.sites} | {r.wall:.2f} | {r.per_second:.0f} | "
+                     f"{r.cpu:.2f} | {r.per_cpu_second:.0f} | {rss} | {r.ok} |")
+    return "\n".join(lines)
+
+
+def write_results(text: str) -> None:
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = f"{SECTION_START}\n{text}\n{SECTION_END}"
+    if SECTION_START in current:
+        head, rest = current.split(SECTION_START, 1)
+        current = head + block + rest.split(SECTION_END, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + block + "\n"
+    RESULTS.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prefix", default=os.environ.get("PROVISIONER_TEST_NET", "127.0.1"))
+    parser.add_argument("--offset", type=int, default=100)
+    parser.add_argument("--sites", type=int, default=1000)
+    parser.add_argument("--big", type=int, default=10000, help="sites of the memory run (0: skip)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--shell-sites", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="sweep and blackbox rounds "
+                                                              "(the median is reported)")
+    parser.add_argument("--write-results", action="store_true")
+    args = parser.parse_args()
+    if args.sites > 1000:
+        raise SystemExit("--sites: at most 1000 rendered sites (the memory run maps more onto them)")
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp, \
+            bench_lab(Path(tmp), args.prefix, args.offset, args.sites) as bench:
+        root = Path(tmp)
+        print(f"lab up, {args.sites} sites served; sweeping...", flush=True)
+        rounds = [sweep_run(bench, bench.inventory_dir, args.sites, args.concurrency,
+                            root / "sweep.jsonl") for _ in range(args.rounds)]
+        alone = median_run([a for _, a in rounds])
+        full = next(f for f, a in rounds if a is alone)
+        two_full, two_alone = sweep_run(bench, bench.inventory_dir, args.sites, args.concurrency,
+                                        root / "sweep2.jsonl", workers=2)
+        print(table([full, alone, two_full, two_alone]), flush=True)
+        shell = shell_run(bench, args.shell_sites, root / "shell.out")
+        blackbox = blackbox_run(bench, root, args.sites, args.concurrency,
+                                f"{args.prefix}.{40 + args.offset}", args.rounds)
+        runs = [full, alone, two_full, two_alone, shell, blackbox]
+        if args.big:
+            big_dir = root / "inventory-big"
+            shutil.copytree(bench.inventory_dir, big_dir, ignore=shutil.ignore_patterns("b*.yml"))
+            write_agencies(big_dir, args.big)
+            big, big_alone = sweep_run(bench, big_dir, args.big, args.concurrency,
+                                       root / "big.jsonl")
+            big.label = f"provisioner sweep, {args.big} sites (memory run)"
+            big_alone.label = f"  of which not the inventory load ({args.big} agency files)"
+            runs += [big, big_alone]
+    report = (f"## Sweep (issue 7)\n\n{dt.date.today().isoformat()}, {machine()}; "
+              f"concurrency {args.concurrency} (per address too: every site is on one web "
+              f"server); median of {args.rounds} rounds for the sweep and blackbox_exporter. "
+              f"Lab: BIND ns1 + ns2 and nginx (1 worker) on the same machine.\n\n"
+              f"{table(runs)}\n\n"
+              f"Ratios: sweep alone vs blackbox_exporter {alone.per_cpu_second / blackbox.per_cpu_second:.2f}x "
+              f"per CPU-second, {alone.per_second / blackbox.per_second:.2f}x per wall second; "
+              f"vs the shell loop {alone.per_second / shell.per_second:.0f}x per wall second.")
+    print("\n" + report)
+    if args.write_results:
+        write_results(report)
+
+
+if __name__ == "__main__":
+    main()
