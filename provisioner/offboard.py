@@ -50,7 +50,7 @@ from cryptography import x509
 from . import site, tls
 from . import onboard as onboarding
 from .audit import AuditEntry, AuditLog, current_operator
-from .dns import DEFAULT_PROPAGATION_TIMEOUT, DnsClient
+from .dns import DEFAULT_PROPAGATION_TIMEOUT, DnsClient, PropagationTimeout
 from .dnsops import DnsPlan, apply_dns, plan_dns
 from .errors import ProvisionerError, SafetyError, UsageError
 from .hosts import HostClient, SiteFile, SiteSnapshot
@@ -714,12 +714,24 @@ class Offboarding(_LockedRun):
     def _dns(self, state: _OffboardState) -> Outcome:
         oplan, slug = state.plan, state.plan.agency.slug
         if not oplan.dns.plan.has_changes:
-            kept = [c.reason for c in oplan.dns.plan if "not ours" in c.reason]
-            return Outcome(slug, "dns", "ok", kept[0] if kept else "no records owned here")
+            return self._dns_in_sync(state)
         result = apply_dns(self.inventory, oplan.dns, client=self.dns,
                            propagation_timeout=state.propagation_timeout)
         return next((o for o in result.outcomes if o.agency == slug),
                     Outcome(slug, "dns", "ok", "records up to date"))
+
+    def _dns_in_sync(self, state: _OffboardState) -> Outcome:
+        """Nothing to delete at the primary: still, every nameserver must have caught up
+        with it (a re-run after a propagation timeout checks the lagging server again)."""
+        slug = state.plan.agency.slug
+        kept = [c.reason for c in state.plan.dns.plan if "not ours" in c.reason]
+        serial = self.dns.soa_serial()
+        try:
+            self.dns.wait_for_propagation([], serial, timeout=state.propagation_timeout)
+        except PropagationTimeout as exc:
+            return Outcome(slug, "dns", "failed", f"no records to delete, but {exc}")
+        return Outcome(slug, "dns", "ok", (kept[0] if kept else "no records owned here")
+                       + f"; every nameserver serves serial {serial}")
 
     def _vhost(self, state: _OffboardState) -> Outcome:
         oplan, slug = state.plan, state.plan.agency.slug
