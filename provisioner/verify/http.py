@@ -87,7 +87,11 @@ class HttpConnection:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(await self.reader.read(65536))
+                data = await self.reader.read(65536)
+                if not data and not status:  # nginx's "return 444", a refused site
+                    raise ProbeFailure(Status.FAIL, f"GET {target}: the server closed the "
+                                                    "connection without an answer")
+                conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 status = event.status_code
                 for name, value in event.headers:

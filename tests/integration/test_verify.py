@@ -159,6 +159,7 @@ class SiteSpec:
     address: str | None = None  # A record target other than the serving host
     extra_listen: str | None = None  # "ip:port" also served over TLS (default_server)
     plain_listen: str | None = None  # "ip:port" also served over plain HTTP (default_server)
+    vhost: bool = True  # False: DNS only, the host has no vhost for the name
 
 
 @dataclass
@@ -279,7 +280,7 @@ def served_sites(lab: TestLab, root: Path, specs: list[SiteSpec]) -> Iterator[Si
     written: list[Path] = []
     hosts = {lab.inventory.hosts[s.served_by] for s in specs}
     try:
-        for spec in specs:
+        for spec in (s for s in specs if s.vhost):
             host = lab.inventory.hosts[spec.served_by]
             fqdn = sites.fqdn(spec.slug)
             tls = host.tls_dir / f"verify-{spec.slug}"
@@ -379,6 +380,7 @@ SPECS = [
     SiteSpec("v-footer", content="footer"),
     SiteSpec("v-external", served_by="web2", external=True, content="external"),
     SiteSpec("v-hang", external=True),  # its A record points at the black hole
+    SiteSpec("v-novhost", vhost=False),  # DNS left behind, no site on the host
 ]
 
 
@@ -390,7 +392,8 @@ def sites(lab: TestLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
     specs = [SiteSpec(s.slug, s.served_by, s.external, s.cert, s.redirect, s.content,
                       hole if s.slug == "v-hang" else None,
                       f"{web2}:8443" if s.slug == "v-external" else None,
-                      f"{web2}:8080" if s.slug == "v-external" else None) for s in SPECS]
+                      f"{web2}:8080" if s.slug == "v-external" else None, s.vhost)
+             for s in SPECS]
     with black_hole(hole), served_sites(lab, root, specs) as served:
         yield served
 
@@ -533,6 +536,17 @@ def test_unreachable_server_is_error_not_fail(sites: Sites) -> None:
     assert_statuses(document, dns__resolves="pass", http__redirect="error", tls__chain="error",
                     https__status="error", publication__biaya="skip")
     assert document["cert"] == {"not_after": None, "days_left": None}
+
+
+def test_name_without_a_site_on_the_host(sites: Sites) -> None:
+    """The host's catch-all servers: 444 on http://, no TLS handshake for unknown names."""
+    document, code = sites.verify("v-novhost")
+    assert code == 1 and document["active"] is False
+    assert_statuses(document, dns__resolves="pass", dns__points_to_host="pass",
+                    http__redirect="warn", tls__chain="fail", https__status="fail",
+                    publication__persyaratan="skip")
+    assert "closed the connection without an answer" in detail(document, "http.redirect")
+    assert "handshake refused" in detail(document, "tls.chain")
 
 
 def test_table_output_and_user_errors(sites: Sites) -> None:
