@@ -122,8 +122,9 @@ class Querier:
         query = dns.message.make_query(qname, rdtype)
         query.flags &= ~dns.flags.RD
         try:
-            async with self.limit(server.address), asyncio.timeout(self.timeout):
-                response = await self._exchange(server, query)
+            async with self.limit(server.address):
+                async with asyncio.timeout(self.timeout):  # waiting for the slot is not late
+                    response = await self._exchange(server, query)
         except TimeoutError:
             return Answer(server, error=f"no answer within {self.timeout:g}s")
         except (OSError, dns.exception.DNSException) as exc:
