@@ -47,7 +47,7 @@ import yaml
 from acme import messages
 from cryptography import x509
 
-from . import site, tls
+from . import ansible, site, tls
 from . import onboard as onboarding
 from .audit import AuditEntry, AuditLog, current_operator
 from .dns import DEFAULT_PROPAGATION_TIMEOUT, DnsClient, PropagationTimeout
@@ -511,10 +511,6 @@ class RestorePlan:
     actions: Mapping[str, str]  # archived path -> create / update / noop
     plan: Plan
 
-    @property
-    def has_changes(self) -> bool:
-        return True  # onboarding always runs (and converges when nothing is missing)
-
     def to_dict(self) -> dict[str, Any]:
         return {"archive": str(self.archive.path), "agency": self.agency.slug,
                 "host": self.host.name, "archived_host": self.archive.manifest["host"],
@@ -554,7 +550,8 @@ class _LockedRun:
         self._stack.close()
 
     def client(self, host: Host) -> HostClient:
-        """The connected, preflighted client of a host (HostError when it cannot be used)."""
+        """The connected client of a host whose preflight passed (HostError when it cannot
+        be reached, SafetyError naming the problems when its preflight fails)."""
         if host.name not in self._clients:
             client = self._stack.enter_context(
                 HostClient(host, self.inventory.settings.known_hosts_file))
@@ -831,7 +828,8 @@ class Restoring(_LockedRun):
         return RestorePlan(archived, agency, host, actions,
                            Plan((site_row, registry_change(agency, "active"), onboard_row)))
 
-    def apply(self, rplan: RestorePlan, *, progress: Any = None) -> RunResult:
+    def apply(self, rplan: RestorePlan, *,
+              progress: ansible.ProgressCallback | None = None) -> RunResult:
         """Files, registry, then onboarding (its outcomes included); the first failure
         stops the run."""
         slug = rplan.agency.slug

@@ -61,10 +61,11 @@ class FaultLab:
                 "--state-dir", str(self.lab.state_dir), *args]
 
     def kill_after(self, marker: str, *args: str, delay: float = 0.0) -> str:
-        """Run ``provisioner ARGS`` as a process and SIGKILL it ``delay`` seconds after it
-        reports a line starting with ``marker``; what it printed until then."""
+        """Run ``provisioner ARGS`` as a process and SIGKILL it, with every process it
+        started (an Ansible run in flight), ``delay`` seconds after it reports a line
+        starting with ``marker``; what it printed until then."""
         process = subprocess.Popen(self.argv(*args), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
         seen = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -75,7 +76,7 @@ class FaultLab:
             if line.lstrip().startswith(marker):
                 time.sleep(delay)
                 break
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         process.stderr.close()
         text = "".join(seen)

@@ -8,7 +8,6 @@ order and say where they build on an earlier one's state.
 from __future__ import annotations
 
 import http.client
-import json
 import shutil
 import socket
 import ssl
