@@ -445,7 +445,10 @@ def report(series: Mapping[str, Series], total: int, rounds: int, prefix: str,
         projection(series, wall, cpu, cores, per_host_mb),
         "",
         SCALE_NOTES.format(per_host_mb=per_host_mb, forks=ANSIBLE_MAX_FORKS,
-                           orders=tls.MAX_PARALLEL_ORDERS, cores=cores),
+                           orders=tls.MAX_PARALLEL_ORDERS, cores=cores,
+                           registrations=LE_REGISTRATIONS_PER_IP_3H,
+                           per_domain=LE_CERTS_PER_DOMAIN_WEEK,
+                           orders_per_3h=LE_ORDERS_PER_3H),
     ])
 
 
@@ -467,13 +470,13 @@ and the per-host cost only stays flat while the controller has CPU for the forks
 
 What runs out first. For one regency: nothing (seconds, one certificate per agency,
 well inside every limit). For a province or the whole country run centrally: Let's
-Encrypt, long before the controller. New orders are 300 per account per 3 hours
-(token bucket: a burst of 300, then one per 36 s), so 400 orders on one account wait
+Encrypt, long before the controller. New orders are {orders_per_3h} per account per 3
+hours (token bucket: a burst of {orders_per_3h}, then one per 36 s), so 400 orders on one account wait
 about an hour for the last 100, and 22,000 orders take days. One account per regency
-avoids that, but new accounts are 10 per IPv4 address per 3 hours. Certificates per
-registered domain are 50 per week; go.id is a public suffix, so the registered domain
-is the regency's (paserkab.go.id): a 40-agency regency fits, a regency of more than 50
-agencies needs a second week, and a province that puts all its agencies under one
+avoids that, but new accounts are {registrations} per IPv4 address per 3 hours.
+Certificates per registered domain are {per_domain} per week; go.id is a public suffix, so
+the registered domain is the regency's (paserkab.go.id): a 40-agency regency fits, a
+regency of more than {per_domain} agencies needs a second week, and a province that puts all its agencies under one
 domain would need weeks. Wildcard mode (dns-01-wildcard: one *.zone certificate per
 host) avoids all three. Renewals are designed by Let's Encrypt to almost never hit a
 limit. After Let's Encrypt: the controller's {cores} cores (CPU floor column), then
