@@ -19,7 +19,6 @@ Steps, in order:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import time
@@ -38,7 +37,7 @@ from .locking import inventory_lock
 from .models import Agency, Inventory
 from .plan import Change, Outcome, Plan
 from .registry import ensure_state_dir
-from .sweep import verify_all
+from .sweep import Limits, verify_shard
 
 STEPS = ("dns", "web", "tls", "verify")
 PHASES = ("plan", "dns", "web", "tls", "verify")
@@ -165,6 +164,15 @@ def decide_certs(targets: Sequence[tls.CertTarget], facts: Mapping[str, HostFact
     return decisions, installed
 
 
+def _dns_scope(agencies: Sequence[Agency] | None, selected: Sequence[Agency],
+               host_errors: Mapping[str, str]) -> list[Agency] | None:
+    """Whom the DNS step covers: a name never points at a host that cannot serve it
+    this run (None, the whole zone, only while every host is usable)."""
+    if not host_errors:
+        return None if agencies is None else list(agencies)
+    return [a for a in selected if a.host not in host_errors]
+
+
 def _installed_cert(facts: HostFacts | None, place: tls.Install) -> tls.CertInfo | None:
     pem = facts.certs.get(place.fullchain) if facts else None
     if not pem:
@@ -233,10 +241,11 @@ class Session:
             skipped = tuple(Outcome(a.slug, "onboard", "ok", "hosted elsewhere "
                                     f"({a.external_url}): nothing to onboard")
                             for a in selected if not a.hosted)
-            dns_plan = plan_dns(self.inventory, agencies, force=force, preflight=True,
-                                client=self.dns) if "dns" in steps else None
             rendered = {a.slug: site.render_site(a) for a in hosted}
             facts, host_errors = self._host_facts(hosted, rendered)
+            dns_plan = plan_dns(self.inventory, _dns_scope(agencies, selected, host_errors),
+                                force=force, preflight=True, client=self.dns) \
+                if "dns" in steps else None
             targets = tuple(tls.cert_targets(self.inventory, hosted))
             decisions, installed = decide_certs(targets, facts,
                                                 dt.datetime.now(dt.timezone.utc), renew_days)
@@ -407,12 +416,10 @@ class Session:
         if not agencies:
             return []
         targets = [verifying.agency_target(self.inventory, a) for a in agencies]
-
-        async def run() -> list[verifying.AgencyResult]:
-            ctx = verifying.make_context(self.inventory.settings)
-            return await verify_all(targets, ctx, VERIFY_CONCURRENCY)
-
-        results = asyncio.run(run())
+        limits = Limits(concurrency=VERIFY_CONCURRENCY, per_address=8, timeout=5.0,
+                        extra_roots=())
+        results = [result for result, _attempts in
+                   verify_shard(self.inventory.settings, targets, limits)]
         active = sum(r.active for r in results)
         self.report(f"verify: {active}/{len(results)} active")
         return [_verify_outcome(r) for r in results]

@@ -34,7 +34,7 @@ def load(path: Path) -> tuple[Any, dict[KeyPath, int]]:
         line = text[: text.index("\x00")].count("\n") + 1
         raise InputError([Problem(path, line, "file", "contains a NUL byte")])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_COMPOSER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
@@ -55,6 +55,8 @@ class _BadNode(Exception):
         self.message = message
 
 
+# libyaml's parser when PyYAML has it (about 10x faster on large inventories).
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SAFE_CONSTRUCTOR = yaml.SafeLoader("")
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"

@@ -90,6 +90,12 @@ def test_one_agency_from_nothing_to_https(olab: TestLab):
     assert cert.subject.rfc4514_string() or cert.extensions  # chain verified by the context
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["dinkes.paserkab.go.id"]
+    tls13 = trust_context(olab)
+    tls13.minimum_version = ssl.TLSVersion.TLSv1_3
+    with socket.create_connection((olab.inventory.hosts["web1"].public_ipv4, 443),
+                                  timeout=5) as raw, \
+            tls13.wrap_socket(raw, server_hostname="dinkes.paserkab.go.id") as conn:
+        assert conn.version() == "TLSv1.3"
     service = olab.inventory.agencies["dinkes"].services[0]
     status, page, _ = fetch(olab, "dinkes", "/" + site.service_path(service))
     assert status == 200
