@@ -9,7 +9,6 @@ import dataclasses
 import datetime
 import functools
 import json
-import os
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -22,25 +21,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import ansible, csvimport, registry, scaffold, tls
-from . import onboard as onboarding
-from . import offboard as offboarding
-from . import site
-from .audit import AuditLog
-from .errors import InputError, NotBuiltError, ProvisionerError
-from .errors import UsageError
-from . import dnsops
+from . import ansible, csvimport, dnsops, registry, scaffold, site, tls
 from . import history as history_store
+from . import offboard as offboarding
+from . import onboard as onboarding
 from . import sweep as sweeping
 from . import verify as verifying
+from .audit import AuditLog
+from .errors import InputError, ProvisionerError, UsageError
 from .models import Agency, Inventory
+from .plan import ROW_COLUMNS, Plan
 from .report import html as report_html
 from .report import jsonl as report_jsonl
 from .report import junit as report_junit
 from .report import prom as report_prom
 from .report import write_atomic
 from .verify.content import load_rules
-from .plan import ROW_COLUMNS, Plan
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -137,11 +133,6 @@ def command_line() -> str:
 BREAK_LOCK_OPTION = typer.Option(False, "--break-lock",
                                  help="Take over the inventory lock of a run that died "
                                       "without releasing it (its PID must be gone).")
-
-
-def not_built(command: str, issue: int) -> None:
-    raise NotBuiltError(f"'provisioner {command}' is not built yet (planned in issue #{issue}); "
-                        "nothing was done")
 
 
 # --------------------------------------------------------------------------- registry

@@ -103,9 +103,3 @@ class SafetyError(ProvisionerError):
 
 class LockedError(ProvisionerError):
     """Another run holds the inventory lock."""
-
-
-class NotBuiltError(ProvisionerError):
-    """A command that is not built yet: said plainly, never pretended."""
-
-    exit_code = 2

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .audit import current_operator
 from .errors import LockedError, ProvisionerError
@@ -207,3 +207,14 @@ def _release(fd: int) -> None:
     except OSError:
         pass  # the next run will report this one as not released cleanly: harmless
     os.close(fd)  # closing the only descriptor drops the flock
+
+
+@contextmanager
+def run_lock(state_dir: Path, command: str, *, break_lock: bool = False,
+             report: Callable[[str], None] = lambda _line: None) -> Iterator[LockInfo]:
+    """The lock of one mutating run: state dir created, a stale holder reported."""
+    ensure_state_dir(state_dir)
+    with inventory_lock(state_dir, command, break_lock=break_lock) as info:
+        if info.warning:
+            report(f"lock: {info.warning}")
+        yield info

@@ -54,10 +54,10 @@ from .dns import DEFAULT_PROPAGATION_TIMEOUT, DnsClient, PropagationTimeout
 from .dnsops import DnsPlan, apply_dns, plan_dns
 from .errors import ProvisionerError, SafetyError, UsageError
 from .hosts import HostClient, SiteFile, SiteSnapshot
-from .locking import inventory_lock
+from .locking import run_lock
 from .models import Agency, Host, Inventory
 from .plan import Change, Outcome, Plan
-from .registry import ensure_state_dir, load_inventory
+from .registry import load_inventory
 
 ARCHIVE_SCHEMA = "provisioner/offboard-archive/v1"
 MANIFEST_MEMBER = "manifest.json"
@@ -539,11 +539,8 @@ class _LockedRun:
 
     def __enter__(self):
         if self.command is not None:
-            ensure_state_dir(self.inventory.state_dir)
-            lock = self._stack.enter_context(inventory_lock(
-                self.inventory.state_dir, self.command, break_lock=self.break_lock))
-            if lock.warning:
-                self.report(f"lock: {lock.warning}")
+            self._stack.enter_context(run_lock(self.inventory.state_dir, self.command,
+                                               break_lock=self.break_lock, report=self.report))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,10 +33,9 @@ from .dnsops import DnsPlan, apply_dns, plan_dns
 from .audit import AuditEntry, AuditLog
 from .errors import ProvisionerError, UsageError
 from .hosts import HostClient, HostFacts, Preflight
-from .locking import inventory_lock
+from .locking import run_lock
 from .models import Agency, Inventory
 from .plan import Change, Outcome, Plan
-from .registry import ensure_state_dir
 from .sweep import Limits, verify_shard
 
 STEPS = ("dns", "web", "tls", "verify")
@@ -207,11 +206,8 @@ class Session:
 
     def __enter__(self) -> Session:
         if self.command is not None:
-            ensure_state_dir(self.inventory.state_dir)
-            lock = self._stack.enter_context(inventory_lock(
-                self.inventory.state_dir, self.command, break_lock=self.break_lock))
-            if lock.warning:
-                self.report(f"lock: {lock.warning}")
+            self._stack.enter_context(run_lock(self.inventory.state_dir, self.command,
+                                               break_lock=self.break_lock, report=self.report))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -194,7 +194,7 @@ def test_tsig_key_readable_by_others_is_refused(sample: SampleInventory, tmp_pat
     result = sample.cli("registry", "check")
 
     assert result.exit_code == 2
-    assert re.search(rf"group_vars/all.yml:\d+: tsig_key_file: .*mode 0644.*chmod 600", result.stderr)
+    assert re.search(r"group_vars/all.yml:\d+: tsig_key_file: .*mode 0644.*chmod 600", result.stderr)
     assert "c2VjcmV0" not in result.stderr + result.stdout
     key.chmod(0o600)
     assert sample.cli("registry", "check").exit_code == 0
