@@ -13,30 +13,32 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from . import ansible, csvimport, dnsops, registry, scaffold, site, tls
-from . import history as history_store
-from . import offboard as offboarding
-from . import onboard as onboarding
-from . import sweep as sweeping
-from . import verify as verifying
-from .audit import AuditLog
+from . import registry
 from .errors import InputError, ProvisionerError, UsageError
 from .models import Agency, Inventory
 from .plan import ROW_COLUMNS, Plan
-from .report import html as report_html
-from .report import jsonl as report_jsonl
-from .report import junit as report_junit
-from .report import prom as report_prom
-from .report import write_atomic
-from .verify.content import load_rules
+
+# Every run pays for what this module imports, and the heavy modules (Ansible runner,
+# SSH, ACME, HTTP clients, the verifier) are each needed by a few commands only: they
+# are imported inside the commands that use them. Only what typer evaluates (parameter
+# annotations and defaults) and the registry every command loads stay at the top.
+if TYPE_CHECKING:
+    from . import ansible, dnsops
+    from . import offboard as offboarding
+    from . import onboard as onboarding
+    from . import sweep as sweeping
+    from . import verify as verifying
+
+# tls.RENEW_DAYS, kept here so that --days can show its default without importing the
+# ACME client (tests/unit/test_cli_imports.py checks the two agree).
+RENEW_DAYS = 30
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -190,6 +192,8 @@ def registry_import(ctx: typer.Context, csv_file: Path = typer.Argument(..., met
     description, sample, service_description and the management components).
     List cells separate items with line breaks or " | ".
     """
+    from . import csvimport
+
     result = csvimport.import_csv(ctx.obj.inventory(), csv_file, force=force,
                                   skip_bad=skip_bad, dry_run=dry_run)
     if fmt is Format.json:
@@ -212,6 +216,8 @@ def registry_import(ctx: typer.Context, csv_file: Path = typer.Argument(..., met
 def init(directory: Path = typer.Argument(..., metavar="DIR"),
          zone: str = typer.Option(..., "--zone", help="The regency's zone, e.g. paserkab.go.id.")) -> None:
     """Create a fresh inventory for another regency, with commented examples."""
+    from . import scaffold
+
     for path in scaffold.create_inventory(directory, zone):
         console.print(f"wrote {path}")
     console.print(f"next: create the TSIG key file named in {directory}/group_vars/all.yml, "
@@ -351,6 +357,8 @@ def _onboard_progress(event: ansible.Progress) -> None:
 
 def _show_onboard_result(result: onboarding.OnboardResult, inv: Inventory,
                          timings: bool) -> None:
+    from .onboard import PHASES
+
     summary = result.by_agency()
     rows = []
     for slug, outcome in summary.items():
@@ -366,7 +374,7 @@ def _show_onboard_result(result: onboarding.OnboardResult, inv: Inventory,
                   f"nginx reloads: {sum(result.reloads.values())}", markup=False)
     if timings:
         console.print("timings: " + ", ".join(f"{phase} {result.timings[phase]:.2f} s"
-                                              for phase in onboarding.PHASES
+                                              for phase in PHASES
                                               if phase in result.timings), markup=False)
 
 
@@ -387,6 +395,8 @@ def plan(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar=
     Site files, vhosts and certificates are compared with what each host has (one
     SSH round trip per host); files the agency edited are listed and kept.
     """
+    from . import onboard as onboarding
+
     inv = ctx.obj.inventory()
     steps = (only,) if only else onboarding.STEPS
     with onboarding.Session(inv) as session:
@@ -423,6 +433,8 @@ def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metav
     if fmt is Format.json and not (yes or dry_run):
         raise UsageError("--format json cannot ask for confirmation",
                          hint="add --yes or --dry-run")
+    from . import onboard as onboarding
+
     inv = ctx.obj.inventory()
     steps = (only,) if only else onboarding.STEPS
     table_output = fmt is Format.table
@@ -468,6 +480,8 @@ def render(ctx: typer.Context, agency: str = typer.Argument(..., help="The agenc
     including .provisioner-manifest.json (sha256 of every generated file), which lets
     a later onboarding keep pages the agency has edited.
     """
+    from . import site
+
     inv = ctx.obj.inventory()
     files = site.render_preview(inv.select([agency])[0], inv, tls_ready=tls_ready)
     site.write_files(files, output)
@@ -531,6 +545,8 @@ def verify(ctx: typer.Context, target: str = typer.Argument(..., metavar="AGENCY
     resolved only at the zone's own nameservers. Exit 0 when every check passes
     (warnings allowed), 1 when any check fails or could not be run.
     """
+    from . import verify as verifying
+
     result = verifying.verify_site(_verify_inventory(ctx.obj, target), target, tuple(ca), timeout)
     if fmt is Format.json:
         emit_json(result.to_dict())
@@ -549,6 +565,10 @@ def verify(ctx: typer.Context, target: str = typer.Argument(..., metavar="AGENCY
 
 def _sweep_with_progress(inv: Inventory, **options: Any) -> sweeping.SweepResult:
     """Run the sweep, with a progress bar on stderr when it is a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import sweep as sweeping
+
     if not sys.stderr.isatty():
         return sweeping.run_sweep(inv, **options)
     with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
@@ -570,10 +590,15 @@ def _render_sweep(result: sweeping.SweepResult, fmt: SweepFormat, inv: Inventory
                            "summary": result.summary.to_dict(), "records": list(result.records)},
                           ensure_ascii=False, indent=2) + "\n"
     if fmt is SweepFormat.html:
-        trend = history_store.sweep_trend(inv.state_dir)
+        from .history import sweep_trend
+        from .report import html as report_html
+        from .verify.content import load_rules
+
+        trend = sweep_trend(inv.state_dir)
         return report_html.render(result, trend, load_rules(), inv.settings.zone, lang.value)
-    renderers = {SweepFormat.jsonl: report_jsonl, SweepFormat.junit: report_junit,
-                 SweepFormat.prom: report_prom}
+    from .report import jsonl, junit, prom
+
+    renderers = {SweepFormat.jsonl: jsonl, SweepFormat.junit: junit, SweepFormat.prom: prom}
     return renderers[fmt].render(result)
 
 
@@ -617,10 +642,13 @@ def sweep(ctx: typer.Context,
     if fmt is SweepFormat.table and output:
         raise UsageError("--output needs a report format", hint="add --format jsonl, json, "
                                                                 "junit, prom or html")
+    from .history import record_sweep
+    from .report import write_atomic
+
     inv = ctx.obj.inventory()
     result = _sweep_with_progress(inv, concurrency=concurrency, per_address=per_address,
                                   timeout=timeout, extra_roots=tuple(ca), workers=workers)
-    history_store.record_sweep(inv.state_dir, result)
+    record_sweep(inv.state_dir, result)
     if fmt is SweepFormat.table:
         _sweep_table(result)
         console.print(result.summary.line(), markup=False)
@@ -636,6 +664,8 @@ def sweep(ctx: typer.Context,
 
 def _show_audit(state_dir: Path, agency: str | None, fmt: Format, limit: int) -> None:
     """The last ``limit`` audit entries (optionally of one agency), oldest first."""
+    from .audit import AuditLog
+
     entries = AuditLog(state_dir).read(agency=agency)[-limit:]
     if fmt is Format.json:
         emit_json([e.to_dict() for e in entries])
@@ -668,6 +698,8 @@ def history(ctx: typer.Context, fmt: Format = typer.Option(Format.table, "--form
     if audit:
         _show_audit(ctx.obj.resolved_state_dir, agency, fmt, limit)
         return
+    from . import history as history_store
+
     state_dir = ctx.obj.resolved_state_dir
     points = (history_store.agency_trend(state_dir, agency, limit) if agency
               else history_store.sweep_trend(state_dir, limit))
@@ -729,6 +761,8 @@ def offboard(ctx: typer.Context,
     if fmt is Format.json and not (yes or dry_run):
         raise UsageError("--format json cannot ask for confirmation",
                          hint="add --yes or --dry-run")
+    from . import offboard as offboarding
+
     inv = ctx.obj.inventory()
     [target] = inv.select([agency])
     table_output = fmt is Format.table
@@ -781,6 +815,8 @@ def restore(ctx: typer.Context,
     if fmt is Format.json and not (yes or dry_run):
         raise UsageError("--format json cannot ask for confirmation",
                          hint="add --yes or --dry-run")
+    from . import offboard as offboarding
+
     inv = ctx.obj.inventory()
     table_output = fmt is Format.table
     report = (lambda line: err_console.print(line, markup=False)) if table_output else \
@@ -814,7 +850,7 @@ CERT_ACTIONS = {"create": "order", "update": "renew", "noop": "keep"}
 @handles_errors
 def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
           all_: bool = typer.Option(False, "--all", help="Every active agency hosted here."),
-          days: int = typer.Option(tls.RENEW_DAYS, "--days", min=0,
+          days: int = typer.Option(RENEW_DAYS, "--days", min=0,
                                    help="Renew certificates that expire within this many days."),
           dry_run: bool = typer.Option(False, "--dry-run",
                                        help="Show what would be renewed and stop."),
@@ -831,6 +867,8 @@ def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar
     certificate gets its first one when its vhost is deployed. Meant for a daily
     timer (contrib/systemd/): exit 1 when any agency failed, 0 otherwise.
     """
+    from . import onboard as onboarding
+
     inv = ctx.obj.inventory()
     table_output = fmt is Format.table
     report = (lambda line: err_console.print(line, markup=False)) if table_output else \
@@ -864,7 +902,7 @@ def certs(ctx: typer.Context,
           live: bool = typer.Option(False, "--live",
                                     help="Read the certificates on the hosts (one SSH round "
                                          "trip per host) instead of the controller's records."),
-          days: int = typer.Option(tls.RENEW_DAYS, "--days", min=0,
+          days: int = typer.Option(RENEW_DAYS, "--days", min=0,
                                    help="Mark certificates that expire within this many days."),
           fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
     """List every certificate with its expiry.
@@ -874,6 +912,8 @@ def certs(ctx: typer.Context,
     host really serves from disk. Status: ok, renew due (within --days), missing,
     error (host unreadable: exit 1).
     """
+    from . import tls
+
     inv = ctx.obj.inventory()
     now = datetime.datetime.now(datetime.timezone.utc)
     listings = (tls.live_certs(inv, inv.select([], all_=True), now, days) if live
