@@ -125,10 +125,12 @@ class _Collector:
             if required:
                 self.add((*prefix, key), "missing", "this field is required")
             return None
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            self.add((*prefix, key), "must be text")
-            return None
-        value = str(value).strip()
+        if type(value) is not str:  # most values are text: skip these checks for them
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                self.add((*prefix, key), "must be text")
+                return None
+            value = str(value)
+        value = value.strip()
         if not value:
             if required:
                 self.add((*prefix, key), "must not be empty")
@@ -149,7 +151,8 @@ class _Collector:
                 self.add((*prefix, key), "missing", "required: a text or a list of texts")
             return None
         if isinstance(value, list):
-            texts = [self.text({i: item}, i, (*prefix, key), multiline=True)
+            keypath = (*prefix, key)
+            texts = [self.text({i: item}, i, keypath, multiline=True)
                      for i, item in enumerate(value)]
         else:
             texts = [self.text(data, key, prefix, multiline=True)]

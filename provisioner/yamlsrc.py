@@ -60,21 +60,25 @@ _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SAFE_CONSTRUCTOR = yaml.SafeLoader("")
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_STR_TAG = "tag:yaml.org,2002:str"
+_ScalarNode = yaml.ScalarNode
+_MappingNode = yaml.MappingNode
 
 
 def _build(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], seen: set[int]) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.CollectionNode):
-        if node.tag not in (_MAP_TAG, _SEQ_TAG):
-            raise _BadNode(node.start_mark.line + 1, f"unsupported YAML tag {node.tag}")
-        # An alias reuses a node; refusing them rules out exponential "billion laughs" input.
-        if id(node) in seen:
-            raise _BadNode(node.start_mark.line + 1, "YAML aliases (*name) are not supported")
-        seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
+    line = lines[path] = node.start_mark.line + 1
+    if isinstance(node, _ScalarNode):
+        return _scalar(node)
+    if node.tag not in (_MAP_TAG, _SEQ_TAG):
+        raise _BadNode(line, f"unsupported YAML tag {node.tag}")
+    # An alias reuses a node; refusing them rules out exponential "billion laughs" input.
+    if id(node) in seen:
+        raise _BadNode(line, "YAML aliases (*name) are not supported")
+    seen.add(id(node))
+    if isinstance(node, _MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
+            if not isinstance(key_node, _ScalarNode):
                 raise _BadNode(key_node.start_mark.line + 1, "a mapping key must be plain text")
             key = _scalar(key_node)
             if key == "<<":
@@ -83,12 +87,14 @@ def _build(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], seen: set[
                 raise _BadNode(key_node.start_mark.line + 1, f"duplicate key {key!r}")
             result[key] = _build(value_node, (*path, key), lines, seen)
         return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), lines, seen) for i, item in enumerate(node.value)]
-    return _scalar(node)
+    return [_build(item, (*path, i), lines, seen) for i, item in enumerate(node.value)]
 
 
 def _scalar(node: yaml.ScalarNode) -> Any:
+    # Most values are text: the str constructor returns node.value as it is, so skip
+    # PyYAML's generic construct_object (the hot spot of loading a large inventory).
+    if node.tag == _STR_TAG:
+        return node.value
     try:
         return _SAFE_CONSTRUCTOR.construct_object(node, deep=True)
     except yaml.YAMLError as exc:

@@ -1,0 +1,47 @@
+"""yamlsrc.load: plain text takes a fast path; every other value goes through PyYAML's
+safe constructor, so both must give what yaml.safe_load gives."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from provisioner import yamlsrc
+from provisioner.errors import InputError
+
+DOC = """\
+text: plain
+quoted: 'it''s'
+forced: !!str 123
+number: 12
+share: 0.5
+flag: yes
+empty: ~
+day: 2024-05-01
+blob: !!binary aGk=
+items: [a, 1, null, {k: v}]
+1: numeric key
+"""
+
+
+def test_values_match_safe_load_and_lines_are_recorded(tmp_path):
+    path = tmp_path / "a.yml"
+    path.write_text(DOC)
+    data, lines = yamlsrc.load(path)
+    assert data == yaml.safe_load(DOC)
+    assert type(data["forced"]) is str and data[1] == "numeric key"
+    assert lines[("items", 3, "k")] == 10 and lines[(1,)] == 11
+
+
+@pytest.mark.parametrize("doc, message", [
+    ("b: !foo x\n", "bad value: could not determine a constructor for the tag '!foo'"),
+    ("a: !!map x\n", "bad value: expected a mapping node, but found scalar"),
+    ("'<<': 1\n", "YAML merge keys are not supported"),
+    ("1: a\n1: b\n", "duplicate key 1"),
+])
+def test_non_text_scalars_keep_their_refusals(tmp_path, doc, message):
+    path = tmp_path / "a.yml"
+    path.write_text(doc)
+    with pytest.raises(InputError) as err:
+        yamlsrc.load(path)
+    assert message in str(err.value.problems[0])
