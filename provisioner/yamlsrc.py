@@ -99,3 +99,6 @@ def _scalar(node: yaml.ScalarNode) -> Any:
         return _SAFE_CONSTRUCTOR.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         raise _BadNode(node.start_mark.line + 1, f"bad value: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:  # e.g. a date like 2020-13-45
+        raise _BadNode(node.start_mark.line + 1,
+                       f"bad value {node.value!r} for {node.tag.rsplit(':', 1)[-1]}: {exc}") from None

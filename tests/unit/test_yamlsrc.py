@@ -45,3 +45,18 @@ def test_non_text_scalars_keep_their_refusals(tmp_path, doc, message):
     with pytest.raises(InputError) as err:
         yamlsrc.load(path)
     assert message in str(err.value.problems[0])
+
+
+@pytest.mark.parametrize("doc, message", [
+    ("day: 2020-13-45\n", "bad value '2020-13-45' for timestamp"),
+    ("n: !!int abc\n", "bad value 'abc' for int"),
+    ("x: !!float x\n", "bad value 'x' for float"),
+    ("f: !!bool maybe\n", "bad value 'maybe' for bool"),
+])
+def test_a_value_its_type_cannot_read_is_an_input_error_with_its_line(tmp_path, doc, message):
+    path = tmp_path / "a.yml"
+    path.write_text("# agency\n" + doc)
+    with pytest.raises(InputError) as err:
+        yamlsrc.load(path)
+    problem = err.value.problems[0]
+    assert message in str(problem) and problem.line == 2
