@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Coroutine, TypeVar
@@ -36,6 +35,7 @@ from .model import (
     CheckResult,
     Publication,
     Status,
+    ip_literal,
     result,
     skipped,
 )
@@ -77,10 +77,7 @@ class Target:
 
     @property
     def literal_address(self) -> str | None:
-        try:
-            return str(ipaddress.ip_address(self.name))
-        except ValueError:
-            return None
+        return ip_literal(self.name)
 
 
 class AddressLimiter:

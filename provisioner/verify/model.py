@@ -7,10 +7,20 @@ Re-exported by ``provisioner.verify``; kept in its own module so the check modul
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+
+def ip_literal(text: str) -> str | None:
+    """The IP address a host part spells (normalised), None for a host name."""
+    if ":" not in text and not text[-1:].isdigit():
+        return None  # a host name: spare the failed parse (an exception), twice a site
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 class Status(str, Enum):

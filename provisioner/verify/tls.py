@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from ..errors import InputError, Problem
-from .model import CertInfo, CheckResult, Status, result
+from .model import CertInfo, CheckResult, Status, ip_literal, result
 
 WARN_DAYS = 21
 FAIL_DAYS = 7
@@ -97,7 +96,7 @@ def _common_name(name: x509.Name) -> str | None:
 def name_matches(name: str, cert_names: tuple[str, ...]) -> bool:
     """RFC 6125: exact match, or a wildcard standing for exactly the leftmost label."""
     name = name.lower().rstrip(".")
-    if _is_ip(name):
+    if ip_literal(name) is not None:
         return name in cert_names
     for pattern in cert_names:
         if pattern == name:
@@ -107,14 +106,6 @@ def name_matches(name: str, cert_names: tuple[str, ...]) -> bool:
             if label and rest == pattern[2:] and rest.count(".") >= 1:
                 return True
     return False
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
 
 
 # =========================================================================== handshake
@@ -138,7 +129,7 @@ async def open_tls(address: str, port: int, name: str, contexts: TlsContexts,
                    timeout: float, *, verify: bool = True) -> TlsStream:
     """Handshake with SNI ``name``; on an untrusted chain, again without verification."""
     context = contexts.verified if verify else contexts.unverified
-    sni = None if _is_ip(name) else name
+    sni = None if ip_literal(name) is not None else name
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(

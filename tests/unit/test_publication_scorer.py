@@ -19,6 +19,7 @@ from provisioner.verify.content import (
     publication_checks,
     same_site_path,
     score_publication,
+    word_chars,
 )
 from provisioner.verify.model import Status
 
@@ -224,3 +225,12 @@ def test_data_file_lists_service_pages_of_this_site_only() -> None:
 ])
 def test_same_site_path(url: str, base: str, path: str | None) -> None:
     assert same_site_path(url, base) == path
+
+
+@pytest.mark.parametrize("text", [
+    "", "abc", "KTP dan KK asli, 3 hari kerja.", "snake_case_words", "Rp 0,- (gratis)",
+    "Jangka Waktu · 3–5 hari “kerja”\xa0", "héllo wörld ß 123", "日本語のテキスト", "٣ أيام",
+    "emoji 🙂 ok", "lone \ud800 surrogate",
+])
+def test_word_chars_counts_what_isalnum_counts(text: str) -> None:
+    assert word_chars(text) == sum(ch.isalnum() for ch in text)
