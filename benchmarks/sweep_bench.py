@@ -412,7 +412,8 @@ def table(runs: list[Run]) -> str:
     lines = ["| run | sites | wall s | sites/s | CPU s | sites per CPU-s | peak RSS | healthy |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
-        rss = f"{r.max_rss_mb:.0f} MB" if r.max_rss_mb else ""
+        rss = "" if r.max_rss_mb is None else \
+            "≈0" if abs(r.max_rss_mb) < 5 else f"{r.max_rss_mb:.0f} MB"  # a difference: noise
         lines.append(f"| {r.label} | {r.sites} | {r.wall:.2f} | {r.per_second:.0f} | "
                      f"{r.cpu:.2f} | {r.per_cpu_second:.0f} | {rss} | {r.ok} |")
     return "\n".join(lines)
@@ -434,24 +435,31 @@ TLS handshake, the home page and one service page over that connection (found fr
 page's links; standar-pelayanan.json is read only while items are still missing), two page
 analyses, the record, the history row and the JSON Lines line. blackbox_exporter's four probes
 cover the DNS queries, the http:// request, the handshake and the home page, and read no page.
+Its CPU is its own process's during the probes (no start-up, no configuration load): the
+"sweep alone" rows are the like-for-like comparison, the "whole process" rows add our start-up
+and the inventory load.
 
-From profiling during development (cProfile, same machine), the changes that took
-the sweep from ~150 to ~340 verifications per CPU-second: HTML with lxml instead of html.parser
-(tokenizer 0.40 -> 0.08 ms for a 5 KB page) read from the tree, visiting only the links and the
-candidate headings (0.37 -> 0.27 ms a page); one UDP socket per nameserver shared by all
-queries, with only the question and answer sections parsed (a socket per query cost ~0.5 ms);
+From profiling during development (same machine), the changes that took the sweep alone from
+~150 to ~420 verifications per CPU-second: HTML with lxml instead of html.parser (tokenizer
+0.40 -> 0.08 ms for a 5 KB page) read from the tree, visiting only the links and the candidate
+headings; one UDP socket per nameserver shared by all queries, questions written to the wire
+directly and only the question and answer sections parsed (a socket per query cost ~0.5 ms);
 HTTP/1.1 with h11 over the TLS stream the TLS check opened, one connection per site, instead of
 httpx (1.7 -> 0.75 ms of CPU for handshake + first request); uvloop (about -20 % CPU a site);
-service pages from the home page's links before the JSON (one request less for a starter site).
-Left per site (~2.9 ms): the OpenSSL handshake ~0.5 ms, two page analyses ~0.8 ms, DNS ~0.25 ms,
-HTTP ~0.3 ms, event loop and bookkeeping.
+service pages from the home page's links before the JSON (one request less for a starter
+site); memoised link ranks, class names and headings (the same template recurs across sites);
+gc.freeze() over the inventory during the sweep (about -5 %). Left per site (~2.3 ms, by
+ablation): the TLS handshake and two GETs ~0.6 ms even from a bare uvloop client, two page
+analyses ~0.3-0.45 ms, the http:// request ~0.2 ms, DNS ~0.2 ms, the event loop, h11 (~0.05 ms
+a request) and bookkeeping.
 
-The whole CLI process is dominated by loading the inventory: ~3.5 s of CPU for 1,000 agency
-files (97 % in PyYAML's pure-Python composer, used for line numbers) and ~35 s and ~660 MB for
-10,000; the "sweep alone" rows subtract it (`registry check` loads the same inventory with the
-same imports). --workers 2 does not pay on this 2-core machine, where nginx and BIND share the
-cores; it is for a sweep machine with cores to spare. Wall times vary several-fold between runs
-on this shared machine; CPU-seconds are the stable measure."""
+Fixed cost of the CLI process: ~0.1 s of imports (each command imports only what it uses) and
+~0.3 s to load 1,000 agency files with line numbers kept for error messages (libyaml's
+composer; plain-text scalars skip PyYAML's constructor); the "sweep alone" rows subtract it
+(`registry check` loads the same inventory with the same imports). --workers 2 splits the sites
+between two processes: on this 2-core machine, shared with nginx and BIND, it shortens the wall
+time at about the same CPU. Wall times vary between runs on this shared machine; CPU-seconds
+are the stable measure."""
 
 
 def main() -> None:
@@ -504,7 +512,10 @@ def main() -> None:
               f"Lab: BIND ns1 + ns2 and nginx (1 worker) on the same machine.\n\n"
               f"{table(runs)}\n\n"
               f"Ratios: sweep alone vs blackbox_exporter {alone.per_cpu_second / blackbox.per_cpu_second:.2f}x "
-              f"per CPU-second, {alone.per_second / blackbox.per_second:.2f}x per wall second; "
+              f"per CPU-second, {alone.per_second / blackbox.per_second:.2f}x per wall second "
+              f"({two_alone.per_second / blackbox.per_second:.2f}x with --workers 2); "
+              f"whole process {full.per_cpu_second / blackbox.per_cpu_second:.2f}x per "
+              f"CPU-second; "
               f"with the service pages left unread (blackbox's share of the work) "
               f"{home_only.per_cpu_second / blackbox.per_cpu_second:.2f}x per CPU-second; "
               f"vs the shell loop {alone.per_second / shell.per_second:.0f}x per wall second. "
