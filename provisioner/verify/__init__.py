@@ -157,7 +157,8 @@ def agency_target(inventory: Inventory, agency: Agency) -> Target:
         return Target(agency.slug, target.name, target.https_url, target.http_url, target.zone)
     host = inventory.hosts[agency.host]
     expected = (dnscheck.Expected("CNAME", host.fqdn) if agency.record_type == "CNAME"
-                else dnscheck.Expected("A", host.public_ipv4))
+                else dnscheck.Expected("A", host.public_ipv4,
+                                       ip_literal(host.public_ipv6) if host.public_ipv6 else None))
     return Target(agency.slug, agency.fqdn, f"https://{agency.fqdn}/", f"http://{agency.fqdn}/",
                   zone, expected)
 

@@ -14,7 +14,7 @@ import asyncio
 import random
 import struct
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -27,7 +27,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from .model import CheckResult, Status, result, skipped
+from .model import CheckResult, Status, ip_literal, result, skipped
 
 DNS_CHECKS = ("dns.resolves", "dns.authoritative", "dns.consistent", "dns.soa_serial",
               "dns.points_to_host")
@@ -74,10 +74,12 @@ class ZoneServers:
 
 @dataclass(frozen=True)
 class Expected:
-    """What the inventory says a name points at: an address (A) or a host name (CNAME)."""
+    """What the inventory says a name points at: an address (A, and AAAA when the host has
+    IPv6) or a host name (CNAME)."""
 
     record_type: str
     value: str
+    ipv6: str | None = None  # with "A": the AAAA every server must give too (normalised)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class Querier:
             return Answer(server, error=f"no answer within {self.timeout:g}s")
         except (OSError, dns.exception.DNSException) as exc:
             return Answer(server, error=f"query failed: {exc}")
-        return read_answer(server, question.name, response)
+        return read_answer(server, question, response)
 
     async def _exchange(self, server: Server, question: Question) -> dns.message.Message:
         endpoint = await self._endpoint(server)
@@ -205,10 +207,14 @@ def _question_and_answer(wire: bytes) -> dns.message.Message:
     return dns.message.from_wire(trimmed, ignore_trailing=True)
 
 
-def read_answer(server: Server, name: dns.name.Name, response: dns.message.Message) -> Answer:
-    """The addresses (following CNAMEs), SOA serial or NS names a response holds."""
+def read_answer(server: Server, question: Question, response: dns.message.Message) -> Answer:
+    """The addresses (A, or AAAA when asked; following CNAMEs), SOA serial or NS names a
+    response holds."""
     rrsets = {(rrset.name, rrset.rdtype): rrset for rrset in response.answer
               if rrset.rdclass == dns.rdataclass.IN}
+    name = question.name
+    address_type = dns.rdatatype.AAAA if question.rdtype == dns.rdatatype.AAAA \
+        else dns.rdatatype.A
     cnames: list[str] = []
     for _ in range(MAX_CNAME_CHAIN):
         cname = rrsets.get((name, dns.rdatatype.CNAME))
@@ -220,7 +226,7 @@ def read_answer(server: Server, name: dns.name.Name, response: dns.message.Messa
     return Answer(
         server, rcode=dns.rcode.to_text(response.rcode()),
         authoritative=bool(response.flags & dns.flags.AA),
-        addresses=tuple(sorted(r.address for r in rrsets.get((name, dns.rdatatype.A), ()))),
+        addresses=tuple(sorted(r.address for r in rrsets.get((name, address_type), ()))),
         cnames=tuple(cnames),
         serial=soa[0].serial if soa else None,
         names=tuple(sorted(_text(r.target) for r in rrsets.get((name, dns.rdatatype.NS), ()))),
@@ -296,8 +302,12 @@ async def check_name(name: str, zone: ZoneServers, expected: Expected | None,
     if zone.problem:
         why = f"could not find the servers of {zone.zone}: {zone.problem}"
         return DnsOutcome(tuple(result(c, Status.ERROR, why) for c in DNS_CHECKS), None)
-    answers = await asyncio.gather(*(dns_.ask(s, name, "A") for s in zone.servers))
-    checks = name_checks(name, answers, zone.soa, expected)
+    rdtypes = ("A", "AAAA") if expected is not None and expected.ipv6 else ("A",)
+    replies = await asyncio.gather(*(dns_.ask(s, name, rdtype) for rdtype in rdtypes
+                                     for s in zone.servers))
+    count = len(zone.servers)
+    answers, ipv6_answers = replies[:count], replies[count:]
+    checks = name_checks(name, answers, zone.soa, expected, ipv6_answers)
     answered = [a for a in answers if a.authoritative and a.addresses]
     return DnsOutcome(tuple(checks), answered[0].addresses[0] if answered else None)
 
@@ -307,10 +317,12 @@ def no_dns(why: str) -> DnsOutcome:
 
 
 def name_checks(name: str, answers: list[Answer], soa: tuple[Answer, ...],
-                expected: Expected | None) -> list[CheckResult]:
-    """The five DNS checks from the servers' answers (pure)."""
+                expected: Expected | None,
+                ipv6_answers: Sequence[Answer] = ()) -> list[CheckResult]:
+    """The five DNS checks from the servers' A answers, and their AAAA answers when the
+    host has IPv6 (pure)."""
     return [_resolves(name, answers), _authoritative(answers), _consistent(answers),
-            _serials(soa), _points_to(answers, expected)]
+            _serials(soa), _points_to(answers, expected, ipv6_answers)]
 
 
 def _resolves(name: str, answers: list[Answer]) -> CheckResult:
@@ -358,7 +370,8 @@ def _serials(soa: tuple[Answer, ...]) -> CheckResult:
     return result("dns.soa_serial", Status.PASS, f"serial {serials.pop()} at every server")
 
 
-def _points_to(answers: list[Answer], expected: Expected | None) -> CheckResult:
+def _points_to(answers: list[Answer], expected: Expected | None,
+               ipv6_answers: Sequence[Answer]) -> CheckResult:
     if expected is None:
         return result("dns.points_to_host", Status.SKIP, "not hosted here: no host to compare")
     found = next((a for a in answers if a.addresses), None)
@@ -371,8 +384,26 @@ def _points_to(answers: list[Answer], expected: Expected | None) -> CheckResult:
         ok = found.addresses == (expected.value,)
         seen = ", ".join(found.addresses)
     status = Status.PASS if ok else Status.FAIL
-    return result("dns.points_to_host", status,
-                  f"{seen} ({'the' if ok else 'expected'} {expected.record_type} {expected.value})")
+    detail = f"{seen} ({'the' if ok else 'expected'} {expected.record_type} {expected.value})"
+    if expected.ipv6 is None:
+        return result("dns.points_to_host", status, detail)
+    ipv6_status, ipv6_detail = _points_to_ipv6(expected.ipv6, ipv6_answers)
+    if status is Status.PASS:
+        status = ipv6_status
+    return result("dns.points_to_host", status, f"{detail}; {ipv6_detail}")
+
+
+def _points_to_ipv6(ipv6: str, answers: Sequence[Answer]) -> tuple[Status, str]:
+    """Every server's AAAA answer must be the host's one IPv6 address."""
+    wrong = [a for a in answers
+             if not a.error and tuple(map(ip_literal, a.addresses)) != (ipv6,)]
+    silent = [a for a in answers if a.error]
+    if wrong:
+        return Status.FAIL, f"AAAA expected {ipv6}: " + "; ".join(
+            f"{a.server}: {', '.join(a.addresses) or _why(a)}" for a in wrong + silent)
+    if silent:
+        return Status.ERROR, "AAAA: could not ask " + _reasons(silent)
+    return Status.PASS, f"AAAA {ipv6} at every server"
 
 
 def _reasons(answers: list[Answer] | tuple[Answer, ...]) -> str:

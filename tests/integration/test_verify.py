@@ -230,15 +230,15 @@ def tsig_key(lab: TestLab) -> dns.tsig.Key:
     return load_tsig_key(lab.inventory.settings.tsig_key_file).dnspython_key()
 
 
-def dns_update(lab: TestLab, records: dict[str, str | None]) -> None:
-    """Set (address) or delete (None) A records in one signed update; wait for ns2."""
+def dns_update(lab: TestLab, records: dict[str, str | None], rdtype: str = "A") -> None:
+    """Set (address) or delete (None) A (or AAAA) records in one signed update; wait for ns2."""
     settings = lab.inventory.settings
     message = dns.update.UpdateMessage(settings.zone, keyring=tsig_key(lab))
     for name, address in records.items():
         if address:
-            message.replace(name + ".", 60, "A", address)
+            message.replace(name + ".", 60, rdtype, address)
         else:
-            message.delete(name + ".")
+            message.delete(name + ".", rdtype)
     response = dns.query.tcp(message, settings.primary.address, timeout=5,
                              port=settings.primary.port)
     assert response.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(response.rcode())
@@ -246,7 +246,7 @@ def dns_update(lab: TestLab, records: dict[str, str | None]) -> None:
     deadline = time.monotonic() + 10
     for name, address in records.items():
         while True:
-            answer = dns.query.udp(dns.message.make_query(name, "A"), ns2.address, timeout=2,
+            answer = dns.query.udp(dns.message.make_query(name, rdtype), ns2.address, timeout=2,
                                    port=ns2.port)
             present = any(r.address == address for rrset in answer.answer for r in rrset
                           if hasattr(r, "address"))
@@ -452,6 +452,33 @@ def test_name_missing_at_ns2_only(sites: Sites, lab: TestLab, tmp_path: Path) ->
                     https__status="pass")
     missing = detail(document, "dns.authoritative")
     assert missing.startswith("missing at ns2.") and "NXDOMAIN" in missing and "ns1" not in missing
+
+
+def test_aaaa_is_checked_at_every_server_when_the_host_has_ipv6(sites: Sites, lab: TestLab,
+                                                                  tmp_path: Path) -> None:
+    """web1 given an IPv6 address (documentation range: only DNS is asked about it, every
+    connection still goes to the A address): its agencies need that AAAA at ns1 and ns2."""
+    ipv6 = "2001:db8::20"
+    copy = tmp_path / "inventory-ipv6"
+    shutil.copytree(sites.inventory_dir, copy)
+    hosts = copy / "hosts.yml"
+    data = yaml.safe_load(hosts.read_text())
+    data["all"]["children"]["webservers"]["hosts"]["web1"]["public_ipv6"] = ipv6
+    hosts.write_text(yaml.safe_dump(data, sort_keys=False))
+    healthy = sites.fqdn("v-healthy")
+    dns_update(lab, {healthy: ipv6}, "AAAA")
+    try:
+        with_aaaa, code = sites.verify("v-healthy", inventory_dir=copy)
+        without_aaaa, _ = sites.verify("v-noredir", inventory_dir=copy)
+    finally:
+        dns_update(lab, {healthy: None}, "AAAA")
+    assert code == 0 and with_aaaa["active"] is True
+    assert_statuses(with_aaaa, dns__points_to_host="pass")
+    assert f"AAAA {ipv6} at every server" in detail(with_aaaa, "dns.points_to_host")
+    assert without_aaaa["active"] is True  # still reachable over IPv4: a finding, not down
+    assert_statuses(without_aaaa, dns__points_to_host="fail", dns__resolves="pass")
+    missing = detail(without_aaaa, "dns.points_to_host")
+    assert f"AAAA expected {ipv6}" in missing and "ns1." in missing and "ns2." in missing
 
 
 def test_no_redirect_fails_only_the_redirect(sites: Sites) -> None:

@@ -1,0 +1,104 @@
+"""The verifier's DNS side without servers: answers in, check statuses out; and the query
+written to the wire by hand, byte for byte what dnspython would send."""
+
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from provisioner.verify.dns import Answer, Expected, Question, Server, name_checks, read_answer
+
+NS1, NS2 = Server("ns1.paserkab.go.id", "127.0.0.10"), Server("ns2.paserkab.go.id", "127.0.0.11")
+NAME = "dinkes.paserkab.go.id"
+V4, V6 = "127.0.0.20", "2001:db8::20"
+SOA = (Answer(NS1, "NOERROR", True, serial=7), Answer(NS2, "NOERROR", True, serial=7))
+
+
+def a(server: Server, *addresses: str, error: str | None = None, rcode: str = "NOERROR") -> Answer:
+    if error:
+        return Answer(server, error=error)
+    return Answer(server, rcode, True, addresses=tuple(addresses))
+
+
+def statuses(answers, expected, ipv6_answers=()) -> dict[str, str]:
+    return {c.id: c.status.value for c in name_checks(NAME, answers, SOA, expected, ipv6_answers)}
+
+
+# (A answers, AAAA answers, expected, dns.points_to_host, words in its detail)
+CASES = {
+    "A only, as the inventory says": (
+        [a(NS1, V4), a(NS2, V4)], [], Expected("A", V4), "pass", ["the A 127.0.0.20"]),
+    "A and AAAA at every server": (
+        [a(NS1, V4), a(NS2, V4)], [a(NS1, V6), a(NS2, V6)], Expected("A", V4, V6), "pass",
+        ["AAAA 2001:db8::20 at every server"]),
+    "AAAA missing at ns2": (
+        [a(NS1, V4), a(NS2, V4)], [a(NS1, V6), a(NS2)], Expected("A", V4, V6), "fail",
+        ["AAAA expected 2001:db8::20", "ns2.paserkab.go.id: no record"]),
+    "AAAA elsewhere at ns1": (
+        [a(NS1, V4), a(NS2, V4)], [a(NS1, "2001:db8::99"), a(NS2, V6)], Expected("A", V4, V6),
+        "fail", ["ns1.paserkab.go.id: 2001:db8::99"]),
+    "AAAA not asked: ns2 timed out": (
+        [a(NS1, V4), a(NS2, V4)], [a(NS1, V6), a(NS2, error="no answer within 5s")],
+        Expected("A", V4, V6), "error", ["could not ask ns2.paserkab.go.id"]),
+    "wrong A wins over a good AAAA": (
+        [a(NS1, "127.0.0.21"), a(NS2, "127.0.0.21")], [a(NS1, V6), a(NS2, V6)],
+        Expected("A", V4, V6), "fail", ["expected A 127.0.0.20"]),
+    "not hosted here": (
+        [a(NS1, V4), a(NS2, V4)], [], None, "skip", ["no host to compare"]),
+}
+
+
+@pytest.mark.parametrize("answers, ipv6_answers, expected, status, words", CASES.values(),
+                         ids=CASES.keys())
+def test_points_to_host(answers, ipv6_answers, expected, status, words) -> None:
+    check = name_checks(NAME, answers, SOA, expected, ipv6_answers)[-1]
+    assert check.id == "dns.points_to_host" and check.status.value == status, check.detail
+    assert all(w in check.detail for w in words), check.detail
+
+
+def test_a_name_missing_at_one_server_fails_authoritative_only() -> None:
+    found = statuses([a(NS1, V4), a(NS2, rcode="NXDOMAIN")], Expected("A", V4))
+    assert found == {"dns.resolves": "pass", "dns.authoritative": "fail",
+                     "dns.consistent": "pass", "dns.soa_serial": "pass",
+                     "dns.points_to_host": "pass"}
+
+
+@pytest.mark.parametrize("rdtype", ["A", "AAAA", "SOA", "NS"])
+def test_the_question_on_the_wire_is_dnspythons(rdtype: str) -> None:
+    question = Question(dns.name.from_text(NAME), dns.rdatatype.from_text(rdtype))
+    query = dns.message.make_query(NAME, rdtype)
+    query.flags &= ~dns.flags.RD
+    query.id = 4660
+    assert question.wire(4660) == query.to_wire()
+
+
+def _response(qname: str, rdtype: str, *records: str, rcode: int = dns.rcode.NOERROR):
+    query = dns.message.make_query(qname, rdtype)
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.AA
+    response.set_rcode(rcode)
+    for text in records:
+        response.answer.append(dns.rrset.from_text(qname + ".", 60, "IN", rdtype, text))
+    return response
+
+
+def test_answered_by_matches_dnspythons_is_response() -> None:
+    question = Question(dns.name.from_text(NAME), dns.rdatatype.AAAA)
+    assert question.answered_by(_response(NAME, "AAAA", V6))
+    assert not question.answered_by(_response(NAME, "A", V4))  # another question
+    assert not question.answered_by(_response("dishub.paserkab.go.id", "AAAA", V6))
+    assert not question.answered_by(dns.message.make_query(NAME, "AAAA"))  # not a response
+    refused = _response(NAME, "AAAA", rcode=dns.rcode.REFUSED)
+    refused.question = []
+    assert question.answered_by(refused)  # error answers may drop the question
+
+
+def test_read_answer_takes_the_addresses_of_the_type_asked() -> None:
+    response = _response(NAME, "AAAA", V6)
+    answer = read_answer(NS1, Question(dns.name.from_text(NAME), dns.rdatatype.AAAA), response)
+    assert answer.addresses == (V6,) and answer.authoritative and answer.rcode == "NOERROR"
