@@ -311,6 +311,27 @@ def run_playbook(inventory: Inventory, playbook: str, *, hosts: Sequence[str],
                         round(time.monotonic() - started, 3))
 
 
+def running_playbooks(inventory: Inventory) -> list[int]:
+    """PIDs of ansible-playbook processes still working on this inventory's runner folder.
+
+    SIGKILL of provisioner alone leaves its ansible-playbook child running without the
+    inventory lock (the kernel drops the lock with the parent); a new run must not overlap
+    it. Its command line names the runner inventory inside the state dir."""
+    workspace = str(ansible_dirs(inventory).private_data) + os.sep
+    found = []
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            argv = (process / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+        if any(os.path.basename(arg) == "ansible-playbook" for arg in argv[:2]) \
+                and any(arg.startswith(workspace) for arg in argv):
+            found.append(int(process.name))
+    return sorted(found)
+
+
 def _tail(runner: Any, lines: int = 15) -> str:
     try:
         text = runner.stdout.read()

@@ -182,15 +182,30 @@ def _write_holder(fd: int, holder: LockHolder) -> None:
 
 @contextmanager
 def inventory_lock(state_dir: Path, command: str, *, break_lock: bool = False,
-                   confirmed: bool = False) -> Iterator[LockInfo]:
+                   confirmed: bool = False,
+                   leftovers: Callable[[], list[int]] = lambda: []) -> Iterator[LockInfo]:
     """Hold the inventory's lock for the ``with`` block; raise LockedError if another run has it.
 
     ``command`` is what the holder runs, shown to whoever waits (``"provisioner onboard
     --all"``). ``break_lock`` breaks a held lock whose holder is not alive on this host;
-    ``confirmed`` (the operator said yes) lets it break any held lock.
+    ``confirmed`` (the operator said yes) lets it break any held lock. ``leftovers()``
+    names the PIDs of processes a killed run left working (its ansible-playbook outlives the
+    lock the kernel dropped): while there are any, the lock is refused and its file kept as
+    found, still naming the run that left them.
     """
     path = ensure_state_dir(Path(state_dir)) / FILE_NAME
     fd, stale, broken = _acquire(path, break_lock, confirmed)
+    try:
+        still_running = leftovers()
+    except BaseException:
+        os.close(fd)
+        raise
+    if still_running:
+        os.close(fd)
+        pids = ", ".join(map(str, still_running))
+        raise LockedError(f"an earlier run's ansible-playbook is still running (pid {pids}) "
+                          "on this inventory; wait for it to finish",
+                          hint=f"or stop it: kill {pids}; then run this command again")
     try:
         me = LockHolder(current_operator(), os.getpid(), socket.gethostname(), command,
                         datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -211,10 +226,12 @@ def _release(fd: int) -> None:
 
 @contextmanager
 def run_lock(state_dir: Path, command: str, *, break_lock: bool = False,
-             report: Callable[[str], None] = lambda _line: None) -> Iterator[LockInfo]:
+             report: Callable[[str], None] = lambda _line: None,
+             leftovers: Callable[[], list[int]] = lambda: []) -> Iterator[LockInfo]:
     """The lock of one mutating run: state dir created, a stale holder reported."""
     ensure_state_dir(state_dir)
-    with inventory_lock(state_dir, command, break_lock=break_lock) as info:
+    with inventory_lock(state_dir, command, break_lock=break_lock,
+                        leftovers=leftovers) as info:
         if info.warning:
             report(f"lock: {info.warning}")
         yield info

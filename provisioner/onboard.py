@@ -206,8 +206,9 @@ class Session:
 
     def __enter__(self) -> Session:
         if self.command is not None:
-            self._stack.enter_context(run_lock(self.inventory.state_dir, self.command,
-                                               break_lock=self.break_lock, report=self.report))
+            self._stack.enter_context(run_lock(
+                self.inventory.state_dir, self.command, break_lock=self.break_lock,
+                report=self.report, leftovers=lambda: ansible.running_playbooks(self.inventory)))
         return self
 
     def __exit__(self, *exc: object) -> None:

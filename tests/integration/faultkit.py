@@ -11,12 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from provisioner import dnsplan, site
+from provisioner import ansible, dnsplan, site
 from provisioner.dns import DnsClient
 from provisioner.models import Agency, Inventory
 from provisioner.registry import load_inventory
@@ -77,6 +77,11 @@ class FaultLab:
                 time.sleep(delay)
                 break
         os.killpg(process.pid, signal.SIGKILL)
+        # ansible-runner starts ansible-playbook in a session of its own (a pty): not in the
+        # group, found by what its command line names, as the next run finds it.
+        for pid in ansible.running_playbooks(self.lab.inventory):
+            with suppress(ProcessLookupError):  # it may end meanwhile
+                os.kill(pid, signal.SIGKILL)
         process.wait()
         process.stderr.close()
         text = "".join(seen)

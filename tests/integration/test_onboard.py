@@ -250,6 +250,9 @@ def test_killed_midway_then_rerun_converges(olab: TestLab):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert "web:" in seen, seen
+    deadline = time.monotonic() + 60  # a playbook it had started runs on: the next run waits
+    while ansible.running_playbooks(olab.inventory) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
     code, out = onboard_json(olab, "--all")
     assert code == 0, [o for o in out["outcomes"] if o["status"] == "failed"]

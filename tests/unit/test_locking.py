@@ -5,18 +5,22 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from provisioner import ansible
 from provisioner.errors import LockedError
-from provisioner.locking import LockHolder, inventory_lock, pid_alive
+from provisioner.locking import LockHolder, inventory_lock, pid_alive, run_lock
+from provisioner.registry import load_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = """
@@ -99,6 +103,51 @@ def test_a_run_killed_while_holding_is_reported_and_taken_over(tmp_path, holders
         assert info.warning.startswith(f"previous run by budi (pid {holder.pid} on ")
         assert "ended without releasing the inventory lock cleanly; taking over" in info.warning
         assert info.holder.pid == os.getpid()
+
+
+def fake_playbook(tmp_path: Path, runner_dir: Path) -> subprocess.Popen:
+    """A process shaped like ansible-runner's child: python, .../ansible-playbook, -i <runner
+    inventory>, that runs until killed."""
+    script = tmp_path / "bin" / "ansible-playbook"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text("import time\ntime.sleep(120)\n")
+    return subprocess.Popen([sys.executable, str(script), "-i",
+                             str(runner_dir / "inventory" / "hosts.json"), "onboard.yml"])
+
+
+def test_a_killed_runs_ansible_playbook_keeps_the_next_run_out_until_it_ends(
+        tmp_path, holders, sample):
+    """SIGKILL of provisioner alone: the kernel drops its lock, its ansible-playbook child
+    runs on; the next run is refused, naming that process, until it ends."""
+    state_dir = Path(tempfile.mkdtemp(prefix="pl-"))  # short: ssh control socket paths
+    inventory = load_inventory(sample.root, state_dir)
+    leftovers = lambda: ansible.running_playbooks(inventory)  # noqa: E731
+    holder = hold(inventory.state_dir, holders)
+    orphan = fake_playbook(tmp_path, ansible.ansible_dirs(inventory).private_data)
+    elsewhere = fake_playbook(tmp_path, tmp_path / "another-state" / "ansible" / "runner")
+    try:
+        deadline = time.monotonic() + 5
+        while ansible.running_playbooks(inventory) != [orphan.pid]:
+            assert time.monotonic() < deadline, ansible.running_playbooks(inventory)
+            time.sleep(0.02)
+        holder.kill()
+        with pytest.raises(LockedError) as caught:
+            with run_lock(inventory.state_dir, "provisioner onboard dinkes", leftovers=leftovers):
+                pytest.fail("a run overlapping the orphaned ansible-playbook was let in")
+        assert f"ansible-playbook is still running (pid {orphan.pid})" in str(caught.value)
+        assert caught.value.hint.startswith(f"or stop it: kill {orphan.pid}")
+        orphan.kill()
+        orphan.wait()
+        reported: list[str] = []
+        with run_lock(inventory.state_dir, "provisioner onboard dinkes", report=reported.append,
+                      leftovers=leftovers) as info:
+            assert info.stale.pid == holder.pid
+        assert reported and "ended without releasing" in reported[0]
+    finally:
+        for process in (orphan, elsewhere):
+            process.kill()
+            process.wait()
+        shutil.rmtree(state_dir)
 
 
 def test_a_run_that_ends_normally_releases_cleanly(tmp_path, holders):
