@@ -22,7 +22,7 @@ from rich.text import Text
 
 from . import registry
 from .errors import InputError, ProvisionerError, UsageError
-from .models import Agency, Inventory
+from .models import RENEW_DAYS, Agency, Inventory
 from .plan import ROW_COLUMNS, Plan
 
 # Every run pays for what this module imports, and the heavy modules (Ansible runner,
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
     from . import onboard as onboarding
     from . import sweep as sweeping
     from . import verify as verifying
-
-# tls.RENEW_DAYS, kept here so that --days can show its default without importing the
-# ACME client (tests/unit/test_cli_imports.py checks the two agree).
-RENEW_DAYS = 30
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -35,6 +35,7 @@ MANAGEMENT_COMPONENTS: tuple[str, ...] = (
 LAPOR_CHANNEL_NAME = "SP4N-LAPOR!"
 
 TLS_MODES = ("http-01", "dns-01-wildcard")
+RENEW_DAYS = 30  # certificates expiring within this many days are renewed
 RECORD_TYPES = ("A", "CNAME")
 
 

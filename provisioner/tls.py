@@ -49,11 +49,10 @@ from . import site
 from .dns import DnsClient, Expectation, Operation, UpdateBatch
 from .errors import AcmeError, DNSError, HostError, ProvisionerError
 from .hosts import HostClient, HostFacts, RemoteFile
-from .models import Agency, Host, Inventory, Nameserver, Settings
+from .models import RENEW_DAYS, Agency, Host, Inventory, Nameserver, Settings
 from .plan import Outcome
 from .secrets import read_secret_file
 
-RENEW_DAYS = 30
 ORDER_TIMEOUT = 90.0  # seconds for one order: validation, finalization, download
 POLL_FIRST, POLL_MAX = 0.05, 1.0  # seconds between polls, doubling
 HTTP_PROBE_TIMEOUT = 5.0

@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 
-from provisioner import cli, tls
-
 DEFERRED = (
     "provisioner.ansible", "provisioner.hosts", "provisioner.lab", "provisioner.tls",
     "provisioner.onboard", "provisioner.offboard", "provisioner.site", "provisioner.sweep",
@@ -21,7 +19,3 @@ def test_importing_the_cli_leaves_the_heavy_modules_unloaded():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout))
     assert not [name for name in DEFERRED if name in loaded]
-
-
-def test_renew_days_default_matches_tls():
-    assert cli.RENEW_DAYS == tls.RENEW_DAYS
