@@ -47,6 +47,9 @@ def load(path: Path) -> tuple[Any, dict[KeyPath, int]]:
         return _build(node, (), lines, set()), lines
     except _BadNode as exc:
         raise InputError([Problem(path, exc.line, "file", exc.message)]) from None
+    finally:  # the shared constructor remembers every node it built: forget this file's
+        _SAFE_CONSTRUCTOR.constructed_objects.clear()
+        _SAFE_CONSTRUCTOR.recursive_objects.clear()
 
 
 class _BadNode(Exception):

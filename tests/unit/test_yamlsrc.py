@@ -52,3 +52,12 @@ def test_refusals_are_input_errors_naming_the_line(tmp_path, doc, message, line)
         yamlsrc.load(path)
     problem = err.value.problems[0]
     assert message in str(problem) and problem.line == line
+
+
+def test_loading_many_files_keeps_no_node_of_earlier_ones(tmp_path):
+    """The shared safe constructor caches what it builds; every file's entries are dropped."""
+    for i in range(3):
+        path = tmp_path / f"a{i}.yml"
+        path.write_text(f"n: {i}\nday: 2024-05-0{i + 1}\nflag: yes\n")
+        assert yamlsrc.load(path)[0]["n"] == i
+    assert not yamlsrc._SAFE_CONSTRUCTOR.constructed_objects
