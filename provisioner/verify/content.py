@@ -38,8 +38,6 @@ SPACES = re.compile(r"\s+")
 LEADING_TEXT_CHARS = 2000
 MEMO_SIZE = 20_000  # remembered heading texts, class names and links, each, per rule set
 K = TypeVar("K", bound=Hashable)
-
-
 NOT_ASCII_ALNUM = bytes(b for b in range(256) if b > 127 or not chr(b).isalnum())
 NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 
@@ -152,7 +150,8 @@ class ScoringRules:
 
 
 def _remember(memo: dict[K, Any], key: K, compute: Callable[[K], Any]) -> Any:
-    """memo[key], computed once (bounded: class names and headings of every site swept)."""
+    """memo[key], computed once (bounded: the headings, class names and links of every
+    site swept)."""
     try:
         return memo[key]
     except KeyError:
