@@ -362,7 +362,7 @@ async def drive_blackbox(address: str, port: int, bench: Bench, sites: int,
 
 
 def blackbox_run(bench: Bench, root: Path, sites: int, concurrency: int, address: str,
-                 rounds: int) -> Run:
+                 rounds: int) -> list[Run]:
     config = root / "blackbox.yml"
     config.write_text(yaml.safe_dump(blackbox_config(bench, sites)))
     port = 9115
@@ -389,7 +389,7 @@ def blackbox_run(bench: Bench, root: Path, sites: int, concurrency: int, address
     finally:
         process.terminate()
         process.wait(timeout=10)
-    return median_run(runs)
+    return runs
 
 
 def blackbox_version() -> str:
@@ -494,8 +494,9 @@ def main() -> None:
                                 for _ in range(args.rounds)])
         print(table([full, alone, two_full, two_alone, home_only]), flush=True)
         shell = shell_run(bench, args.shell_sites, root / "shell.out")
-        blackbox = blackbox_run(bench, root, args.sites, args.concurrency,
-                                f"{args.prefix}.{40 + args.offset}", args.rounds)
+        blackbox_rounds = blackbox_run(bench, root, args.sites, args.concurrency,
+                                       f"{args.prefix}.{40 + args.offset}", args.rounds)
+        blackbox = median_run(blackbox_rounds)
         runs = [full, alone, two_full, two_alone, home_only, shell, blackbox]
         if args.big:
             big_dir = root / "inventory-big"
@@ -519,6 +520,9 @@ def main() -> None:
               f"with the service pages left unread (blackbox's share of the work) "
               f"{home_only.per_cpu_second / blackbox.per_cpu_second:.2f}x per CPU-second; "
               f"vs the shell loop {alone.per_second / shell.per_second:.0f}x per wall second. "
+              f"Sites per CPU-second of every round: sweep alone "
+              f"{', '.join(f'{a.per_cpu_second:.0f}' for _, a in rounds)}; blackbox_exporter "
+              f"{', '.join(f'{b.per_cpu_second:.0f}' for b in blackbox_rounds)}. "
               f"'Peak RSS' of a sweep alone: above the same process's inventory load.\n\n"
               f"{NOTES}")
     print("\n" + report)
