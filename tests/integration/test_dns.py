@@ -9,9 +9,11 @@ under test.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import secrets
 import signal
 import threading
 from pathlib import Path
@@ -323,7 +325,7 @@ def test_wrong_tsig_key_is_one_clear_line_and_changes_nothing(lab: TestLab, dinv
                                                               tmp_path: Path):
     slug = dinv.add("badkey")
     real = load_tsig_key(lab.inventory.settings.tsig_key_file)
-    wrong_secret = "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZyE="
+    wrong_secret = base64.b64encode(secrets.token_bytes(32)).decode()
     key_file = tmp_path / "wrong.key"
     key_file.write_text(f'key "{real.name}" {{ algorithm {real.algorithm}; '
                         f'secret "{wrong_secret}"; }};\n')

@@ -7,6 +7,7 @@ the session lab other tests rely on is never disturbed.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
@@ -183,7 +184,8 @@ def test_unsigned_update_is_refused(lab: TestLab):
 
 def test_update_signed_with_a_wrong_secret_is_refused(lab: TestLab):
     key = load_tsig_key(lab.inventory.settings.tsig_key_file)
-    wrong = dns.tsig.Key(key.name, "d3JvbmctYnV0LXdlbGwtZm9ybWVkLXNlY3JldC0xMjM0NQ==", key.algorithm)
+    wrong = dns.tsig.Key(key.name, base64.b64encode(secrets.token_bytes(32)).decode(),
+                         key.algorithm)
     name = f"{unique('lab-wrongkey')}.{lab.inventory.settings.zone}"
     message = dns.update.UpdateMessage(lab.inventory.settings.zone, keyring=wrong)
     message.add(name + ".", 60, "A", "192.0.2.9")

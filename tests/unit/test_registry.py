@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -187,7 +189,8 @@ def test_duplicate_slug_across_yml_and_yaml(sample: SampleInventory):
 
 def test_tsig_key_readable_by_others_is_refused(sample: SampleInventory, tmp_path: Path):
     key = tmp_path / "tsig.key"
-    key.write_text('key "k" { algorithm hmac-sha256; secret "c2VjcmV0c2VjcmV0"; };\n')
+    secret = base64.b64encode(secrets.token_bytes(32)).decode()  # made here, never committed
+    key.write_text(f'key "k" {{ algorithm hmac-sha256; secret "{secret}"; }};\n')
     key.chmod(0o644)
     set_setting("tsig_key_file", str(key))(sample)
 
@@ -195,7 +198,7 @@ def test_tsig_key_readable_by_others_is_refused(sample: SampleInventory, tmp_pat
 
     assert result.exit_code == 2
     assert re.search(r"group_vars/all.yml:\d+: tsig_key_file: .*mode 0644.*chmod 600", result.stderr)
-    assert "c2VjcmV0" not in result.stderr + result.stdout
+    assert secret not in result.stderr + result.stdout
     key.chmod(0o600)
     assert sample.cli("registry", "check").exit_code == 0
 

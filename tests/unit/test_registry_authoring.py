@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
+import secrets
 from pathlib import Path
 
 import yaml
@@ -120,7 +122,8 @@ def test_init_creates_an_inventory_that_checks_once_the_key_exists(tmp_path: Pat
     assert check.stderr.count("error: ") == 1 and "tsig_key_file: file not found" in check.stderr
     (state / "keys").mkdir(parents=True)
     key = state / "keys/tsig.key"
-    key.write_text('key "provisioner" { algorithm hmac-sha256; secret "c2VjcmV0"; };\n')
+    secret = base64.b64encode(secrets.token_bytes(32)).decode()  # made here, never committed
+    key.write_text(f'key "provisioner" {{ algorithm hmac-sha256; secret "{secret}"; }};\n')
     key.chmod(0o600)
     check = run_cli("--inventory", str(target), "--state-dir", str(state), "registry", "check")
     assert check.exit_code == 0, check.stderr
