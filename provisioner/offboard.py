@@ -54,7 +54,6 @@ from .dns import DEFAULT_PROPAGATION_TIMEOUT, DnsClient, PropagationTimeout
 from .dnsops import DnsPlan, apply_dns, plan_dns
 from .errors import ProvisionerError, SafetyError, UsageError
 from .hosts import HostClient, SiteFile, SiteSnapshot
-from .locking import run_lock
 from .models import Agency, Host, Inventory
 from .plan import Change, Outcome, Plan
 from .registry import load_inventory
@@ -524,28 +523,14 @@ RESTORE_STEPS = ("site", "registry", "dns", "web", "tls", "verify", "vhost")
 # =========================================================================== sessions
 
 
-class _LockedRun:
-    """SSH connections, the DNS client, and (with ``command``) the inventory lock."""
+class _LockedRun(onboarding.LockedRun):
+    """SSH connections (each preflighted), the DNS client, and (with ``command``) the
+    inventory lock."""
 
     def __init__(self, inventory: Inventory, report: Report = _quiet, *,
                  command: str | None = None, break_lock: bool = False):
-        self.inventory = inventory
-        self.report = report
-        self.command = command
-        self.break_lock = break_lock
-        self.dns = DnsClient(inventory.settings)
+        super().__init__(inventory, report, command=command, break_lock=break_lock)
         self._clients: dict[str, HostClient] = {}
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self):
-        if self.command is not None:
-            self._stack.enter_context(run_lock(
-                self.inventory.state_dir, self.command, break_lock=self.break_lock,
-                report=self.report, leftovers=lambda: ansible.running_playbooks(self.inventory)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
 
     def client(self, host: Host) -> HostClient:
         """The connected client of a host whose preflight passed (HostError when it cannot

@@ -185,7 +185,33 @@ def _installed_cert(facts: HostFacts | None, place: tls.Install) -> tls.CertInfo
 # =========================================================================== the session
 
 
-class Session:
+class LockedRun:
+    """What every run against the hosts holds: the DNS client, what it opens (closed on
+    exit) and, when it has a ``command`` (the command line, so it may change things), the
+    inventory's lock: refused while another run holds it or an ansible-playbook of a killed
+    run still works on this inventory."""
+
+    def __init__(self, inventory: Inventory, report: Report = _quiet, *,
+                 command: str | None = None, break_lock: bool = False):
+        self.inventory = inventory
+        self.report = report
+        self.command = command
+        self.break_lock = break_lock
+        self.dns = DnsClient(inventory.settings)
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        if self.command is not None:
+            self._stack.enter_context(run_lock(
+                self.inventory.state_dir, self.command, break_lock=self.break_lock,
+                report=self.report, leftovers=lambda: ansible.running_playbooks(self.inventory)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+class Session(LockedRun):
     """One onboarding run: SSH connections to the hosts, the DNS client, timings.
 
     ``command`` (the command line) makes it a mutating session: it holds the
@@ -195,24 +221,9 @@ class Session:
 
     def __init__(self, inventory: Inventory, report: Report = _quiet, *,
                  command: str | None = None, break_lock: bool = False):
-        self.inventory = inventory
-        self.report = report
-        self.command = command
-        self.break_lock = break_lock
-        self.dns = DnsClient(inventory.settings)
+        super().__init__(inventory, report, command=command, break_lock=break_lock)
         self.clients: dict[str, HostClient] = {}
         self.timings: dict[str, float] = {}
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self) -> Session:
-        if self.command is not None:
-            self._stack.enter_context(run_lock(
-                self.inventory.state_dir, self.command, break_lock=self.break_lock,
-                report=self.report, leftovers=lambda: ansible.running_playbooks(self.inventory)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
 
     @contextlib.contextmanager
     def _phase(self, name: str) -> Iterator[None]:
