@@ -221,11 +221,17 @@ def _rules_from(data: dict[str, Any]) -> ScoringRules:
 # =========================================================================== page reading
 
 @dataclass(frozen=True)
-class PageAnalysis:
-    """What one page shows: components published (id -> evidence), links, and its text."""
+class Published:
+    """What one page publishes: components (id -> evidence) and the SP4N-LAPOR! link."""
 
     found: dict[str, str]
     lapor_link: bool
+
+
+@dataclass(frozen=True)
+class PageAnalysis(Published):
+    """The home page: what it publishes, its links, and whether it is real content."""
+
     links: tuple[tuple[str, str], ...]  # (href, link text), in document order
     title: str
     headline: str  # the title and the h1 headings: where default pages give themselves away
@@ -238,23 +244,51 @@ CANDIDATE_TAGS = (*HEADING_TAGS, "td", "strong", "b")
 SENTINEL = "\ue000"  # a private-use character: stands for a heading in the linear text
 MARKED = etree.XPath(".//*[@data-komponen]")
 HEADING_MARK = re.compile(SENTINEL + "[0-9]+" + SENTINEL)
-MAY_BE_CHROME = etree.XPath("//*[@role or @class or @id]")
+CHROME_ATTRIBUTES = etree.XPath("//@role|//@class|//@id")
+HREFS = etree.XPath("//a/@href", smart_strings=False)
 XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
+NOTHING = PageAnalysis({}, False, (), "", "", 0, "")
 
 
 def analyse_page(html: str, rules: ScoringRules) -> PageAnalysis:
-    """Read one HTML page: which components it publishes, its links and its main text.
+    """Read a home page: which components it publishes, its links and its main text.
 
     libxml2 (lxml) builds the tree; Python only visits the links, the candidate headings
     and the text between them, never every element (that made reading twice as costly).
     """
     root = _parse(html)
     if root is None:
-        return PageAnalysis({}, False, (), "", "", 0, "")
-    etree.strip_elements(root, *SKIP_TAGS, with_tail=False)
+        return NOTHING
     links = tuple((a.get("href", "").strip(), _text(a).strip()) for a in root.iter("a"))
-    lapor = any(_is_lapor(href, rules) for href, _ in links)
-    title = " ".join(_text(t) for t in root.iter("title"))
+    title = SPACES.sub(" ", " ".join(_text(t) for t in root.iter("title"))).strip()
+    h1 = [SPACES.sub(" ", _text(h)).strip() for h in root.iter("h1")]
+    headings, pieces, found = _read_main(root, rules)
+    text = "".join(p if i % 2 == 0 else headings[int(p)][2] for i, p in enumerate(pieces))
+    return PageAnalysis(
+        found=found,
+        lapor_link=any(_is_lapor(href, rules) for href, _ in links),
+        links=links,
+        title=title,
+        headline=" | ".join([title, *h1]),
+        text_chars=word_chars(text),
+        leading_text=SPACES.sub(" ", text[:LEADING_TEXT_CHARS * 2]).strip()[:LEADING_TEXT_CHARS],
+    )
+
+
+def read_published(html: str, rules: ScoringRules) -> Published:
+    """Read another page of the site: only what it publishes (half a home page's work)."""
+    root = _parse(html)
+    if root is None:
+        return NOTHING
+    lapor = any(_is_lapor(href.strip(), rules) for href in HREFS(root))
+    _, _, found = _read_main(root, rules)
+    return Published(found, lapor)
+
+
+def _read_main(root: etree._Element, rules: ScoringRules) -> tuple[
+        list[tuple[str | None, int, str]], list[str], dict[str, str]]:
+    """Drop the chrome, then find the components of the main content: (its headings, its
+    text split on the heading sentinels, the components found)."""
     for element in _chrome(root, rules):
         _drop(element)
     scope = next(root.iter("main"), None)
@@ -264,17 +298,7 @@ def analyse_page(html: str, rules: ScoringRules) -> PageAnalysis:
     pieces = "".join(scope.itertext()).split(SENTINEL)
     found = _components_in(pieces, headings, rules)
     found |= _marked_components(scope, rules, skip=found)
-    text = "".join(p if i % 2 == 0 else headings[int(p)][2] for i, p in enumerate(pieces))
-    h1 = [SPACES.sub(" ", _text(h)).strip() for h in root.iter("h1")]
-    return PageAnalysis(
-        found=found,
-        lapor_link=lapor,
-        links=links,
-        title=SPACES.sub(" ", title).strip(),
-        headline=" | ".join([SPACES.sub(" ", title).strip(), *h1]),
-        text_chars=word_chars(text),
-        leading_text=SPACES.sub(" ", text[:LEADING_TEXT_CHARS * 2]).strip()[:LEADING_TEXT_CHARS],
-    )
+    return headings, pieces, found
 
 
 def _parse(html: str) -> etree._Element | None:
@@ -282,9 +306,12 @@ def _parse(html: str) -> etree._Element | None:
     try:
         if html.lstrip().startswith("<?xml"):
             html = XML_DECLARATION.sub("", html, count=1)
-        return etree.fromstring(html.replace(SENTINEL, ""), parser)
+        root = etree.fromstring(html.replace(SENTINEL, ""), parser)
     except (etree.XMLSyntaxError, ValueError):
         return None  # an empty document
+    if root is not None:
+        etree.strip_elements(root, *SKIP_TAGS, with_tail=False)
+    return root
 
 
 def _text(element: etree._Element) -> str:
@@ -301,11 +328,10 @@ def _chrome(root: etree._Element, rules: ScoringRules) -> list[etree._Element]:
     if rules.header_outside_main:
         chrome += [h for h in root.iter("header")
                    if next(h.iterancestors(*CONTAINERS_OF_HEADERS), None) is None]
-    for element in MAY_BE_CHROME(root):
-        if element.get("role", "").lower() in rules.exclude_roles \
-                or rules.excludes_names(element.get("class", "")) \
-                or rules.excludes_names(element.get("id", "")):
-            chrome.append(element)
+    for value in CHROME_ATTRIBUTES(root):  # the attribute values alone: 2x faster than elements
+        if (value.lower() in rules.exclude_roles if value.attrname == "role"
+                else rules.excludes_names(str(value))):
+            chrome.append(value.getparent())
     return chrome
 
 
@@ -343,9 +369,9 @@ def _headings(scope: etree._Element, rules: ScoringRules) -> list[tuple[str | No
     Headings are h1-h6, dt and th; a strong/b at the start of a block (a label), and a
     table cell holding only a component's name."""
     headings: list[tuple[str | None, int, str]] = []
-    taken: set[etree._Element] = set()
+    inside_taken: set[etree._Element] = set()
     for element in list(scope.iter(*CANDIDATE_TAGS)):
-        if any(a in taken for a in element.iterancestors()):
+        if element in inside_taken:
             continue  # inside a heading already taken
         text = _text(element)
         rank = HEADING_RANKS.get(element.tag, LABEL_RANK)
@@ -359,7 +385,7 @@ def _headings(scope: etree._Element, rules: ScoringRules) -> list[tuple[str | No
                 continue  # emphasis inside a sentence
         else:
             component = rules.component_for(text)
-        taken.add(element)
+        inside_taken.update(element.iterdescendants(*CANDIDATE_TAGS))
         for child in list(element):
             element.remove(child)
         element.text = f"{SENTINEL}{len(headings)}{SENTINEL}"
@@ -423,7 +449,7 @@ def _settle(open_headings: list[list], found: dict[str, str], rules: ScoringRule
 
 # =========================================================================== scoring
 
-def score_publication(pages: dict[str, PageAnalysis], rules: ScoringRules) -> Publication:
+def score_publication(pages: dict[str, Published], rules: ScoringRules) -> Publication:
     """Score the pages read (path -> analysis): an item counts when any page publishes it."""
     evidence: dict[str, str] = {}
     for path, page in pages.items():
@@ -452,7 +478,7 @@ def publication_checks(publication: Publication, rules: ScoringRules) -> list[Ch
             for item in rules.ids]
 
 
-def missing_items(pages: dict[str, PageAnalysis], rules: ScoringRules) -> set[str]:
+def missing_items(pages: dict[str, Published], rules: ScoringRules) -> set[str]:
     """Items no page read so far publishes (reading stops early when this is empty)."""
     seen = {c for page in pages.values() for c in page.found}
     if any(page.lapor_link for page in pages.values()):

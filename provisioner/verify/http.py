@@ -20,12 +20,13 @@ import h11
 from .content import (
     PageAnalysis,
     Publication,
+    Published,
     ScoringRules,
-    analyse_page,
     missing_items,
     not_content_reason,
     pages_from_data,
     pages_from_links,
+    read_published,
     score_publication,
 )
 from .model import CheckResult, Status, result
@@ -263,7 +264,7 @@ async def read_publication(site: Site, home_path: str, home: PageAnalysis,
     missing, the ones standar-pelayanan.json names; stop once every item is found.
 
     A page that cannot be read ends the reading; what was read is still scored."""
-    pages = {home_path: home}
+    pages: dict[str, Published] = {home_path: home}
     home_url = urljoin(site.base_url, home_path)
     try:
         await _read_pages(site, pages_from_links(home, home_url, rules), pages, rules)
@@ -277,7 +278,7 @@ async def read_publication(site: Site, home_path: str, home: PageAnalysis,
     return score_publication(pages, rules)
 
 
-async def _read_pages(site: Site, paths: list[str], pages: dict[str, PageAnalysis],
+async def _read_pages(site: Site, paths: list[str], pages: dict[str, Published],
                       rules: ScoringRules) -> None:
     for path in paths:
         if not missing_items(pages, rules) or len(pages) > rules.max_pages:
@@ -285,4 +286,4 @@ async def _read_pages(site: Site, paths: list[str], pages: dict[str, PageAnalysi
         if path not in pages:
             response = await site.get(path)
             if response.status == 200:
-                pages[path] = analyse_page(response.text(), rules)
+                pages[path] = read_published(response.text(), rules)

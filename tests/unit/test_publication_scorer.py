@@ -17,6 +17,7 @@ from provisioner.verify.content import (
     pages_from_data,
     pages_from_links,
     publication_checks,
+    read_published,
     same_site_path,
     score_publication,
     word_chars,
@@ -28,8 +29,10 @@ SIX = ("persyaratan", "prosedur", "waktu", "biaya", "produk", "pengaduan")
 
 
 def found(html: str) -> set[str]:
-    page = analyse_page(html, RULES)
-    return set(page.found) | ({"lapor"} if page.lapor_link else set())
+    """What a page publishes, read as a home page and as any other page (which must agree)."""
+    home, other = analyse_page(html, RULES), read_published(html, RULES)
+    assert (home.found, home.lapor_link) == (other.found, other.lapor_link)
+    return set(home.found) | ({"lapor"} if home.lapor_link else set())
 
 
 def page(body: str, title: str = "Layanan") -> str:
@@ -185,6 +188,8 @@ def test_variants_named_in_service_standard(heading: str, component: str | None)
     (page("<p>This domain is parked free of charge. " + "Lorem ipsum dolor sit amet. " * 10,
           title="dinkes.example"), "parked page"),
     (page("<h1>Situs sedang dalam perbaikan</h1>", title="Segera hadir"), "placeholder page"),
+    (page("<main><h1>Segera hadir</h1><p>" + "Dinas Kesehatan Kabupaten Paser. " * 5
+          + "</p></main>", title="Dinkes"), "placeholder page"),  # the h1 inside main counts
     (page("<p>Halo</p>", title="Dinkes"), "almost empty (4 letters of text)"),
     (SIX_H2, None),
 ])
