@@ -3,6 +3,7 @@ written to the wire by hand, byte for byte what dnspython would send."""
 
 from __future__ import annotations
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -11,7 +12,15 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from provisioner.verify.dns import Answer, Expected, Question, Server, name_checks, read_answer
+from provisioner.verify.dns import (
+    Answer,
+    Expected,
+    Question,
+    Server,
+    name_checks,
+    parse_reply,
+    read_answer,
+)
 
 NS1, NS2 = Server("ns1.paserkab.go.id", "127.0.0.10"), Server("ns2.paserkab.go.id", "127.0.0.11")
 NAME = "dinkes.paserkab.go.id"
@@ -77,28 +86,58 @@ def test_the_question_on_the_wire_is_dnspythons(rdtype: str) -> None:
     assert question.wire(4660) == query.to_wire()
 
 
-def _response(qname: str, rdtype: str, *records: str, rcode: int = dns.rcode.NOERROR):
-    query = dns.message.make_query(qname, rdtype)
-    response = dns.message.make_response(query)
+def _response(qname: str, rdtype: str, *records: str, rcode: int = dns.rcode.NOERROR,
+              question: bool = True) -> dns.message.Message:
+    """A response built by dnspython, to be read back from its wire form."""
+    response = dns.message.make_response(dns.message.make_query(qname, rdtype))
     response.flags |= dns.flags.AA
     response.set_rcode(rcode)
+    if not question:
+        response.question = []
     for text in records:
         response.answer.append(dns.rrset.from_text(qname + ".", 60, "IN", rdtype, text))
     return response
 
 
+def _reply(message: dns.message.Message):
+    return parse_reply(message.to_wire())
+
+
 def test_answered_by_matches_dnspythons_is_response() -> None:
     question = Question(dns.name.from_text(NAME), dns.rdatatype.AAAA)
-    assert question.answered_by(_response(NAME, "AAAA", V6))
-    assert not question.answered_by(_response(NAME, "A", V4))  # another question
-    assert not question.answered_by(_response("dishub.paserkab.go.id", "AAAA", V6))
-    assert not question.answered_by(dns.message.make_query(NAME, "AAAA"))  # not a response
-    refused = _response(NAME, "AAAA", rcode=dns.rcode.REFUSED)
-    refused.question = []
-    assert question.answered_by(refused)  # error answers may drop the question
+    query = dns.message.make_query(NAME, "AAAA")
+    for message in (_response(NAME, "AAAA", V6), _response(NAME, "A", V4),
+                    _response("dishub.paserkab.go.id", "AAAA", V6), query,
+                    _response(NAME, "AAAA", rcode=dns.rcode.REFUSED, question=False)):
+        message.id = query.id
+        assert question.answered_by(_reply(message)) == query.is_response(message)
+    assert question.answered_by(_reply(_response(NAME.upper(), "AAAA", V6)))  # names: any case
 
 
 def test_read_answer_takes_the_addresses_of_the_type_asked() -> None:
-    response = _response(NAME, "AAAA", V6)
-    answer = read_answer(NS1, Question(dns.name.from_text(NAME), dns.rdatatype.AAAA), response)
+    reply = _reply(_response(NAME, "AAAA", V6))
+    answer = read_answer(NS1, Question(dns.name.from_text(NAME), dns.rdatatype.AAAA), reply)
     assert answer.addresses == (V6,) and answer.authoritative and answer.rcode == "NOERROR"
+
+
+def test_read_answer_follows_cnames_and_reads_serials_and_nameservers() -> None:
+    response = _response(NAME, "A")
+    response.answer += [
+        dns.rrset.from_text(NAME + ".", 60, "IN", "CNAME", "web1.paserkab.go.id."),
+        dns.rrset.from_text("web1.paserkab.go.id.", 60, "IN", "A", V4, "127.0.0.9")]
+    answer = read_answer(NS2, Question(dns.name.from_text(NAME), dns.rdatatype.A),
+                         _reply(response))
+    assert answer.cnames == ("web1.paserkab.go.id",) and answer.addresses == (V4, "127.0.0.9")
+    soa = _response("paserkab.go.id", "SOA", "ns1.paserkab.go.id. hostmaster.paserkab.go.id. 2026112901 3600 600 86400 300")
+    ns = _response("paserkab.go.id", "NS", "ns2.paserkab.go.id.", "ns1.paserkab.go.id.")
+    zone = dns.name.from_text("paserkab.go.id")
+    assert read_answer(NS1, Question(zone, dns.rdatatype.SOA), _reply(soa)).serial == 2026112901
+    assert read_answer(NS1, Question(zone, dns.rdatatype.NS), _reply(ns)).names == (
+        "ns1.paserkab.go.id", "ns2.paserkab.go.id")
+
+
+@pytest.mark.parametrize("cut", [5, 12, 30, -3])
+def test_a_cut_reply_is_a_dns_error_not_a_crash(cut: int) -> None:
+    wire = _response(NAME, "A", V4).to_wire()
+    with pytest.raises(dns.exception.DNSException):
+        parse_reply(wire[:cut])
