@@ -62,7 +62,7 @@ from provisioner import site  # noqa: E402
 from provisioner.dns import load_tsig_key  # noqa: E402
 from provisioner.lab import Lab  # noqa: E402
 from provisioner.registry import load_inventory  # noqa: E402
-from provisioner.verify.http import HttpConnection  # noqa: E402
+from provisioner.verify.http import open_plain  # noqa: E402
 from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # noqa: E402
 
 PROVISIONER = [sys.executable, "-m", "provisioner"]
@@ -350,8 +350,7 @@ async def drive_blackbox(address: str, port: int, bench: Bench, sites: int,
 
     async def worker() -> None:
         nonlocal ok
-        reader, writer = await asyncio.open_connection(address, port)
-        connection = HttpConnection(reader, writer, f"{address}:{port}")
+        connection = await open_plain(address, port, f"{address}:{port}", 30)
         for i in pending:
             bodies = [(await connection.get(path, 30)).body for path in probe_paths(bench, i)]
             ok += all(b"\nprobe_success 1" in body for body in bodies)

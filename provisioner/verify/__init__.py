@@ -23,7 +23,15 @@ from ..errors import UsageError
 from ..models import Agency, Inventory, Settings
 from . import dns as dnscheck
 from .content import ScoringRules, analyse_page, load_rules, publication_checks, score_publication
-from .http import HttpConnection, Site, check_redirect, https_checks, open_plain, read_publication
+from .http import (
+    HttpConnection,
+    HttpProtocol,
+    Site,
+    check_redirect,
+    https_checks,
+    open_plain,
+    read_publication,
+)
 from .model import (
     ACTIVE_CHECKS,
     CHECKS,
@@ -269,15 +277,15 @@ async def _open_site(target: Target, address: str,
 
         return _no_tls(), NO_CERT, Site(base, await plain(), plain, ctx.timeout)
     port = parts.port or 443
-    stream = await open_tls(address, port, target.name, ctx.tls, ctx.timeout)
+    stream = await open_tls(address, port, target.name, ctx.tls, ctx.timeout, HttpProtocol)
     checks, cert = tls_checks(target.name, stream, ctx.clock())
 
     async def again() -> HttpConnection:
-        more = await open_tls(address, port, target.name, ctx.tls, ctx.timeout,
+        more = await open_tls(address, port, target.name, ctx.tls, ctx.timeout, HttpProtocol,
                               verify=stream.verified)
-        return HttpConnection(more.reader, more.writer, parts.netloc)
+        return HttpConnection(more.protocol, parts.netloc)
 
-    first = HttpConnection(stream.reader, stream.writer, parts.netloc)
+    first = HttpConnection(stream.protocol, parts.netloc)
     return checks, cert, Site(base, first, again, ctx.timeout)
 
 

@@ -15,6 +15,7 @@ import functools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Generic, TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -110,12 +111,14 @@ def name_matches(name: str, cert_names: tuple[str, ...]) -> bool:
 
 # =========================================================================== handshake
 
-@dataclass
-class TlsStream:
-    """An open TLS connection and what its handshake showed."""
+P = TypeVar("P", bound=asyncio.Protocol)
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+
+@dataclass
+class TlsStream(Generic[P]):
+    """An open TLS connection (its protocol) and what its handshake showed."""
+
+    protocol: P
     chain_problem: str | None  # None: the chain verified
     version: str
     cert: CertFacts | None
@@ -125,20 +128,21 @@ class TlsStream:
         return self.chain_problem is None
 
 
-async def open_tls(address: str, port: int, name: str, contexts: TlsContexts,
-                   timeout: float, *, verify: bool = True) -> TlsStream:
-    """Handshake with SNI ``name``; on an untrusted chain, again without verification."""
+async def open_tls(address: str, port: int, name: str, contexts: TlsContexts, timeout: float,
+                   protocol: Callable[[], P], *, verify: bool = True) -> TlsStream[P]:
+    """Handshake with SNI ``name``; on an untrusted chain, again without verification.
+    ``protocol`` makes what reads the connection once it is open."""
     context = contexts.verified if verify else contexts.unverified
     sni = None if ip_literal(name) is not None else name
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                address, port, ssl=context, server_hostname=sni or "",
+            transport, opened = await asyncio.get_running_loop().create_connection(
+                protocol, address, port, ssl=context, server_hostname=sni or "",
                 ssl_handshake_timeout=timeout)
     except ssl.SSLCertVerificationError as exc:
         if not verify:
             raise ProbeFailure(Status.FAIL, f"handshake failed: {exc.verify_message}") from None
-        stream = await open_tls(address, port, name, contexts, timeout, verify=False)
+        stream = await open_tls(address, port, name, contexts, timeout, protocol, verify=False)
         stream.chain_problem = exc.verify_message or str(exc)
         return stream
     except TimeoutError:
@@ -151,9 +155,9 @@ async def open_tls(address: str, port: int, name: str, contexts: TlsContexts,
         raise ProbeFailure(Status.FAIL, f"{address}:{port}: connection refused") from None
     except OSError as exc:
         raise ProbeFailure(Status.ERROR, f"{address}:{port}: {exc.strerror or exc}") from None
-    ssl_object = writer.get_extra_info("ssl_object")
+    ssl_object = transport.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True)
-    return TlsStream(reader, writer, None, ssl_object.version() or "unknown",
+    return TlsStream(opened, None, ssl_object.version() or "unknown",
                      parse_certificate(der) if der else None)
 
 
