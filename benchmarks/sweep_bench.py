@@ -62,7 +62,7 @@ from provisioner import site  # noqa: E402
 from provisioner.dns import load_tsig_key  # noqa: E402
 from provisioner.lab import Lab  # noqa: E402
 from provisioner.registry import load_inventory  # noqa: E402
-from provisioner.verify.http import open_plain  # noqa: E402
+from provisioner.verify.http import ProbeFailure, open_plain  # noqa: E402
 from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # noqa: E402
 
 PROVISIONER = [sys.executable, "-m", "provisioner"]
@@ -375,7 +375,7 @@ def blackbox_run(bench: Bench, root: Path, sites: int, concurrency: int, address
             try:
                 asyncio.run(drive_blackbox(address, port, bench, 1, 1))
                 break
-            except OSError:
+            except ProbeFailure:  # not listening yet
                 if time.monotonic() > deadline:
                     raise SystemExit("blackbox_exporter did not start")
                 time.sleep(0.1)

@@ -3,6 +3,8 @@ written to the wire by hand, byte for byte what dnspython would send."""
 
 from __future__ import annotations
 
+import socket
+
 import dns.exception
 import dns.flags
 import dns.message
@@ -11,10 +13,14 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from provisioner.verify import AddressLimiter, run
 from provisioner.verify.dns import (
     Answer,
     Expected,
+    Querier,
     Question,
     Server,
     name_checks,
@@ -141,3 +147,64 @@ def test_a_cut_reply_is_a_dns_error_not_a_crash(cut: int) -> None:
     wire = _response(NAME, "A", V4).to_wire()
     with pytest.raises(dns.exception.DNSException):
         parse_reply(wire[:cut])
+
+
+def test_compressed_names_are_read_like_dnspython_reads_them() -> None:
+    response = _response(NAME.upper(), "A")  # any case on the wire
+    response.answer += [
+        dns.rrset.from_text(NAME.upper() + ".", 60, "IN", "CNAME", "WEB1.paserkab.go.id."),
+        dns.rrset.from_text("web1.paserkab.go.id.", 60, "IN", "A", V4)]
+    wire = response.to_wire()
+    assert wire.lower().count(b"paserkab") == 1  # dnspython compressed every later name
+    reply = parse_reply(wire)
+    assert reply.question == ((tuple(dns.name.from_text(NAME).labels[:-1]), 1, 1),)
+    assert [(r[1], r[3]) for r in reply.answer] == [
+        (dns.rdatatype.CNAME, (b"web1", b"paserkab", b"go", b"id")), (dns.rdatatype.A, V4)]
+
+
+HEADER = bytes.fromhex("1234 8400 0001 0001 0000 0000")  # a response: QR, AA; 1 question, 1 answer
+QUESTION = b"\x03www\x00\x00\x01\x00\x01"
+BROKEN = {
+    "pointer forwards": HEADER + b"\xc0\x20\x00\x01\x00\x01",
+    "pointer to itself": HEADER + b"\xc0\x0c\x00\x01\x00\x01",
+    "label type 0x40": HEADER + b"\x41www\x00\x00\x01\x00\x01",
+    "label past the end": HEADER + b"\x3fwww",
+    "A of 3 bytes": HEADER + QUESTION + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x03\x7f\x00\x00",
+    "rdata past the end": HEADER + QUESTION + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x09\x7f",
+}
+
+
+@pytest.mark.parametrize("wire", BROKEN.values(), ids=BROKEN.keys())
+def test_a_malformed_reply_is_a_form_error(wire: bytes) -> None:
+    with pytest.raises(dns.exception.FormError):
+        parse_reply(wire)
+
+
+@given(st.binary(max_size=200), st.integers(0, 200), st.binary(min_size=1, max_size=4))
+def test_any_bytes_are_a_reply_or_a_form_error(noise: bytes, at: int, patch: bytes) -> None:
+    """Random bytes, and a real reply with some bytes overwritten: never another exception."""
+    real = _response(NAME, "A", V4).to_wire()
+    for wire in (noise, real[:at] + patch + real[at + len(patch):]):
+        try:
+            parse_reply(wire)
+        except dns.exception.FormError:
+            pass
+
+
+def test_a_server_that_never_answers_is_an_error_after_the_timeout() -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    server = Server("ns9.paserkab.go.id", "127.0.0.1", silent.getsockname()[1])
+
+    async def ask() -> Answer:
+        querier = Querier(0.2, AddressLimiter(8))
+        try:
+            return await querier.ask(server, NAME, "A")
+        finally:
+            querier.close()
+
+    try:
+        answer = run(ask())
+    finally:
+        silent.close()
+    assert answer.error == "no answer within 0.2s" and not answer.addresses
