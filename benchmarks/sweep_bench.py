@@ -438,19 +438,20 @@ Its CPU is its own process's during the probes (no start-up, no configuration lo
 "sweep alone" rows are the like-for-like comparison, the "whole process" rows add our start-up
 and the inventory load.
 
-From profiling during development (same machine), the changes that took the sweep alone from
-~150 to ~420 verifications per CPU-second: HTML with lxml instead of html.parser (tokenizer
-0.40 -> 0.08 ms for a 5 KB page) read from the tree, visiting only the links and the candidate
-headings; one UDP socket per nameserver shared by all queries, questions written to the wire
-directly and only the question and answer sections parsed (a socket per query cost ~0.5 ms);
-HTTP/1.1 with h11 over the TLS stream the TLS check opened, one connection per site, instead of
-httpx (1.7 -> 0.75 ms of CPU for handshake + first request); uvloop (about -20 % CPU a site);
-service pages from the home page's links before the JSON (one request less for a starter
-site); memoised link ranks, class names and headings (the same template recurs across sites);
-gc.freeze() over the inventory during the sweep (about -5 %). Left per site (~2.3 ms, by
-ablation): the TLS handshake and two GETs ~0.6 ms even from a bare uvloop client, two page
-analyses ~0.3-0.45 ms, the http:// request ~0.2 ms, DNS ~0.2 ms, the event loop, h11 (~0.05 ms
-a request) and bookkeeping.
+From profiling during development (same machine; py-spy with native frames), the changes that
+took the sweep alone from ~150 to ~590 verifications per CPU-second: HTML with lxml instead of
+html.parser, visiting only the links, the candidate headings and the class/id/role attribute
+values; pages other than the home page read only for what they publish; one UDP socket per
+nameserver shared by all queries, questions written and answers read by our own small codec
+(dnspython's Message cost ~50 us a query); one TLS connection per site serving every page,
+its answers read by httptools (llhttp, in C) straight from a transport Protocol (h11 over
+asyncio streams cost ~2x), closed by abort (no close_notify); uvloop; deadlines as timers on
+the awaited futures instead of asyncio.timeout() blocks; memoised link ranks, class names
+and headings; gc.freeze() over the inventory during the sweep. Left per site (~1.7 ms): the
+TLS handshake is now the largest part, ~0.5 ms, of which ~0.2 ms is OpenSSL 3.0 decoding the
+server's certificate (its provider decoder set-up, OSSL_DECODER_CTX_new_for_pkey, alone ~9 %
+of the sweep's CPU); two page analyses ~0.45 ms (libxml2's parse ~0.1 ms of it); DNS, the
+http:// request, the event loop and bookkeeping the rest.
 
 Fixed cost of the CLI process: ~0.1 s of imports (each command imports only what it uses) and
 ~0.3 s to load 1,000 agency files with line numbers kept for error messages (libyaml's
