@@ -22,7 +22,7 @@ import uvloop
 from ..errors import UsageError
 from ..models import Agency, Inventory, Settings
 from . import dns as dnscheck
-from .content import ScoringRules, analyse_page, load_rules, publication_checks, score_publication
+from .content import ScoringRules, analyse_page, load_rules, publication_checks
 from .http import (
     HttpConnection,
     HttpProtocol,
@@ -220,7 +220,7 @@ async def verify_target(target: Target, ctx: VerifyContext) -> AgencyResult:
         why = "not probed: the name has no address"
         checks += skipped(WEB_CHECKS, why) + skipped([f"publication.{i}" for i in ctx.rules.ids], why)
         return AgencyResult(target.agency, target.url, tuple(checks),
-                            score_publication({}, ctx.rules), NO_CERT)
+                            ctx.rules.nothing_published, NO_CERT)
     async with ctx.limit(address):
         if target.http_url:
             checks.append(await check_redirect(target.http_url, address, ctx.timeout))
@@ -245,7 +245,7 @@ async def _check_dns(target: Target, ctx: VerifyContext) -> dnscheck.DnsOutcome:
 async def _probe_site(target: Target, address: str,
                       ctx: VerifyContext) -> tuple[list[CheckResult], Publication, CertInfo]:
     """TLS on the first hop, then the home page and the publication over that stream."""
-    nothing = score_publication({}, ctx.rules)
+    nothing = ctx.rules.nothing_published
     try:
         checks, cert, site = await _open_site(target, address, ctx)
     except ProbeFailure as failure:

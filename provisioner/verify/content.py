@@ -107,10 +107,15 @@ class ScoringRules:
     _link_memo: dict[tuple[str, str], int | None] = field(default_factory=dict, repr=False,
                                                           compare=False)
 
-    @property
+    @functools.cached_property
     def ids(self) -> tuple[str, ...]:
         """Every scored item, in report order: the components, the maklumat, the LAPOR! link."""
         return (*(c.id for c in self.components), self.lapor_id)
+
+    @functools.cached_property
+    def nothing_published(self) -> Publication:
+        """The score of a site none of whose pages could be read (shared: never mutated)."""
+        return score_publication({}, self)
 
     def label(self, item: str, lang: str = "id") -> str:
         if item == self.lapor_id:

@@ -391,6 +391,8 @@ class ZoneCache:
         task = self._zones.get(key)
         if task is None:
             task = self._zones[key] = asyncio.ensure_future(discover())
+        if task.done():  # every name after the first: no shield to build
+            return task.result()
         return await asyncio.shield(task)
 
 
