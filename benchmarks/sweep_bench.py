@@ -67,6 +67,7 @@ from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # 
 
 PROVISIONER = [sys.executable, "-m", "provisioner"]
 BLACKBOX = "/usr/bin/prometheus-blackbox-exporter"
+TARGET_PER_CPU_SECOND = 300
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION_START, SECTION_END = "<!-- sweep_bench:start -->", "<!-- sweep_bench:end -->"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -524,10 +525,28 @@ def main() -> None:
               f"{', '.join(f'{a.per_cpu_second:.0f}' for _, a in rounds)}; blackbox_exporter "
               f"{', '.join(f'{b.per_cpu_second:.0f}' for b in blackbox_rounds)}. "
               f"'Peak RSS' of a sweep alone: above the same process's inventory load.\n\n"
+              f"{goals_text(goals(full, alone, blackbox))}\n\n"
               f"{NOTES}")
     print("\n" + report)
     if args.write_results:
         write_results(report)
+    if not all(met for _, _, met in goals(full, alone, blackbox)):
+        sys.exit(1)
+
+
+def goals(full: Run, alone: Run, blackbox: Run) -> list[tuple[str, str, bool]]:
+    """Issue 7's targets: (goal, measured, met)."""
+    ratio = alone.per_cpu_second / blackbox.per_cpu_second
+    return [(f">= {TARGET_PER_CPU_SECOND} verifications per CPU-second of the sweep process",
+             f"{full.per_cpu_second:.0f} (whole process)",
+             full.per_cpu_second >= TARGET_PER_CPU_SECOND),
+            ("ahead of blackbox_exporter's rate per CPU-second",
+             f"{ratio:.2f}x (sweep alone vs its probes)", ratio > 1)]
+
+
+def goals_text(results: list[tuple[str, str, bool]]) -> str:
+    return "Goals: " + "; ".join(f"{goal}: {measured}, {'PASS' if met else 'MISS'}"
+                                 for goal, measured, met in results) + "."
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from ..errors import InputError, Problem
 from .model import CheckResult, Publication, Status, result
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "data" / "scoring.yml"
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 8x faster
 
 SKIP_TAGS = frozenset(("script", "style", "noscript", "template", "svg"))
 HEADING_RANKS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6, "dt": 7, "th": 7}
@@ -176,7 +177,7 @@ def normalise_heading(text: str, enumeration: re.Pattern) -> str:
 def load_rules(path: Path = RULES_FILE) -> ScoringRules:
     """Read and check scoring.yml; a broken rule file is an input error naming the field."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
         return _rules_from(data)
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, re.error) as exc:
         raise InputError([Problem(path, None, "scoring rules", f"invalid: {exc}",

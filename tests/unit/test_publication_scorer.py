@@ -10,7 +10,9 @@ import json
 
 import pytest
 
+from provisioner.errors import InputError
 from provisioner.verify.content import (
+    RULES_FILE,
     analyse_page,
     load_rules,
     not_content_reason,
@@ -239,3 +241,17 @@ def test_same_site_path(url: str, base: str, path: str | None) -> None:
 ])
 def test_word_chars_counts_what_isalnum_counts(text: str) -> None:
     assert word_chars(text) == sum(ch.isalnum() for ch in text)
+
+
+@pytest.mark.parametrize("change", [
+    lambda text: text + "\n  - [unclosed",  # not YAML
+    lambda text: text.replace("version:", "versi:", 1),  # a missing field
+    lambda text: text.replace("pattern: 'welcome to nginx", "pattern: '(welcome to nginx", 1),
+])
+def test_a_broken_rules_file_is_an_input_error_naming_it(tmp_path, change) -> None:
+    broken = tmp_path / "scoring.yml"
+    broken.write_text(change(RULES_FILE.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        load_rules(broken)
+    (problem,) = caught.value.problems
+    assert problem.file == broken and problem.field == "scoring rules"
