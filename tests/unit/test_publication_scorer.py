@@ -189,6 +189,10 @@ def test_variants_named_in_service_standard(heading: str, component: str | None)
           title="404 Not Found"), "error page"),
     (page("<p>This domain is parked free of charge. " + "Lorem ipsum dolor sit amet. " * 10,
           title="dinkes.example"), "parked page"),
+    (page("<p>Buy this domain today. " + "Lorem ipsum dolor sit amet. " * 10, title="x"),
+     "parked page"),
+    (page("<p>DOMAIN INI DIJUAL, hubungi kami. " + "Lorem ipsum dolor sit amet. " * 10,
+          title="x"), "parked page"),
     (page("<h1>Situs sedang dalam perbaikan</h1>", title="Segera hadir"), "placeholder page"),
     (page("<main><h1>Segera hadir</h1><p>" + "Dinas Kesehatan Kabupaten Paser. " * 5
           + "</p></main>", title="Dinkes"), "placeholder page"),  # the h1 inside main counts
