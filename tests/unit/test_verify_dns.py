@@ -3,6 +3,7 @@ written to the wire by hand, byte for byte what dnspython would send."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import dns.exception
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from provisioner.verify import AddressLimiter, run
 from provisioner.verify.dns import (
     Answer,
+    _Endpoint,
     Expected,
     Querier,
     Question,
@@ -208,3 +210,85 @@ def test_a_server_that_never_answers_is_an_error_after_the_timeout() -> None:
     finally:
         silent.close()
     assert answer.error == "no answer within 0.2s" and not answer.addresses
+
+
+def test_a_lost_query_is_sent_again_until_answered() -> None:
+    """A server that ignores the first datagram of each query, like a lossy network."""
+    lossy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lossy.bind(("127.0.0.1", 0))
+    server = Server("ns9.paserkab.go.id", "127.0.0.1", lossy.getsockname()[1])
+    seen: list[bytes] = []
+
+    class Lossy(asyncio.DatagramProtocol):
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr) -> None:
+            seen.append(data)
+            if len(seen) > 1:
+                query = dns.message.from_wire(data)
+                response = dns.message.make_response(query)
+                response.flags |= dns.flags.AA
+                response.answer.append(dns.rrset.from_text(NAME + ".", 60, "IN", "A", V4))
+                self.transport.sendto(response.to_wire(), addr)
+
+    async def ask() -> Answer:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Lossy, sock=lossy)
+        querier = Querier(2.0, AddressLimiter(8), resend=0.05)
+        try:
+            return await querier.ask(server, NAME, "A")
+        finally:
+            querier.close()
+            transport.close()
+
+    answer = run(ask())
+    assert answer.addresses == (V4,) and answer.error is None
+    assert len(seen) == 2 and seen[0] == seen[1]  # the same query, id and all
+
+
+class _Answering(asyncio.DatagramProtocol):
+    """A loopback DNS server answering every A question with V4."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        response = dns.message.make_response(dns.message.from_wire(data))
+        response.flags |= dns.flags.AA
+        response.answer.append(dns.rrset.from_text(response.question[0].name, 60, "IN", "A", V4))
+        self.transport.sendto(response.to_wire(), addr)
+
+
+def test_an_id_freed_by_an_answer_stays_with_the_query_that_takes_it(monkeypatch) -> None:
+    """Query B starts, and takes id 7, the moment A's answer (id 7) has arrived but before
+    A's task resumes: A must not then drop B's waiting answer (seen as a lost ns2 answer
+    about once a sweep, before this was fixed)."""
+    ids = iter([7, 7])
+    monkeypatch.setattr("provisioner.verify.dns.random.getrandbits", lambda bits: next(ids))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    server = Server("ns9.paserkab.go.id", "127.0.0.1", sock.getsockname()[1])
+    second: list[asyncio.Future[Answer]] = []
+    received = _Endpoint.datagram_received
+
+    async def ask_two() -> tuple[Answer, Answer]:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            _Answering, sock=sock)
+        querier = Querier(0.5, AddressLimiter(8))
+
+        def receive(endpoint: _Endpoint, data: bytes, addr) -> None:
+            if not second:  # B's first step is scheduled before A's wake-up
+                second.append(asyncio.ensure_future(querier.ask(server, "b." + NAME, "A")))
+            received(endpoint, data, addr)
+
+        monkeypatch.setattr(_Endpoint, "datagram_received", receive)
+        try:
+            first = await querier.ask(server, NAME, "A")
+            return first, await second[0]
+        finally:
+            querier.close()
+            transport.close()
+
+    first, later = run(ask_two())
+    assert (first.error, later.error) == (None, None)
+    assert first.addresses == later.addresses == (V4,)
