@@ -1,11 +1,11 @@
 """HTTP checks: the http:// redirect, the HTTPS answer, its headers and content, and
 reading the pages the publication score is computed from.
 
-Requests go over streams this package opens itself (plain TCP, or the TLS stream the
-TLS check opened) to the address DNS gave, with the agency name in the Host header.
-Answers are read by httptools (llhttp, the HTTP/1.1 parser of Node.js, in C): a third
-of the CPU h11's pure-Python state machine took per request. One connection serves every
-page of a site (keep-alive), so a site costs one TLS handshake.
+Requests go over connections this package opens itself (plain TCP, or the TLS
+connection the TLS check opened) to the address DNS gave, with the agency name in the
+Host header. Answers are read by httptools (llhttp, the HTTP/1.1 parser of Node.js, in
+C): a third of the CPU h11's pure-Python state machine took per request. One connection
+serves every page of a site (keep-alive), so a site costs one TLS handshake.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """TLS checks on the first hop: chain, name, expiry and protocol version.
 
-The handshake is made with asyncio's own SSL streams against the address DNS gave, with
-the agency name as SNI, and verifies the chain only: the name is matched here, so a
-wrong-name certificate and an untrusted chain are told apart. When the chain does not
+The handshake is made by the event loop's own TLS transport against the address DNS
+gave, with the agency name as SNI, and verifies the chain only: the name is matched
+here, so a wrong-name certificate and an untrusted chain are told apart. When the chain does not
 verify, a second, unverified handshake fetches the certificate so its expiry is still
-recorded. The open stream is then used for the HTTPS requests (one handshake per site).
+recorded. The open connection is then used for the HTTPS requests (one handshake per site).
 """
 
 from __future__ import annotations
