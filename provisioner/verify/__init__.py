@@ -244,7 +244,7 @@ async def _check_dns(target: Target, ctx: VerifyContext) -> dnscheck.DnsOutcome:
 
 async def _probe_site(target: Target, address: str,
                       ctx: VerifyContext) -> tuple[list[CheckResult], Publication, CertInfo]:
-    """TLS on the first hop, then the home page and the publication over that stream."""
+    """TLS on the first hop, then the home page and the publication over that connection."""
     nothing = ctx.rules.nothing_published
     try:
         checks, cert, site = await _open_site(target, address, ctx)
@@ -277,15 +277,15 @@ async def _open_site(target: Target, address: str,
 
         return _no_tls(), NO_CERT, Site(base, await plain(), plain, ctx.timeout)
     port = parts.port or 443
-    stream = await open_tls(address, port, target.name, ctx.tls, ctx.timeout, HttpProtocol)
-    checks, cert = tls_checks(target.name, stream, ctx.clock())
+    tls = await open_tls(address, port, target.name, ctx.tls, ctx.timeout, HttpProtocol)
+    checks, cert = tls_checks(target.name, tls, ctx.clock())
 
     async def again() -> HttpConnection:
         more = await open_tls(address, port, target.name, ctx.tls, ctx.timeout, HttpProtocol,
-                              verify=stream.verified)
+                              verify=tls.verified)
         return HttpConnection(more.protocol, parts.netloc)
 
-    first = HttpConnection(stream.protocol, parts.netloc)
+    first = HttpConnection(tls.protocol, parts.netloc)
     return checks, cert, Site(base, first, again, ctx.timeout)
 
 

@@ -2,9 +2,9 @@
 
 The handshake is made by the event loop's own TLS transport against the address DNS
 gave, with the agency name as SNI, and verifies the chain only: the name is matched
-here, so a wrong-name certificate and an untrusted chain are told apart. When the chain does not
-verify, a second, unverified handshake fetches the certificate so its expiry is still
-recorded. The open connection is then used for the HTTPS requests (one handshake per site).
+here, so a wrong-name certificate and an untrusted chain are told apart. When the chain
+does not verify, a second, unverified handshake fetches the certificate so its expiry is
+still recorded. The open connection then serves the HTTPS requests (one handshake a site).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ P = TypeVar("P", bound=asyncio.Protocol)
 
 
 @dataclass
-class TlsStream(Generic[P]):
+class TlsConnection(Generic[P]):
     """An open TLS connection (its protocol) and what its handshake showed."""
 
     protocol: P
@@ -129,7 +129,7 @@ class TlsStream(Generic[P]):
 
 
 async def open_tls(address: str, port: int, name: str, contexts: TlsContexts, timeout: float,
-                   protocol: Callable[[], P], *, verify: bool = True) -> TlsStream[P]:
+                   protocol: Callable[[], P], *, verify: bool = True) -> TlsConnection[P]:
     """Handshake with SNI ``name``; on an untrusted chain, again without verification.
     ``protocol`` makes what reads the connection once it is open."""
     context = contexts.verified if verify else contexts.unverified
@@ -142,9 +142,9 @@ async def open_tls(address: str, port: int, name: str, contexts: TlsContexts, ti
     except ssl.SSLCertVerificationError as exc:
         if not verify:
             raise ProbeFailure(Status.FAIL, f"handshake failed: {exc.verify_message}") from None
-        stream = await open_tls(address, port, name, contexts, timeout, protocol, verify=False)
-        stream.chain_problem = exc.verify_message or str(exc)
-        return stream
+        connection = await open_tls(address, port, name, contexts, timeout, protocol, verify=False)
+        connection.chain_problem = exc.verify_message or str(exc)
+        return connection
     except TimeoutError:
         raise ProbeFailure(Status.ERROR, f"{address}:{port}: no TLS handshake within "
                                          f"{timeout:g}s") from None
@@ -157,26 +157,28 @@ async def open_tls(address: str, port: int, name: str, contexts: TlsContexts, ti
         raise ProbeFailure(Status.ERROR, f"{address}:{port}: {exc.strerror or exc}") from None
     ssl_object = transport.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True)
-    return TlsStream(opened, None, ssl_object.version() or "unknown",
-                     parse_certificate(der) if der else None)
+    return TlsConnection(opened, None, ssl_object.version() or "unknown",
+                         parse_certificate(der) if der else None)
 
 
 # =========================================================================== checks
 
-def tls_checks(name: str, stream: TlsStream, now: dt.datetime) -> tuple[list[CheckResult], CertInfo]:
+def tls_checks(name: str, connection: TlsConnection,
+               now: dt.datetime) -> tuple[list[CheckResult], CertInfo]:
     """chain, name, expiry, version from one handshake (pure)."""
-    cert = stream.cert
+    cert = connection.cert
     if cert is None:
         return [result(c, Status.FAIL, "the server sent no certificate")
-                for c in TLS_CHECKS[:3]] + [_version(stream)], CertInfo(None, None)
+                for c in TLS_CHECKS[:3]] + [_version(connection)], CertInfo(None, None)
     days_left = int((cert.not_after - now).total_seconds() // 86400)
-    chain = (result("tls.chain", Status.PASS, f"issued by {cert.issuer}") if stream.verified
-             else result("tls.chain", Status.FAIL, f"{stream.chain_problem} (issuer {cert.issuer})"))
+    chain = (result("tls.chain", Status.PASS, f"issued by {cert.issuer}")
+             if connection.verified else
+             result("tls.chain", Status.FAIL, f"{connection.chain_problem} (issuer {cert.issuer})"))
     valid_for = ", ".join(cert.names) or f"CN {cert.subject} only"
     name_ok = name_matches(name, cert.names)
     named = result("tls.name", Status.PASS if name_ok else Status.FAIL,
                    f"{'valid' if name_ok else 'not valid'} for {name} (names: {valid_for})")
-    return [chain, named, _expiry(cert.not_after, days_left), _version(stream)], \
+    return [chain, named, _expiry(cert.not_after, days_left), _version(connection)], \
         CertInfo(cert.not_after, days_left)
 
 
@@ -189,9 +191,9 @@ def _expiry(not_after: dt.datetime, days_left: int) -> CheckResult:
     return result("tls.expiry", status, f"{days_left} days left (until {when})")
 
 
-def _version(stream: TlsStream) -> CheckResult:
-    status = Status.FAIL if stream.version in OLD_VERSIONS else Status.PASS
-    return result("tls.version", status, stream.version)
+def _version(connection: TlsConnection) -> CheckResult:
+    status = Status.FAIL if connection.version in OLD_VERSIONS else Status.PASS
+    return result("tls.version", status, connection.version)
 
 
 def failed_checks(failure: ProbeFailure) -> list[CheckResult]:
