@@ -19,10 +19,13 @@ artifacts to scrub).
 from __future__ import annotations
 
 import base64
+import functools
+import importlib.util
 import json
 import shlex
 import socket
 import threading
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -45,6 +48,16 @@ CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 120.0
 MIN_FREE_BYTES = 100 * 1024 * 1024
 MIN_PYTHON = (3, 8)
+
+
+@functools.cache
+def host_agent() -> types.ModuleType:
+    """The host-side half imported on the controller, for hosts that are this machine
+    (the lab reloads its nginx with the same code the product runs on a web host)."""
+    spec = importlib.util.spec_from_file_location("provisioner_agent", HOST_AGENT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .dns import TsigKey, load_tsig_key
 from .errors import LabError
+from .hosts import host_agent
 from .models import Host, Inventory, LabSettings, Settings
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "lab"
@@ -1181,30 +1182,15 @@ class Lab:
                            tuple(reloaded))
 
     def reload_nginx(self, host: Host, timeout: float = STOP_TIMEOUT) -> None:
-        """``nginx -s reload`` on a lab host, returning once the new config serves.
-
-        The signal returns at once, and the old workers keep accepting connections
-        for a moment while they shut down (a request then gets the old config), so
-        wait until every pre-reload worker is gone. If nginx rejects the new config
-        it keeps the old workers: that is reported with nginx's error log.
-        """
+        """Reload a lab host's nginx exactly as the product does on a web host: return
+        once no old worker takes connections; a config nginx kept out is an error."""
         spec = next(s for s in self.servers() if s.name == f"{host.name}-nginx")
-        master = self.running_pid(spec)
-        if master is None:
+        if self.running_pid(spec) is None:
             raise LabError(spec.name, "not running", hint="run 'provisioner lab up'")
-        old = set(_descendants(master))
-        done = subprocess.run([host.nginx_binary, "-c", str(host.nginx_main_config), "-s", "reload"],
-                              capture_output=True, text=True, timeout=30)
-        if done.returncode != 0:
-            raise LabError(spec.name, f"reload failed: {done.stderr.strip()}")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            workers = set(_descendants(master))
-            if workers and not workers & old:
-                return
-            time.sleep(0.01)
-        raise self._failure(spec, f"old workers still running {timeout:.0f}s after reload "
-                                  "(was the new configuration rejected?)")
+        nginx = host_agent().Nginx(str(host.nginx_binary), str(host.nginx_main_config))
+        ok, output = nginx.reload(settle=timeout)
+        if not ok:
+            raise self._failure(spec, f"reload failed: {output}")
 
     # ------------------------------------------------------------------ Pebble roots
 

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import shutil
 import stat
 import subprocess
@@ -97,6 +98,8 @@ MANIFEST_SCHEMA = "provisioner/site-manifest/v1"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 NGINX_TIMEOUT = 60
+RELOAD_SETTLE = 10.0  # seconds the master gets to retire the workers of the old config
+ACCEPTING_WORKER = b"nginx: worker process"  # a retiring worker's title adds "is shutting down"
 
 
 # =========================================================================== files
@@ -297,12 +300,74 @@ class Nginx:
         ok, output = self._run("-t")
         return ok, _nginx_problem(output)
 
-    def reload(self):
-        return self._run("-s", "reload")
+    def reload(self, settle=RELOAD_SETTLE):
+        """Reload, and return only once no worker of the old config accepts connections.
+
+        ``nginx -s reload`` returns as soon as the master has its signal. The master then
+        reads the config, starts new workers, sleeps 100 ms and only then retires the old
+        ones, so for a while both generations answer. A master that cannot apply the new
+        config (a listen address that will not bind) keeps the old workers forever:
+        that is reported as a failed reload, not taken as success."""
+        master = self._master_pid()
+        old_workers = accepting_workers(master) if master else set()
+        ok, output = self._run("-s", "reload")
+        if not ok or not old_workers:
+            return ok, output
+        deadline = time.monotonic() + settle
+        while old_workers:
+            if time.monotonic() > deadline:
+                return False, (
+                    "nginx kept the old configuration: its worker(s) %s still accept "
+                    "connections %.0f s after the reload signal; see nginx's error log"
+                    % (", ".join(map(str, sorted(old_workers))), settle))
+            time.sleep(0.02)
+            old_workers &= accepting_workers(master)
+        return True, output
+
+    def _master_pid(self):
+        """The running master's pid, from the pid file the main config (or nginx) names."""
+        path = self._pid_file()
+        try:
+            with open(path) as handle:
+                return int(handle.read().strip())
+        except (OSError, TypeError, ValueError):
+            return None
+
+    def _pid_file(self):
+        try:
+            with open(self.main_config) as handle:
+                found = re.search(r"^\s*pid\s+([^;\s]+)\s*;", handle.read(), re.MULTILINE)
+        except OSError:
+            return None
+        if found:
+            return found.group(1)
+        _ok, output = self._run("-V")
+        built_in = re.search(r"--pid-path=(\S+)", output)
+        return built_in.group(1) if built_in else None
 
     def version(self):
         ok, output = self._run("-v")
         return output.split("/", 1)[-1] if ok else None
+
+
+def accepting_workers(master):
+    """Pids of the master's children that still take new connections (from /proc)."""
+    workers = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as handle:
+                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            if parent != master:
+                continue
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                title = handle.read().split(b"\0", 1)[0].strip()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if title == ACCEPTING_WORKER:
+            workers.add(int(entry))
+    return workers
 
 
 def _nginx_problem(output):

@@ -40,9 +40,9 @@ class CountingNginx(module.Nginx):
 
     reloads = 0
 
-    def reload(self):
+    def reload(self, **settle):
         self.reloads += 1
-        return super().reload()
+        return super().reload(**settle)
 
 
 class Host:
@@ -107,18 +107,16 @@ http {{
                          timeout=5)
 
     def serves(self, slug: str, content: bytes, path: str = "index.html") -> bool:
-        """Wait (reload is asynchronous) until the site answers with ``content``."""
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                response = self.get(slug, path)
-                if response.status_code == 200 and response.content == content:
-                    return True
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+        """Whether the site answers with ``content`` now: no waiting, since a reload
+        returns only once the old workers stopped taking connections."""
+        try:
+            response = self.get(slug, path)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200 and response.content == content
+
+    def master(self) -> int:
+        return int((self.root / "nginx.pid").read_text())
 
 
 def _manifest(slug: str, files: dict[str, bytes]) -> bytes:
@@ -244,6 +242,41 @@ def test_a_config_broken_before_the_run_rejects_without_touching_anything(host: 
     assert "invalid before this change" in result["agencies"]["a"]["reason"]
     assert nginx.reloads == 0
     assert sorted(p.name for p in host.sites_dir.iterdir()) == ["someone-else.conf"]
+
+
+# --------------------------------------------------------------------------- reload
+
+def test_a_reload_returns_once_no_old_worker_takes_connections(host: Host):
+    host.apply([host.bundle("a", page("a"))])
+    old = module.accepting_workers(host.master())
+    (host.web_root / "a" / "index.html").write_bytes(b"v2")
+
+    ok, _output = host.nginx().reload()
+
+    new = module.accepting_workers(host.master())
+    assert ok and len(old) == len(new) == 1 and not old & new
+    assert all(host.serves("a", b"v2") for _ in range(20))
+
+
+def test_a_config_the_master_cannot_apply_is_a_failed_reload(host: Host):
+    """nginx -t does not bind, so a taken port passes the test and fails in the master,
+    which then keeps the old workers: 'nginx -s reload' alone would call that success."""
+    host.apply([host.bundle("a", page("a"))])
+    old = module.accepting_workers(host.master())
+    with socket.socket() as taken:
+        taken.bind((ADDRESS, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (host.sites_dir / "b.conf").write_text(
+            f"server {{\n    listen {ADDRESS}:{port};\n    server_name b.test;\n}}\n")
+        nginx = host.nginx()
+        assert nginx.test()[0]
+
+        ok, output = nginx.reload(settle=3.5)
+
+    assert not ok and "kept the old configuration" in output and str(min(old)) in output
+    assert module.accepting_workers(host.master()) == old
+    assert host.serves("a", page("a")["index.html"])
 
 
 # --------------------------------------------------------------------------- site files
