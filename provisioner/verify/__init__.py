@@ -30,8 +30,8 @@ from .http import (
     check_redirect,
     https_checks,
     open_plain,
-    read_publication,
 )
+from .crawl import read_publication
 from .model import (
     ACTIVE_CHECKS,
     CHECKS,
