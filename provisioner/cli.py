@@ -53,8 +53,15 @@ lab_app = typer.Typer(help="Start, stop and inspect the local lab (real BIND, ng
                            "OpenSSH and Pebble on loopback addresses).", no_args_is_help=True)
 registry_app = typer.Typer(help="Validate, list and import the agency registry.",
                            no_args_is_help=True)
+alerts_app = typer.Typer(help="Alerts on change after each sweep (e-mail, webhook, "
+                              "Telegram): test the channels, see what waits to be sent.",
+                         no_args_is_help=True)
+timers_app = typer.Typer(help="The systemd timers: hourly sweep with alerts, weekly report "
+                              "to leadership, daily certificate renewal.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 app.add_typer(registry_app, name="registry")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(timers_app, name="timers")
 
 
 class Format(str, Enum):
@@ -625,7 +632,11 @@ def sweep(ctx: typer.Context,
           output: Optional[Path] = typer.Option(None, "--output", "-o", dir_okay=False,
                                                 help="Write the report here (atomically) "
                                                      "instead of stdout."),
-          lang: Lang = typer.Option(Lang.id, "--lang", help="Language of the HTML report."),
+          lang: Lang = typer.Option(Lang.id, "--lang",
+                                    help="Language of the HTML report and the alerts."),
+          no_alerts: bool = typer.Option(False, "--no-alerts",
+                                         help="Send no alerts; what changed is alerted at the "
+                                              "next sweep that sends them."),
           ca: list[Path] = CA_OPTION, timeout: float = TIMEOUT_OPTION) -> None:
     """Verify every agency site at once and report the regency's '% active' figure.
 
@@ -634,6 +645,11 @@ def sweep(ctx: typer.Context,
     history.sqlite. Formats: table, json, jsonl (one versioned record per agency, the
     source of truth), junit (CI), prom (Prometheus textfile), html (leadership report,
     Bahasa Indonesia or --lang en). Exit 1 when any agency is not active (for alerting).
+
+    Then the alerts configured in group_vars/all.yml (alerts:) get one message per
+    channel with what changed since the last sweep; a channel that fails is named in
+    the output and gets the same changes again at the next sweep (the exit code does
+    not change).
     """
     if fmt is SweepFormat.table and output:
         raise UsageError("--output needs a report format", hint="add --format jsonl, json, "
@@ -655,7 +671,24 @@ def sweep(ctx: typer.Context,
         else:
             sys.stdout.write(text)
         err_console.print(result.summary.line(), markup=False)
+    if inv.settings.alerts and not no_alerts:
+        say = console if fmt is SweepFormat.table else err_console
+        for line in _send_alerts(inv, result, lang):
+            say.print(line, markup=False)
     raise typer.Exit(0 if result.summary.active == result.summary.total else 1)
+
+
+def _send_alerts(inv: Inventory, result: sweeping.SweepResult, lang: Lang) -> list[str]:
+    """Alert on what changed; one line per channel that had something to send."""
+    from . import alerts
+
+    run = alerts.alert_after_sweep(inv, result.records, result.summary.active,
+                                   result.summary.total, lang.value)
+    if not run.outcomes:
+        return ["alerts: no change since the last sweep"]
+    return [f"alerts: {o.channel}: sent {o.changes} change(s)" if o.error is None else
+            f"alerts: {o.channel}: NOT sent, {o.changes} change(s) kept for the next sweep: "
+            f"{o.error}" for o in run.outcomes]
 
 
 def _show_audit(state_dir: Path, agency: str | None, fmt: Format, limit: int) -> None:
@@ -974,6 +1007,225 @@ def demo(ctx: typer.Context,
         console.print(f"try one site: {result.example_url}\n  {result.example_curl}",
                       markup=False)
     if counts["failed"]:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- report, alerts, timers
+
+@app.command("report")
+@handles_errors
+def report(ctx: typer.Context,
+           mail: bool = typer.Option(False, "--mail",
+                                     help="Mail it to leadership (alerts.email.report_to)."),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", dir_okay=False,
+                                                 help="Write it here (atomically)."),
+           days: int = typer.Option(7, "--days", min=1, max=366,
+                                    help="Days of trend in the chart."),
+           lang: Lang = typer.Option(Lang.id, "--lang", help="Language of the report.")) -> None:
+    """The leadership report of the last sweep, with the past week's trend.
+
+    The same HTML report 'sweep --format html' writes, rebuilt from history.sqlite (no
+    site is contacted). Written to stdout, to --output, or mailed with --mail to the
+    addresses in alerts.email.report_to (group_vars/all.yml), as the mail's HTML body
+    and as an attachment. Exit 1 when no sweep is recorded or the mail is refused.
+    """
+    from . import alerts
+    from . import history as history_store
+    from .errors import Problem
+    from .report import html as report_html
+    from .report import write_atomic
+    from .verify.content import load_rules
+
+    inv = ctx.obj.inventory()
+    email = inv.settings.alerts.email if inv.settings.alerts else None
+    if mail and not (email and email.report_to):
+        raise InputError([Problem(inv.root / "group_vars" / "all.yml", None,
+                                  "alerts.email.report_to", "no address to mail the report to",
+                                  "add the leadership's addresses (README: Alerts)")])
+    latest = history_store.latest_sweep(inv.state_dir)
+    if latest is None:
+        raise ProvisionerError("no sweep recorded yet", hint="run 'provisioner sweep' first")
+    trend = history_store.sweep_trend_since(inv.state_dir,
+                                            latest.started_at - datetime.timedelta(days=days))
+    page = report_html.render(latest, trend, load_rules(), inv.settings.zone, lang.value)
+    if output:
+        write_atomic(output, page)
+    if mail:
+        date = latest.started_at.astimezone().strftime("%d-%m-%Y")
+        s = latest.summary
+        subject, text = alerts.render_report_mail(inv.settings.zone, date, s.active, s.total,
+                                                  s.active_pct, lang.value)
+        alerts.EmailChannel(email, inv.settings.zone).send_report(
+            subject, text, page, f"laporan-{latest.started_at:%Y-%m-%d}.html")
+        err_console.print(f"mailed the report of the sweep of {date} ({len(trend)} sweeps of "
+                          f"trend) to {', '.join(email.report_to)}", markup=False)
+    elif not output:
+        sys.stdout.write(page)
+
+
+def _configured_alerts(inv: Inventory) -> None:
+    if inv.settings.alerts is None:
+        raise UsageError("no alerts configured",
+                         hint=f"add an alerts: block to {inv.root / 'group_vars' / 'all.yml'} "
+                              "(README: Alerts)")
+
+
+@alerts_app.command("test")
+@handles_errors
+def alerts_test(ctx: typer.Context,
+                lang: Lang = typer.Option(Lang.id, "--lang", help="Language of the message."),
+                fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Send a test message through every configured channel (no state is changed).
+
+    Exit 1 when any channel could not deliver.
+    """
+    from . import alerts
+
+    inv = ctx.obj.inventory()
+    _configured_alerts(inv)
+    outcomes = alerts.send_test(inv, lang.value)
+    if fmt is Format.json:
+        emit_json([o.to_dict() for o in outcomes])
+    else:
+        for o in outcomes:
+            console.print(f"{o.channel}: " + ("delivered" if o.error is None
+                                              else f"FAILED: {o.error}"), markup=False)
+    if any(o.error for o in outcomes):
+        raise typer.Exit(1)
+
+
+@alerts_app.command("status")
+@handles_errors
+def alerts_status(ctx: typer.Context,
+                  fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """The configured channels and the changes waiting for each (after a failed delivery)."""
+    from . import alerts
+    from . import history as history_store
+
+    inv = ctx.obj.inventory()
+    _configured_alerts(inv)
+    channels = [c.name for c in alerts.channels_of(inv.settings.alerts, inv.settings.zone)]
+    queues = {q.channel: q for q in history_store.alert_queues(inv.state_dir)}
+    if fmt is Format.json:
+        emit_json({"channels": channels, "waiting": [q.to_dict() for q in queues.values()]})
+        return
+    table(["channel", "waiting", "since", "attempts", "last error"],
+          [[name, queues[name].waiting, queues[name].oldest, queues[name].attempts,
+            queues[name].last_error] if name in queues else [name, 0, "", "", ""]
+           for name in channels], title="alert channels")
+
+
+SYSTEMD_DIR_OPTION = typer.Option(Path("/etc/systemd/system"), "--systemd-dir", file_okay=False,
+                                  envvar="PROVISIONER_SYSTEMD_DIR",
+                                  help="Where the unit files go; systemctl is run only for "
+                                       "/etc/systemd/system on a machine running systemd.")
+
+
+def _timer_units(ctx: typer.Context) -> dict[str, str]:
+    from . import timers
+
+    inv = ctx.obj.inventory()
+    return timers.render_units(timers.this_installation(inv.root, inv.state_dir))
+
+
+def _show_units(result: Any, fmt: Format) -> None:
+    if fmt is Format.json:
+        emit_json({"units": [dataclasses.asdict(u) for u in result.units],
+                   "changed": list(result.changed), "systemctl": list(result.systemctl),
+                   "ran_systemctl": result.ran_systemctl})
+        return
+    table(["unit", "file", "enabled", "active"],
+          [[u.name, u.file, u.enabled or "-", u.active or "-"] for u in result.units],
+          title=f"systemd units in {result.units[0].path.parent}")
+
+
+def _systemctl_note(result: Any) -> None:
+    if result.ran_systemctl:
+        console.print("ran: " + "; ".join(result.systemctl), markup=False)
+    else:
+        console.print("systemd is not running here or does not read this folder: nothing "
+                      "was enabled or stopped. Where it runs: " + " && ".join(result.systemctl),
+                      markup=False)
+
+
+@timers_app.command("install")
+@handles_errors
+def timers_install(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
+                   dry_run: bool = typer.Option(False, "--dry-run",
+                                                help="Print the unit files and stop."),
+                   fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Install the timers with this inventory, state dir and provisioner command filled in.
+
+    Writes provisioner-{sweep,report,renew}.{service,timer} (0644; a file of the same
+    name not written by provisioner is refused), then, where systemd is running,
+    'systemctl daemon-reload' and 'systemctl enable --now' of the three timers.
+    Running it again rewrites only what changed.
+    """
+    from . import timers
+
+    units = _timer_units(ctx)
+    if dry_run:
+        if fmt is Format.json:
+            emit_json({str(systemd_dir / name): text for name, text in units.items()})
+            return
+        for name, text in units.items():
+            console.print(f"# {systemd_dir / name}\n{text}", markup=False)
+        return
+    result = timers.install(units, systemd_dir)
+    if fmt is Format.table:
+        for name in result.changed:
+            console.print(f"wrote {systemd_dir / name}", markup=False)
+        if not result.changed:
+            console.print("unit files already up to date", markup=False)
+        _systemctl_note(result)
+    _show_units(result, fmt)
+
+
+@timers_app.command("remove")
+@handles_errors
+def timers_remove(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
+                  dry_run: bool = typer.Option(False, "--dry-run",
+                                               help="Show what would be removed and stop."),
+                  fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Stop and disable the timers, then delete the unit files 'timers install' wrote."""
+    from . import timers
+
+    units = _timer_units(ctx)
+    if dry_run:
+        names = timers.removable(units, systemd_dir)
+        if fmt is Format.json:
+            emit_json({"would_remove": [str(systemd_dir / n) for n in names]})
+        else:
+            for name in names:
+                console.print(f"would remove {systemd_dir / name}", markup=False)
+            if not names:
+                console.print("nothing to remove", markup=False)
+        return
+    result = timers.remove(units, systemd_dir)
+    if fmt is Format.table:
+        for name in result.changed:
+            console.print(f"removed {systemd_dir / name}", markup=False)
+        _systemctl_note(result)
+    _show_units(result, fmt)
+
+
+@timers_app.command("status")
+@handles_errors
+def timers_status(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
+                  fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Each unit file (installed as it would be written now, differs, missing, foreign)
+    and, where systemd is running, whether each timer is enabled and active.
+
+    Exit 1 when any unit file is not installed as it would be written now.
+    """
+    from . import timers
+
+    result = timers.status(_timer_units(ctx), systemd_dir)
+    _show_units(result, fmt)
+    if fmt is Format.table and not result.ran_systemctl:
+        console.print("systemd is not running here (or does not read this folder): timer "
+                      "states unknown", markup=False)
+    if any(u.file != "installed" for u in result.units):
         raise typer.Exit(1)
 
 

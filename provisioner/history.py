@@ -2,20 +2,23 @@
 
 One row per sweep with its figures, one row per agency and sweep with its verdict and
 the full JSON Lines record, so any report can be rebuilt later from history alone.
+Alerts keep here what they last saw of each agency (``alert_state``) and, per channel,
+the changes not yet delivered (``alert_queue``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ProvisionerError
 from .registry import ensure_state_dir
-from .sweep import SweepResult
+from .sweep import SweepResult, summarise
 
 FILE_NAME = "history.sqlite"
 
@@ -42,6 +45,19 @@ CREATE TABLE IF NOT EXISTS sweep_agencies (
     PRIMARY KEY (sweep_id, agency)
 );
 CREATE INDEX IF NOT EXISTS sweep_agencies_by_agency ON sweep_agencies (agency, sweep_id);
+CREATE TABLE IF NOT EXISTS alert_state (
+    agency TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_queue (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    change TEXT NOT NULL,
+    queued_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS alert_queue_by_channel ON alert_queue (channel, id);
 """
 
 
@@ -133,5 +149,107 @@ def _query(state_dir: Path, sql: str, params: tuple) -> list[tuple]:
     with closing(_connect(state_dir)) as db:
         try:
             return db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise ProvisionerError(f"history {history_path(state_dir)}: {exc}") from None
+
+
+def latest_sweep(state_dir: Path) -> SweepResult | None:
+    """The last sweep rebuilt from its stored records (None before the first sweep)."""
+    rows = _query(state_dir, "SELECT id, started_at, finished_at, scoring_version FROM sweeps "
+                             "ORDER BY id DESC LIMIT 1", ())
+    if not rows:
+        return None
+    sweep_id, started_at, finished_at, scoring_version = rows[0]
+    records = tuple(json.loads(r[0]) for r in _query(
+        state_dir, "SELECT record FROM sweep_agencies WHERE sweep_id = ? ORDER BY rowid",
+        (sweep_id,)))
+    return SweepResult(started_at=dt.datetime.fromisoformat(started_at),
+                       finished_at=dt.datetime.fromisoformat(finished_at),
+                       scoring_version=scoring_version, records=records,
+                       summary=summarise(records))
+
+
+def sweep_trend_since(state_dir: Path, since: dt.datetime) -> list[SweepPoint]:
+    """Every sweep started at or after ``since``, oldest first."""
+    rows = _query(state_dir, "SELECT id, started_at, total, active, active_pct, mean_score, "
+                             "expiring FROM sweeps WHERE started_at >= ? ORDER BY id",
+                  (since.astimezone(dt.timezone.utc).isoformat(timespec="seconds"),))
+    return [SweepPoint(*row) for row in rows]
+
+
+# --------------------------------------------------------------------------- alerts
+
+AlertStep = Callable[[dict[str, dict]], tuple[dict[str, dict], list[dict]]]
+
+
+def update_alert_state(state_dir: Path, step: AlertStep, channels: list[str]) -> list[dict]:
+    """In one transaction (no other sweep in between): read the state last seen, let
+    ``step`` compute the new state and the changes, store the state and queue every
+    change for each channel. Queues of channels no longer configured are dropped.
+    Returns the changes."""
+    with closing(_connect(state_dir)) as db:
+        try:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                previous = {agency: json.loads(state) for agency, state in
+                            db.execute("SELECT agency, state FROM alert_state")}
+                state, found = step(previous)
+                db.execute("DELETE FROM alert_state")
+                db.executemany("INSERT INTO alert_state VALUES (?, ?)",
+                               [(agency, json.dumps(value)) for agency, value in state.items()])
+                db.execute(f"DELETE FROM alert_queue WHERE channel NOT IN "
+                           f"({', '.join('?' * len(channels))})", channels)
+                now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                db.executemany("INSERT INTO alert_queue (channel, change, queued_at) "
+                               "VALUES (?, ?, ?)",
+                               [(channel, json.dumps(change, ensure_ascii=False), now)
+                                for channel in channels for change in found])
+        except sqlite3.Error as exc:
+            raise ProvisionerError(f"history {history_path(state_dir)}: {exc}") from None
+    return found
+
+
+def queued_alerts(state_dir: Path, channel: str) -> list[tuple[int, dict]]:
+    """The changes waiting for one channel, oldest first: (queue id, change)."""
+    rows = _query(state_dir, "SELECT id, change FROM alert_queue WHERE channel = ? ORDER BY id",
+                  (channel,))
+    return [(row_id, json.loads(change)) for row_id, change in rows]
+
+
+def alerts_delivered(state_dir: Path, ids: list[int]) -> None:
+    _modify(state_dir, "DELETE FROM alert_queue WHERE id = ?", [(i,) for i in ids])
+
+
+def alerts_failed(state_dir: Path, ids: list[int], error: str) -> None:
+    _modify(state_dir, "UPDATE alert_queue SET attempts = attempts + 1, last_error = ? "
+                       "WHERE id = ?", [(error, i) for i in ids])
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    channel: str
+    waiting: int
+    oldest: str | None
+    attempts: int  # of the oldest waiting change
+    last_error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def alert_queues(state_dir: Path) -> list[QueueStatus]:
+    """What waits for each channel (channels with nothing waiting are not listed)."""
+    rows = _query(state_dir, "SELECT channel, COUNT(*), MIN(queued_at), MAX(attempts), "
+                             "(SELECT last_error FROM alert_queue q WHERE q.channel = "
+                             "alert_queue.channel ORDER BY id DESC LIMIT 1) "
+                             "FROM alert_queue GROUP BY channel ORDER BY channel", ())
+    return [QueueStatus(*row) for row in rows]
+
+
+def _modify(state_dir: Path, sql: str, rows: list[tuple]) -> None:
+    with closing(_connect(state_dir)) as db:
+        try:
+            with db:
+                db.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise ProvisionerError(f"history {history_path(state_dir)}: {exc}") from None

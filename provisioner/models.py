@@ -136,6 +136,44 @@ class LabSettings:
     acme_port: int
 
 
+SMTP_SECURITY = ("starttls", "tls")  # STARTTLS on a plain port, or TLS from the first byte
+
+
+@dataclass(frozen=True)
+class EmailSettings:
+    host: str
+    port: int
+    security: str  # one of SMTP_SECURITY
+    username: str | None
+    password_file: Path | None  # 0600, read only when sending
+    sender: str
+    to: tuple[str, ...]  # ops: the alerts
+    report_to: tuple[str, ...]  # leadership: the weekly report
+    ca_bundle: Path | None  # trust for the SMTP server's certificate, None: system store
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str  # may itself carry a token: never printed
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    api_base: str
+    bot_token_file: Path  # 0600, read only when sending
+    chat_id: str
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where alerts on change go (each channel optional) and when a certificate is due."""
+
+    email: EmailSettings | None
+    webhook: WebhookSettings | None
+    telegram: TelegramSettings | None
+    cert_days: int  # a certificate expiring within this many days is alerted once
+
+
 @dataclass(frozen=True)
 class Settings:
     """Group vars: the zone and how to reach its DNS, ACME and hosts."""
@@ -152,6 +190,7 @@ class Settings:
     known_hosts_file: Path
     max_change_ratio: float  # safety gate on updates/deletes of owned records
     lab: LabSettings | None
+    alerts: AlertSettings | None = None  # no alerts block: no alerts
 
 
 @dataclass(frozen=True)

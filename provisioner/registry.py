@@ -22,10 +22,14 @@ from .models import (
     LAPOR_CHANNEL_NAME,
     MANAGEMENT_COMPONENTS,
     RECORD_TYPES,
+    RENEW_DAYS,
+    SMTP_SECURITY,
     TLS_MODES,
     AcmeSettings,
     Agency,
+    AlertSettings,
     ComplaintChannel,
+    EmailSettings,
     Head,
     Host,
     Inventory,
@@ -33,6 +37,8 @@ from .models import (
     Nameserver,
     Service,
     Settings,
+    TelegramSettings,
+    WebhookSettings,
 )
 
 LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -56,7 +62,7 @@ SETTINGS_KEYS = (
     "inventory_id", "zone", "dns_primary", "nameservers", "tsig_key_file",
     "acme_directory", "acme_contact", "tls_mode", "known_hosts_file",
     "record_ttl", "max_change_ratio", "acme_ca_bundle", "acme_revoke_on_offboard",
-    "trust_roots", "lab",
+    "trust_roots", "lab", "alerts",
 )
 HOST_PATH_FIELDS = (
     "nginx_main_config", "nginx_sites_dir", "web_root", "acme_webroot", "tls_dir", "log_dir",
@@ -293,9 +299,10 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
         c.add(("max_change_ratio",), "must be a share between 0 and 1, e.g. 0.3")
     revoke = _bool(c, data, "acme_revoke_on_offboard", (), True)
     lab = _lab_settings(c, data.get("lab"), variables)
+    alerts = _alert_settings(c, data.get("alerts"), variables, lab)
 
     if tsig is not None:
-        _check_secret_file(c, tsig, "tsig_key_file", lab)
+        _check_secret_file(c, tsig, ("tsig_key_file",), lab)
     if c.problems:
         return None, c.problems
     return Settings(
@@ -312,18 +319,19 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
         known_hosts_file=known_hosts,
         max_change_ratio=float(ratio),
         lab=lab,
+        alerts=alerts,
     ), []
 
 
-def _check_secret_file(c: _Collector, path: Path, key: str, lab: LabSettings | None) -> None:
+def _check_secret_file(c: _Collector, path: Path, keypath: tuple, lab: LabSettings | None) -> None:
     if not path.exists():
         if lab and path.is_relative_to(lab.dir):
             return  # `provisioner lab up` generates it
-        c.add((key,), f"file not found: {path}", "create it (mode 0600) or fix the path")
+        c.add(keypath, f"file not found: {path}", "create it (mode 0600) or fix the path")
         return
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        c.add((key,), f"{path} is readable by group or others (mode {mode:04o})",
+        c.add(keypath, f"{path} is readable by group or others (mode {mode:04o})",
               f"run: chmod 600 {path}")
 
 
@@ -359,6 +367,119 @@ def _lab_settings(c: _Collector, data: Any, variables: dict[str, str]) -> LabSet
         return LabSettings(dir=lab_dir, ns1=ips["ns1"], ns2=ips["ns2"], acme=ips["acme"],
                            acme_port=port)
     return None
+
+
+def _alert_settings(c: _Collector, data: Any, variables: dict[str, str],
+                    lab: LabSettings | None) -> AlertSettings | None:
+    if data is None:
+        return None
+    prefix = ("alerts",)
+    if not isinstance(data, dict):
+        c.add(prefix, "must be a mapping of channels: email, webhook, telegram")
+        return None
+    c.unknown_keys(data, ("email", "webhook", "telegram", "cert_days"), prefix)
+    cert_days = data.get("cert_days", RENEW_DAYS)
+    if isinstance(cert_days, bool) or not isinstance(cert_days, int) or not 1 <= cert_days <= 365:
+        c.add((*prefix, "cert_days"), "must be a number of days from 1 to 365")
+    before = len(c.problems)
+    channels = {name: build(c, data[name], (*prefix, name), variables, lab)
+                for name, build in (("email", _email_settings), ("webhook", _webhook_settings),
+                                    ("telegram", _telegram_settings)) if data.get(name) is not None}
+    if not channels and len(c.problems) == before:
+        c.add(prefix, "no channel configured", "add email, webhook or telegram (see README)")
+    return AlertSettings(email=channels.get("email"), webhook=channels.get("webhook"),
+                         telegram=channels.get("telegram"), cert_days=cert_days)
+
+
+def _mapping(c: _Collector, data: Any, prefix: tuple, keys: tuple[str, ...]) -> bool:
+    if not isinstance(data, dict):
+        c.add(prefix, "must be a mapping", f"keys: {', '.join(keys)}")
+        return False
+    c.unknown_keys(data, keys, prefix)
+    return True
+
+
+def _url(c: _Collector, data: dict, key: str, prefix: tuple, default: str | None = None) -> str | None:
+    value = data.get(key, default)
+    if not (isinstance(value, str) and URL_RE.match(value)):
+        c.add((*prefix, key), "must be a plain http(s) URL", "e.g. https://example.go.id/hook")
+        return None
+    return value
+
+
+def _emails(c: _Collector, data: dict, key: str, prefix: tuple, *,
+            required: bool) -> tuple[str, ...]:
+    value = data.get(key, [])
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or (required and not value) or \
+            not all(isinstance(v, str) and EMAIL_RE.match(v) for v in value):
+        c.add((*prefix, key), "must be a list of e-mail addresses",
+              "e.g. [ops@paserkab.go.id]")
+        return ()
+    return tuple(value)
+
+
+def _email_settings(c: _Collector, data: Any, prefix: tuple, variables: dict[str, str],
+                    lab: LabSettings | None) -> EmailSettings | None:
+    keys = ("host", "port", "security", "username", "password_file", "from", "to",
+            "report_to", "ca_bundle")
+    if not _mapping(c, data, prefix, keys):
+        return None
+    before = len(c.problems)
+    host = data.get("host")
+    if not (is_hostname(host) or _is_ip(host)):
+        c.add((*prefix, "host"), f"not a host name or IP address: {host!r}")
+    security = data.get("security", "starttls")
+    if security not in SMTP_SECURITY:
+        c.add((*prefix, "security"), f"unknown security {security!r}",
+              "starttls (port 587) or tls (port 465)")
+    port = _port(c, data, "port", prefix, 465 if security == "tls" else 587)
+    username = c.text(data, "username", prefix, required=False)
+    password_file = _safe_path(c, data, "password_file", variables, prefix,
+                               required=username is not None)
+    if password_file is not None:
+        _check_secret_file(c, password_file, (*prefix, "password_file"), lab)
+    sender = c.text(data, "from", prefix)
+    if sender and not EMAIL_RE.match(sender):
+        c.add((*prefix, "from"), f"not an e-mail address: {sender!r}")
+    to = _emails(c, data, "to", prefix, required=True)
+    report_to = _emails(c, data, "report_to", prefix, required=False)
+    ca_bundle = _safe_path(c, data, "ca_bundle", variables, prefix, required=False)
+    if len(c.problems) > before:
+        return None
+    return EmailSettings(host=str(host), port=port, security=security, username=username,
+                         password_file=password_file, sender=sender, to=to,
+                         report_to=report_to, ca_bundle=ca_bundle)
+
+
+def _webhook_settings(c: _Collector, data: Any, prefix: tuple, variables: dict[str, str],
+                      lab: LabSettings | None) -> WebhookSettings | None:
+    if not _mapping(c, data, prefix, ("url",)):
+        return None
+    url = _url(c, data, "url", prefix)
+    return WebhookSettings(url=url) if url else None
+
+
+TELEGRAM_CHAT_RE = re.compile(r"^(-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{4,31})$")
+
+
+def _telegram_settings(c: _Collector, data: Any, prefix: tuple, variables: dict[str, str],
+                       lab: LabSettings | None) -> TelegramSettings | None:
+    if not _mapping(c, data, prefix, ("api_base", "bot_token_file", "chat_id")):
+        return None
+    before = len(c.problems)
+    api_base = _url(c, data, "api_base", prefix, "https://api.telegram.org")
+    token_file = _safe_path(c, data, "bot_token_file", variables, prefix)
+    if token_file is not None:
+        _check_secret_file(c, token_file, (*prefix, "bot_token_file"), lab)
+    chat_id = data.get("chat_id")
+    if isinstance(chat_id, bool) or not TELEGRAM_CHAT_RE.match(str(chat_id)):
+        c.add((*prefix, "chat_id"), f"not a Telegram chat id: {chat_id!r}",
+              "a number such as -1001234567890, or @channelname")
+    if len(c.problems) > before:
+        return None
+    return TelegramSettings(api_base=api_base.rstrip("/"), bot_token_file=token_file,
+                            chat_id=str(chat_id))
 
 
 # --------------------------------------------------------------------------- hosts
