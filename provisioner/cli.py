@@ -105,10 +105,10 @@ def handles_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except InputError as exc:
             for problem in exc.problems:
-                err_console.print(f"error: {problem}", markup=False)
+                err_console.print(f"error: {visible(problem)}", markup=False)
             raise typer.Exit(exc.exit_code) from None
         except ProvisionerError as exc:
-            err_console.print(f"error: {exc}", markup=False)
+            err_console.print(f"error: {visible(exc)}", markup=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: re-run the same command to converge")
@@ -121,12 +121,27 @@ def emit_json(data: Any) -> None:
     console.print_json(json.dumps(data, default=str))
 
 
+def visible(value: Any) -> str:
+    """Text for a terminal: every character that is not printable (C0 and C1 controls,
+    ESC, DEL, bidirectional overrides, line breaks) shown as its escape, so that nothing a
+    site, certificate or file holds can move the cursor, recolour or retitle the terminal."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def cell(value: Any, style: str = "") -> Text:
+    """A table cell or title: escaped (``visible``) and never read as Rich markup."""
+    return Text(visible(value), style=style)
+
+
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
-    t = Table(title=title)
+    t = Table(title=cell(title) if title else None)
     for column in columns:
         t.add_column(column, overflow="fold")
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        t.add_row(*(cell(v) for v in row))
     console.print(t)
 
 
@@ -348,9 +363,9 @@ def _show_onboard_plan(oplan: onboarding.OnboardPlan) -> None:
         counts = ", ".join(f"{n} {a}" for a, n in Plan(others).counts().items() if n)
         console.print(f"sites, vhosts, certificates: {counts}", markup=False)
     for host, error in oplan.host_errors.items():
-        console.print(f"host {host} cannot be used: {error}", markup=False)
+        console.print(f"host {host} cannot be used: {visible(error)}", markup=False)
     for outcome in oplan.skipped:
-        console.print(f"{outcome.agency}: {outcome.detail}", markup=False)
+        console.print(f"{outcome.agency}: {visible(outcome.detail)}", markup=False)
 
 
 def _onboard_progress(event: ansible.Progress) -> None:
@@ -517,6 +532,10 @@ STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "error": 
 CA_OPTION = typer.Option([], "--ca", exists=True, dir_okay=False, metavar="FILE",
                          help="Also trust this CA certificate (PEM); repeatable.")
 TIMEOUT_OPTION = typer.Option(5.0, "--timeout", min=0.1, help="Seconds per network step.")
+DEADLINE_OPTION = typer.Option(0.0, "--deadline", min=0.0,
+                               help="Seconds for one whole site, after which it gets an error "
+                                    "naming the step that was running [default: twice "
+                                    "--timeout].")
 
 
 def _verify_inventory(ctx: Context, target: str) -> Inventory | None:
@@ -527,12 +546,12 @@ def _verify_inventory(ctx: Context, target: str) -> Inventory | None:
 
 
 def _checks_table(result: verifying.AgencyResult) -> None:
-    t = Table(title=f"{result.agency or result.url}: {result.url}")
+    t = Table(title=cell(f"{result.agency or result.url}: {result.url}"))
     for column in ("check", "status", "detail"):
         t.add_column(column, overflow="fold")
     for check in result.checks:
-        t.add_row(check.id, Text(check.status.value, style=STATUS_STYLE[check.status.value]),
-                  Text(check.detail))
+        t.add_row(check.id, cell(check.status.value, STATUS_STYLE[check.status.value]),
+                  cell(check.detail))
     console.print(t)
 
 
@@ -540,7 +559,8 @@ def _checks_table(result: verifying.AgencyResult) -> None:
 @handles_errors
 def verify(ctx: typer.Context, target: str = typer.Argument(..., metavar="AGENCY|URL"),
            fmt: Format = typer.Option(Format.table, "--format", "-f"),
-           ca: list[Path] = CA_OPTION, timeout: float = TIMEOUT_OPTION) -> None:
+           ca: list[Path] = CA_OPTION, timeout: float = TIMEOUT_OPTION,
+           deadline: float = DEADLINE_OPTION) -> None:
     """Check one agency site or URL: DNS, HTTP redirect, TLS, HTTPS and publication.
 
     AGENCY is a slug or name from the inventory; URL is any http(s) URL, an IP address
@@ -550,7 +570,8 @@ def verify(ctx: typer.Context, target: str = typer.Argument(..., metavar="AGENCY
     """
     from . import verify as verifying
 
-    result = verifying.verify_site(_verify_inventory(ctx.obj, target), target, tuple(ca), timeout)
+    result = verifying.verify_site(_verify_inventory(ctx.obj, target), target, tuple(ca), timeout,
+                                   deadline)
     if fmt is Format.json:
         emit_json(result.to_dict())
     else:
@@ -587,11 +608,13 @@ def _sweep_with_progress(inv: Inventory, **options: Any) -> sweeping.SweepResult
 def _render_sweep(result: sweeping.SweepResult, fmt: SweepFormat, inv: Inventory,
                   lang: Lang) -> str:
     if fmt is SweepFormat.json:
-        return json.dumps({"started_at": result.started_at.isoformat(timespec="seconds"),
-                           "finished_at": result.finished_at.isoformat(timespec="seconds"),
-                           "scoring_version": result.scoring_version,
-                           "summary": result.summary.to_dict(), "records": list(result.records)},
-                          ensure_ascii=False, indent=2) + "\n"
+        from .report import json_text
+
+        return json_text({"started_at": result.started_at.isoformat(timespec="seconds"),
+                          "finished_at": result.finished_at.isoformat(timespec="seconds"),
+                          "scoring_version": result.scoring_version,
+                          "summary": result.summary.to_dict(), "records": list(result.records)},
+                         indent=2) + "\n"
     if fmt is SweepFormat.html:
         from .history import sweep_trend
         from .report import html as report_html
@@ -613,8 +636,9 @@ def _sweep_table(result: sweeping.SweepResult) -> None:
         active = Text("yes", style="green") if record["active"] else Text("no", style="bold red")
         days = record["cert"]["days_left"]
         score = record["publication"]
-        t.add_row(record["agency"] or record["url"], active, "" if days is None else str(days),
-                  f"{score['score']:g} ({score['band']})", Text("; ".join(record["reasons"])))
+        t.add_row(cell(record["agency"] or record["url"]), active,
+                  "" if days is None else str(days), f"{score['score']:g} ({score['band']})",
+                  cell("; ".join(record["reasons"])))
     console.print(t)
 
 
@@ -637,12 +661,13 @@ def sweep(ctx: typer.Context,
           no_alerts: bool = typer.Option(False, "--no-alerts",
                                          help="Send no alerts; what changed is alerted at the "
                                               "next sweep that sends them."),
-          ca: list[Path] = CA_OPTION, timeout: float = TIMEOUT_OPTION) -> None:
+          ca: list[Path] = CA_OPTION, timeout: float = TIMEOUT_OPTION,
+          deadline: float = DEADLINE_OPTION) -> None:
     """Verify every agency site at once and report the regency's '% active' figure.
 
     Every agency that is not offboarded (hosted here or external) is verified; checks
-    that could not run are retried once. The sweep is stored in the state dir's
-    history.sqlite. Formats: table, json, jsonl (one versioned record per agency, the
+    that could not run are retried once, inside the site's deadline (--deadline); a site
+    never aborts the sweep. The sweep is stored in the state dir's history.sqlite. Formats: table, json, jsonl (one versioned record per agency, the
     source of truth), junit (CI), prom (Prometheus textfile), html (leadership report,
     Bahasa Indonesia or --lang en). Exit 1 when any agency is not active (for alerting).
 
@@ -659,7 +684,8 @@ def sweep(ctx: typer.Context,
 
     inv = ctx.obj.inventory()
     result = _sweep_with_progress(inv, concurrency=concurrency, per_address=per_address,
-                                  timeout=timeout, extra_roots=tuple(ca), workers=workers)
+                                  timeout=timeout, extra_roots=tuple(ca), workers=workers,
+                                  deadline=deadline)
     record_sweep(inv.state_dir, result)
     if fmt is SweepFormat.table:
         _sweep_table(result)
@@ -997,7 +1023,8 @@ def demo(ctx: typer.Context,
                    "failed": [o.to_dict() for o in summary.values() if o.status == "failed"]})
     else:
         for outcome in (o for o in summary.values() if o.status == "failed"):
-            err_console.print(f"failed: {outcome.agency} ({outcome.kind}): {outcome.detail}",
+            err_console.print(f"failed: {outcome.agency} ({outcome.kind}): "
+                              f"{visible(outcome.detail)}",
                               markup=False)
         console.print(f"onboarded {len(summary)} agencies in {result.onboard_seconds:.1f} s: "
                       f"{counts['changed']} changed, {counts['ok']} already up to date, "

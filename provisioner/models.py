@@ -75,11 +75,11 @@ class Agency:
     address: str
     phone: str
     email: str
-    opening_hours: tuple[str, ...]
-    head: Head
+    opening_hours: tuple[str, ...]  # this and the rest below: empty for an external agency
+    head: Head | None  # None: an external agency that gave none
     maklumat: str
     complaint_channels: tuple[ComplaintChannel, ...]
-    services: tuple[Service, ...]
+    services: tuple[Service, ...]  # at least one for an agency hosted here
     sample: bool
     offboarded: bool
     record_type: str  # "A" or "CNAME"
@@ -191,6 +191,7 @@ class Settings:
     max_change_ratio: float  # safety gate on updates/deletes of owned records
     lab: LabSettings | None
     alerts: AlertSettings | None = None  # no alerts block: no alerts
+    verify_allow_private: bool = False  # external agencies may be on loopback/private addresses
 
 
 @dataclass(frozen=True)

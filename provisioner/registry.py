@@ -62,7 +62,7 @@ SETTINGS_KEYS = (
     "inventory_id", "zone", "dns_primary", "nameservers", "tsig_key_file",
     "acme_directory", "acme_contact", "tls_mode", "known_hosts_file",
     "record_ttl", "max_change_ratio", "acme_ca_bundle", "acme_revoke_on_offboard",
-    "trust_roots", "lab", "alerts",
+    "trust_roots", "lab", "alerts", "verify_allow_private",
 )
 HOST_PATH_FIELDS = (
     "nginx_main_config", "nginx_sites_dir", "web_root", "acme_webroot", "tls_dir", "log_dir",
@@ -298,6 +298,7 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
         c.add(("max_change_ratio",), "must be a share between 0 and 1, e.g. 0.3")
     revoke = _bool(c, data, "acme_revoke_on_offboard", (), True)
+    allow_private = _bool(c, data, "verify_allow_private", (), False)
     lab = _lab_settings(c, data.get("lab"), variables)
     alerts = _alert_settings(c, data.get("alerts"), variables, lab)
 
@@ -320,6 +321,7 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
         max_change_ratio=float(ratio),
         lab=lab,
         alerts=alerts,
+        verify_allow_private=allow_private,
     ), []
 
 
@@ -621,16 +623,21 @@ def _agency(c: _Collector, data: Any, path: Path, zone: str, hosts: dict[str, Ho
     if status not in ("active", "offboarded"):
         c.add(("status",), f"unknown status {status!r}", "active or offboarded")
 
-    texts = {key: c.text(data, key) for key in ("name", "short_name", "address", "phone")}
+    # The rest describes the site we render: an agency hosted elsewhere needs only its
+    # slug, name and external URL (what it gives is still checked).
+    ours = "external" not in data
+    name = c.text(data, "name")
+    texts = {key: c.text(data, key, required=ours) or "" for key in ("address", "phone")}
+    short_name = c.text(data, "short_name", required=ours) or name
     description = c.text(data, "description", required=False, multiline=True) or ""
-    maklumat = c.text(data, "maklumat", multiline=True)
-    email = c.text(data, "email")
+    maklumat = c.text(data, "maklumat", multiline=True, required=ours) or ""
+    email = c.text(data, "email", required=ours) or ""
     if email and not EMAIL_RE.match(email):
         c.add(("email",), f"not an e-mail address: {email!r}")
-    hours = c.paragraphs(data, "opening_hours", required=True)
-    head = _head(c, data.get("head"))
+    hours = c.paragraphs(data, "opening_hours", required=ours) or ()
+    head = _head(c, data.get("head")) if ours or "head" in data else None
     channels = _channels(c, data.get("complaint_channels"))
-    services = _services(c, data.get("services"))
+    services = _services(c, data.get("services")) if ours or "services" in data else ()
     sample = _bool(c, data, "sample", (), False)
     if c.problems:
         return None
@@ -638,7 +645,8 @@ def _agency(c: _Collector, data: Any, path: Path, zone: str, hosts: dict[str, Ho
         slug=slug, subdomain=subdomain, fqdn=fqdn, host=host, external_url=external,
         description=description, email=email, opening_hours=hours, head=head,
         maklumat=maklumat, complaint_channels=channels, services=services, sample=sample,
-        offboarded=status == "offboarded", record_type=record_type, source=path, **texts,
+        offboarded=status == "offboarded", record_type=record_type, source=path, name=name,
+        short_name=short_name, **texts,
     )
 
 

@@ -2,8 +2,10 @@
 
 A pool of ``concurrency`` tasks verifies the sites (asyncio, on uvloop); each destination
 address gets at most ``per_address`` connections at a time, because many agencies share
-one web server. ``workers`` processes can share the work on a machine with more cores. Sites with a check in ``error`` (could not probe) are verified once more before
-anything is reported. The result is a list of versioned records (the JSON Lines format
+one web server. ``workers`` processes can share the work on a machine with more cores.
+Each site is verified in isolation (verify.guard): nothing one site does aborts the
+sweep, every site has a verdict within its deadline, and a site with a check in
+``error`` (could not probe) is verified once more inside that deadline. The result is a list of versioned records (the JSON Lines format
 is the source of truth; every report is rendered from these records) and a summary.
 """
 
@@ -25,15 +27,16 @@ from .models import Inventory, Settings
 from .verify import (
     ACTIVE_CHECKS,
     AgencyResult,
+    Status,
     Target,
     VerifyContext,
     agency_target,
     make_context,
     run,
     utc_now,
-    verify_target,
 )
 from .verify.content import ScoringRules, load_rules
+from .verify.guard import verify_guarded
 
 RECORD_SCHEMA = "provisioner/sweep-record/v1"
 EXPIRY_WARN_DAYS = 21
@@ -84,9 +87,21 @@ def record_of(result: AgencyResult, name: str | None, started_at: dt.datetime,
     document["publication"]["band"] = result.publication.band
     return {"schema": RECORD_SCHEMA, "sweep": _iso(started_at),
             "scoring_version": rules.version, "name": name, **document,
-            "reasons": [f"{c.id}: {c.detail}" for c in result.problems()
-                        if c.id in ACTIVE_CHECKS],
+            "reasons": reasons(result),
             "attempts": attempts}
+
+
+def reasons(result: AgencyResult) -> list[str]:
+    """Why a site is not active: its failed or unprobed decisive checks; an inactive site
+    without one (no HTTPS was checked at all) says so (pure)."""
+    found = [f"{c.id}: {c.detail}" for c in result.problems() if c.id in ACTIVE_CHECKS]
+    if found or result.active:
+        return found
+    if result.url.startswith("http://"):
+        return [f"no HTTPS: served only over http:// ({result.url})"]
+    return [f"{c.id}: {c.status.value}: {c.detail}" for c in result.checks
+            if c.id in ACTIVE_CHECKS and c.status not in (Status.PASS, Status.WARN)] \
+        or ["not active: https.status did not pass"]
 
 
 def summarise(records: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> Summary:
@@ -112,35 +127,23 @@ def _iso(moment: dt.datetime) -> str:
 # =========================================================================== running
 
 async def verify_all(targets: list[Target], ctx: VerifyContext, concurrency: int,
-                     progress: Progress | None = None) -> list[AgencyResult]:
-    """Verify every target with a pool of workers; results in the targets' order."""
-    results: list[AgencyResult | None] = [None] * len(targets)
+                     progress: Progress | None = None) -> list[tuple[AgencyResult, int]]:
+    """Verify every target with a pool of workers, each site guarded (a result and its
+    attempts for every one, whatever it does); results in the targets' order."""
+    results: list[tuple[AgencyResult, int] | None] = [None] * len(targets)
     pending = iter(enumerate(targets))
     done = 0
 
     async def worker() -> None:
         nonlocal done
         for index, target in pending:
-            results[index] = await verify_target(target, ctx)
+            results[index] = await verify_guarded(target, ctx)
             done += 1
             if progress:
                 progress(done, len(targets), target.agency or target.url)
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(targets))))))
     return results  # type: ignore[return-value]
-
-
-async def verify_with_retry(targets: list[Target], ctx: VerifyContext, concurrency: int,
-                            progress: Progress | None = None) -> list[tuple[AgencyResult, int]]:
-    """Verify all; verify again, once, every site with an ``error`` check."""
-    results = await verify_all(targets, ctx, concurrency, progress)
-    again = [i for i, r in enumerate(results) if r.has_errors]
-    attempts = [1] * len(results)
-    if again:
-        retried = await verify_all([targets[i] for i in again], ctx.fresh(), concurrency)
-        for i, retry in zip(again, retried):
-            results[i], attempts[i] = retry, 2
-    return list(zip(results, attempts))
 
 
 def sweep_targets(inventory: Inventory) -> list[Target]:
@@ -150,22 +153,25 @@ def sweep_targets(inventory: Inventory) -> list[Target]:
 
 @dataclass(frozen=True)
 class Limits:
-    """How one process verifies: sites at once, connections per address, seconds per step."""
+    """How one process verifies: sites at once, connections per address, seconds per step,
+    seconds per site (0: two steps)."""
 
     concurrency: int
     per_address: int
     timeout: float
     extra_roots: tuple[Path, ...]
+    deadline: float = 0.0
 
     def share(self, workers: int) -> Limits:
         """One worker process's part, so that all of them together keep to these limits."""
         return Limits(max(1, -(-self.concurrency // workers)),
-                      max(1, self.per_address // workers), self.timeout, self.extra_roots)
+                      max(1, self.per_address // workers), self.timeout, self.extra_roots,
+                      self.deadline)
 
 
 def run_sweep(inventory: Inventory, *, concurrency: int = 32, per_address: int = 8,
               timeout: float = 5.0, extra_roots: tuple[Path, ...] = (), workers: int = 1,
-              progress: Progress | None = None) -> SweepResult:
+              progress: Progress | None = None, deadline: float = 0.0) -> SweepResult:
     """Sweep the inventory's agencies; the caller renders and stores the result.
 
     ``workers`` > 1 splits the agencies among that many processes (one event loop each),
@@ -173,7 +179,7 @@ def run_sweep(inventory: Inventory, *, concurrency: int = 32, per_address: int =
     targets = sweep_targets(inventory)
     rules = load_rules()
     started = utc_now()
-    limits = Limits(concurrency, per_address, timeout, extra_roots)
+    limits = Limits(concurrency, per_address, timeout, extra_roots, deadline)
     with _collector_skips_what_exists():
         if workers > 1 and len(targets) > 1:
             outcomes = _verify_in_processes(inventory.settings, targets, limits, workers,
@@ -205,9 +211,9 @@ def verify_shard(settings: Settings, targets: list[Target], limits: Limits,
 
     async def verify_targets() -> list[tuple[AgencyResult, int]]:
         ctx = make_context(settings, limits.extra_roots, per_address=limits.per_address,
-                           timeout=limits.timeout)
+                           timeout=limits.timeout, deadline=limits.deadline)
         try:
-            return await verify_with_retry(targets, ctx, limits.concurrency, progress)
+            return await verify_all(targets, ctx, limits.concurrency, progress)
         finally:
             ctx.close()
 

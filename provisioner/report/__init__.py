@@ -5,11 +5,25 @@ jsonl (the source of truth), junit (CI), prom (Prometheus textfile), html (leade
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..errors import ProvisionerError
+
+# What JSON leaves raw with ensure_ascii=False and a terminal would obey: DEL, the C1
+# controls (\x9b is CSI), line and paragraph separators, bidirectional overrides.
+UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """JSON that keeps non-ASCII text readable yet escapes what a terminal would obey
+    (json.dumps escapes the C0 controls itself)."""
+    return UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}",
+                              json.dumps(data, ensure_ascii=False, **options))
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -8,13 +8,21 @@ print stylesheet, so it can be mailed, archived or printed as it is.
 
 from __future__ import annotations
 
-from html import escape
+import re
+from html import escape as html_escape
 from typing import Iterable
 
 from ..history import SweepPoint
 from ..sweep import EXPIRY_WARN_DAYS, SweepResult
 from ..verify.content import ScoringRules
 from ..verify.model import CHECKS
+
+CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not allowed in HTML text
+
+
+def escape(text: str) -> str:
+    """HTML-escaped, controls (which HTML forbids) shown as U+FFFD."""
+    return html_escape(CONTROLS.sub("\ufffd", text))
 
 TEXT = {
     "id": {
@@ -250,9 +258,12 @@ def _agency_row(record: dict, rules: ScoringRules, lang: str) -> str:
               else f'<span class="pill bad">{escape(t["inactive"])}</span>')
     problems = [c for c in record["checks"] if c["status"] in ("fail", "error")
                 and not c["id"].startswith("publication.")]
+    listed = [(CHECKS[c["id"]].title(lang), c["detail"]) for c in problems] or \
+        ([("", r) for r in record["reasons"]] if not record["active"] else [])
     reasons = ("<ul class=\"reasons\">" + "".join(
-        f"<li><strong>{escape(CHECKS[c['id']].title(lang))}</strong>: {escape(c['detail'])}</li>"
-        for c in problems) + "</ul>") if problems else f'<span class="muted">{escape(t["all_good"])}</span>'
+        f"<li><strong>{escape(title)}</strong>{': ' if title else ''}{escape(why)}</li>"
+        for title, why in listed) + "</ul>") if listed \
+        else f'<span class="muted">{escape(t["all_good"])}</span>'
     days = record["cert"]["days_left"]
     cert_tone = "bad" if days is not None and days < 7 else "warn" if days is not None \
         and days < EXPIRY_WARN_DAYS else ""

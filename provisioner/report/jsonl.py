@@ -5,11 +5,9 @@ The source of truth of a sweep: every other format is rendered from the same rec
 
 from __future__ import annotations
 
-import json
-
 from ..sweep import SweepResult
+from . import json_text
 
 
 def render(sweep: SweepResult) -> str:
-    return "".join(json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n"
-                   for record in sweep.records)
+    return "".join(json_text(record) + "\n" for record in sweep.records)

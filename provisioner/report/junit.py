@@ -6,11 +6,19 @@ fail -> <failure>, error -> <error>, skip -> <skipped>; a warning passes and is 
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 
 from ..sweep import SweepResult
 
 STATUS_ELEMENT = {"fail": "failure", "error": "error", "skip": "skipped"}
+# Characters XML 1.0 forbids (ElementTree writes them as they are: a document no CI reads).
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(value: object) -> str:
+    """Text that XML 1.0 allows: a forbidden character becomes its visible escape."""
+    return NOT_XML.sub(lambda m: ascii(m.group())[1:-1], str(value))
 
 
 def render(sweep: SweepResult) -> str:
@@ -29,7 +37,7 @@ def render(sweep: SweepResult) -> str:
 
 
 def _suite(record: dict, stamp: str) -> ET.Element:
-    name = record["agency"] or record["url"]
+    name = xml_text(record["agency"] or record["url"])
     checks = record["checks"]
     counts = {s: sum(1 for c in checks if c["status"] == s) for s in STATUS_ELEMENT}
     suite = ET.Element("testsuite", name=name, tests=str(len(checks)),
@@ -39,13 +47,13 @@ def _suite(record: dict, stamp: str) -> ET.Element:
     for key, value in (("url", record["url"]), ("active", record["active"]),
                        ("publication_score", record["publication"]["score"]),
                        ("cert_days_left", record["cert"]["days_left"])):
-        ET.SubElement(properties, "property", name=key, value=str(value))
+        ET.SubElement(properties, "property", name=key, value=xml_text(value))
     for check in checks:
         case = ET.SubElement(suite, "testcase", name=check["id"],
                              classname=f"{name}.{check['id'].split('.')[0]}")
         element = STATUS_ELEMENT.get(check["status"])
         if element:
-            ET.SubElement(case, element, message=check["detail"])
+            ET.SubElement(case, element, message=xml_text(check["detail"]))
         elif check["status"] == "warn":
-            ET.SubElement(case, "system-out").text = f"warning: {check['detail']}"
+            ET.SubElement(case, "system-out").text = f"warning: {xml_text(check['detail'])}"
     return suite

@@ -32,6 +32,7 @@ from .http import (
     open_plain,
 )
 from .crawl import read_publication
+from .health import AddressGate
 from .model import (
     ACTIVE_CHECKS,
     CHECKS,
@@ -127,15 +128,19 @@ class VerifyContext:
     timeout: float = 5.0
     clock: Callable[[], dt.datetime] = utc_now
     zones: dnscheck.ZoneCache = field(default_factory=dnscheck.ZoneCache)
+    gate: AddressGate | None = None  # the web servers' slots and health (verify.health)
+    deadline: float = 0.0  # seconds for a whole site (verify.guard); 0: two timeouts
     dns: dnscheck.Querier = field(init=False)
 
     def __post_init__(self) -> None:
         self.dns = dnscheck.Querier(self.timeout, self.limit)
+        self.gate = self.gate or AddressGate(self.limit.per_address, self.timeout)
+        self.deadline = self.deadline or 2 * self.timeout
 
     def fresh(self) -> VerifyContext:
-        """The same settings with the zone cache emptied (for a retry round)."""
+        """The same settings with the zone cache emptied (for a retry)."""
         again = VerifyContext(self.rules, self.tls, self.nameservers, self.limit,
-                              self.timeout, self.clock)
+                              self.timeout, self.clock, gate=self.gate, deadline=self.deadline)
         again.dns = self.dns
         return again
 
@@ -145,14 +150,18 @@ class VerifyContext:
 
 def make_context(settings: Settings | None, extra_roots: tuple[Path, ...] = (), *,
                  per_address: int = 8, timeout: float = 5.0,
-                 rules: ScoringRules | None = None) -> VerifyContext:
+                 rules: ScoringRules | None = None, deadline: float = 0.0) -> VerifyContext:
     """Trust: the system store, the inventory's trust_roots that exist (the lab writes
-    Pebble's root when it starts) and every extra root given (which must exist)."""
+    Pebble's root when it starts) and every extra root given (which must exist).
+    External agencies on inward addresses are refused unless the settings allow them."""
     roots = tuple(r for r in (settings.trust_roots if settings else ()) if r.is_file())
     servers = tuple(dnscheck.Server(ns.name, ns.address, ns.port)
                     for ns in (settings.nameservers if settings else ()))
+    gate = AddressGate(per_address, timeout,
+                       allow_inward=bool(settings and settings.verify_allow_private))
     return VerifyContext(rules=rules or load_rules(), tls=make_contexts(roots + tuple(extra_roots)),
-                         nameservers=servers, limit=AddressLimiter(per_address), timeout=timeout)
+                         nameservers=servers, limit=AddressLimiter(per_address), timeout=timeout,
+                         gate=gate, deadline=deadline)
 
 
 # =========================================================================== targets
@@ -221,7 +230,7 @@ async def verify_target(target: Target, ctx: VerifyContext) -> AgencyResult:
         checks += skipped(WEB_CHECKS, why) + skipped([f"publication.{i}" for i in ctx.rules.ids], why)
         return AgencyResult(target.agency, target.url, tuple(checks),
                             ctx.rules.nothing_published, NO_CERT)
-    async with ctx.limit(address):
+    async with ctx.gate.enter(address):
         if target.http_url:
             checks.append(await check_redirect(target.http_url, address, ctx.timeout))
         else:
@@ -303,15 +312,18 @@ def _unreadable(target: Target, failure: ProbeFailure, ctx: VerifyContext) -> li
 
 
 def verify_site(inventory: Inventory | None, text: str, extra_roots: tuple[Path, ...] = (),
-                timeout: float = 5.0) -> AgencyResult:
-    """Verify one agency (slug or name) or URL, synchronously (for the CLI)."""
+                timeout: float = 5.0, deadline: float = 0.0) -> AgencyResult:
+    """Verify one agency (slug or name) or URL, synchronously (for the CLI), guarded
+    (verify.guard): whatever the site does, a result within the deadline."""
+    from .guard import verify_guarded  # it imports this module
+
     target = resolve_target(inventory, text)
 
     async def verify() -> AgencyResult:
         ctx = make_context(inventory.settings if inventory else None, extra_roots,
-                           timeout=timeout)
+                           timeout=timeout, deadline=deadline)
         try:
-            return await verify_target(target, ctx)
+            return (await verify_guarded(target, ctx))[0]
         finally:
             ctx.close()
 
