@@ -5,8 +5,9 @@ address gets at most ``per_address`` connections at a time, because many agencie
 one web server. ``workers`` processes can share the work on a machine with more cores.
 Each site is verified in isolation (verify.guard): nothing one site does aborts the
 sweep, every site has a verdict within its deadline, and a site with a check in
-``error`` (could not probe) is verified once more inside that deadline. The result is a list of versioned records (the JSON Lines format
-is the source of truth; every report is rendered from these records) and a summary.
+``error`` (could not probe) is verified once more inside that deadline. The result is a
+list of versioned records (the JSON Lines format is the source of truth; every report is
+rendered from these records) and a summary.
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ async def verify_target(target: Target, ctx: VerifyContext) -> AgencyResult:
         checks += skipped(WEB_CHECKS, why) + skipped([f"publication.{i}" for i in ctx.rules.ids], why)
         return AgencyResult(target.agency, target.url, tuple(checks),
                             ctx.rules.nothing_published, NO_CERT)
-    async with ctx.gate.enter(address):
+    async with ctx.gate.enter(address, checks):
         if target.http_url:
             checks.append(await check_redirect(target.http_url, address, ctx.timeout))
         else:

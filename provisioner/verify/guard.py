@@ -49,30 +49,34 @@ async def verify_guarded(target: Target, ctx: VerifyContext) -> tuple[AgencyResu
 
 async def _attempt(target: Target, ctx: VerifyContext, site: SiteWatch) -> AgencyResult:
     task = asyncio.get_running_loop().create_task(verify_target(target, ctx))
+    site.done = None
     ctx.gate.watch(task, site)
     try:
         return await task
     except asyncio.CancelledError:
         if site.stop is None or asyncio.current_task().cancelling():
             raise
-        return stopped_result(target, ctx, site.stop)
+        return stopped_result(target, ctx, site.stop, site.done or ())
     except SiteStopped as stopped:
         site.stop = stopped.stop
-        return stopped_result(target, ctx, stopped.stop)
+        return stopped_result(target, ctx, stopped.stop, site.done or ())
     except Exception as exc:  # noqa: BLE001 - the point: one site never aborts the run
-        return stopped_result(target, ctx, Stop(Status.ERROR, crash_reason(exc)))
+        return stopped_result(target, ctx, Stop(Status.ERROR, crash_reason(exc)),
+                              site.done or ())
     finally:
         ctx.gate.forget(task)
 
 
-def stopped_result(target: Target, ctx: VerifyContext, stop: Stop) -> AgencyResult:
-    """A site whose verification did not end: the reason on https.status (decisive for
-    "active"), every other check skipped."""
-    why = "not judged: the verification stopped (see https.status)"
-    checks: list[CheckResult] = [
-        result(c, stop.status, stop.reason) if c == "https.status" else result(c, Status.SKIP, why)
-        for c in (*DNS_CHECKS, *WEB_CHECKS)]
-    checks += skipped([f"publication.{i}" for i in ctx.rules.ids], why)
+def stopped_result(target: Target, ctx: VerifyContext, stop: Stop,
+                   done: tuple[CheckResult, ...] | list[CheckResult] = ()) -> AgencyResult:
+    """A site whose verification did not end: the checks it had made kept, the DNS and
+    web checks it had not made given the stop's status and reason, the publication
+    skipped."""
+    made = {c.id: c for c in done}
+    checks = [made.get(c) or result(c, stop.status, stop.reason)
+              for c in (*DNS_CHECKS, *WEB_CHECKS)]
+    checks += skipped([f"publication.{i}" for i in ctx.rules.ids],
+                      f"not read: the verification stopped ({stop.reason})")
     return AgencyResult(target.agency, target.url, tuple(checks), ctx.rules.nothing_published,
                         NO_CERT)
 

@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from .model import Status
+from .model import CheckResult, Status
 
 Endpoint = tuple[str, int]  # (address, port)
 PROBE_LINE = b"HEAD / HTTP/1.0\r\n\r\n"  # any server answers something, or closes
@@ -56,6 +56,7 @@ class SiteWatch:
     describe_step: Callable[[asyncio.Task], str]
     task: asyncio.Task | None = None
     stop: Stop | None = None
+    done: list[CheckResult] | None = None  # the checks made before the gate (kept on a stop)
     started: float = field(default_factory=time.monotonic)
     _waited: float = 0.0
     _timer: asyncio.TimerHandle | None = None
@@ -154,14 +155,18 @@ class AddressGate:
         self._watches.pop(task, None)
 
     @asynccontextmanager
-    async def enter(self, address: str) -> AsyncIterator[None]:
+    async def enter(self, address: str,
+                    done: list[CheckResult] | None = None) -> AsyncIterator[None]:
         """Hold one of the address's slots while a site talks to it; raises SiteStopped
-        when the site must not (inward) or need not (a silent endpoint) connect."""
+        when the site must not (inward) or need not (a silent endpoint) connect. ``done``:
+        the site's checks so far, a list its verification goes on appending to, kept in
+        its result if it is stopped."""
         site = self._watches.get(asyncio.current_task())  # type: ignore[arg-type]
         if site is None:
             async with self._slot(address):
                 yield
             return
+        site.done = done
         self._refuse_inward(address, site)
         endpoint = (address, site.port)
         self._raise_if_down(endpoint)

@@ -48,17 +48,22 @@ def test_a_crash_is_one_bounded_printable_line() -> None:
     assert crash_reason(RecursionError()) == "verification failed: RecursionError"
 
 
-def test_a_stopped_site_is_inactive_with_its_reason_on_https_status() -> None:
+def test_a_stopped_site_keeps_what_it_found_and_gives_the_rest_its_reason() -> None:
     target = Target("dinkes", "dinkes.example.go.id", "https://dinkes.example.go.id/",
                     "http://dinkes.example.go.id/")
-    stopped = stopped_result(target, _Ctx(), Stop(Status.ERROR, "verification failed: KeyError"))
+    found = [result("dns.resolves", Status.PASS, "127.0.0.20"),
+             result("http.redirect", Status.ERROR, "GET /: no answer within 5s")]
+    stopped = stopped_result(target, _Ctx(), Stop(Status.ERROR, "verification failed: KeyError"),
+                             found)
     assert not stopped.active and stopped.has_errors
-    assert [c.id for c in stopped.problems()] == ["https.status"]
-    assert {c.status for c in stopped.checks if c.id != "https.status"} == {Status.SKIP}
-    assert any(c.id == "publication.lapor" for c in stopped.checks)
-    assert reasons(stopped) == ["https.status: verification failed: KeyError"]
+    assert stopped.checks[0] == found[0] and stopped.status("http.redirect") is Status.ERROR
+    assert {c.detail for c in stopped.problems() if c.id != "http.redirect"} == {
+        "verification failed: KeyError"}
+    assert {c.status for c in stopped.checks if c.id.startswith("publication.")} == {Status.SKIP}
+    assert "https.status: verification failed: KeyError" in reasons(stopped)
     refused = stopped_result(target, _Ctx(), Stop(Status.FAIL, "refused: loopback"))
     assert refused.status("https.status") is Status.FAIL and not refused.has_errors
+    assert refused.status("dns.resolves") is Status.FAIL
 
 
 def test_the_running_step_is_named_from_the_coroutine_chain() -> None:
