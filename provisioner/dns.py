@@ -1,15 +1,20 @@
-"""All DNS traffic of the toolkit: queries, zone transfers and RFC 2136 updates with TSIG.
+"""All DNS traffic of the toolkit, provisioning and verification alike: queries, zone
+transfers and RFC 2136 updates with TSIG, all through dnspython.
 
-One client (``DnsClient``) talks to the zone's servers; everything it returns is
-plain data (``RRset``, ``ZoneState``, ``Answer``, ``PropagationReport``) so planning
-stays pure. Every dnspython or socket failure leaves this module as ``DNSError``
-naming the server and the DNS name. The TSIG secret is read from a 0600 file owned
-by the running user, kept out of every repr and message, and handed to dnspython
-only while a message is signed.
+``DnsClient`` talks to the inventory's zone servers for provisioning; every dnspython or
+socket failure leaves it as ``DNSError`` naming the server and the DNS name. ``Querier``
+asks many servers at once from one event loop (verification, propagation checks) and
+never raises: a failure is an ``Answer`` with its ``error`` (no answer) or ``problem``
+(an answer that cannot be used). Both read a response with ``read_answer``, the one
+place that follows CNAMEs. Everything returned is plain data (``Answer``, ``RRset``,
+``ZoneState``, ``PropagationReport``) so planning and judging stay pure. The TSIG
+secret is read from a 0600 file owned by the running user, kept out of every repr and
+message, and handed to dnspython only while a message is signed.
 
-Queries always go out with recursion off (RD=0): the toolkit asks each
-authoritative server what *it* serves. ``aquery`` is the asyncio twin of ``query``
-(same message, same parsing) for checks that fan out over many names and servers.
+Queries always go out with recursion off (RD=0): the toolkit asks each authoritative
+server what *it* serves. Cost (2 CPUs, loaded): a query through dnspython ~0.35 ms of
+CPU against ~0.15 ms for the hand-written codec it replaced, nearly all of it parsing
+the answer's NS and glue records (dnspython's Message reads every section).
 """
 
 from __future__ import annotations
@@ -18,16 +23,19 @@ import asyncio
 import base64
 import binascii
 import re
+import socket
 import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import dns.asyncbackend
 import dns.asyncquery
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.name
 import dns.query
@@ -53,6 +61,11 @@ ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-
               "hmac-md5")
 PREREQUISITE_FAILURES = ("YXDOMAIN", "YXRRSET", "NXDOMAIN", "NXRRSET")
 MAX_PARALLEL_QUERIES = 64
+MAX_CNAME_CHAIN = 8
+UDP_RESEND_SECONDS = 1.0  # as a stub resolver does; a loopback or LAN answer takes < 1 ms
+MAX_REASON = 200  # characters of an exception's text kept in an Answer
+
+Limit = Callable[[str], asyncio.Semaphore]  # destination address -> its concurrency slot
 
 
 # =========================================================================== TSIG key file
@@ -225,11 +238,53 @@ class UpdateBatch:
 
 @dataclass(frozen=True)
 class Answer:
-    server: str
-    name: str
+    """One server's answer for (name, rdtype): what it said, or why it could not be used.
+
+    ``rrset`` holds the records of the type asked at the end of the CNAME chain
+    (``cnames``, in order), at the name itself when it has no CNAME. ``error``: no
+    answer came (timeout, network); ``problem``: one came that cannot be used
+    (malformed, not a response to the query, a CNAME loop or an over-long chain)."""
+
+    server: Nameserver
+    name: str  # as asked, lowercase, no final dot
     rdtype: str
-    rcode: str
-    rrset: RRset | None  # the rrset of exactly (name, rdtype); None when absent
+    rcode: str | None = None  # None: no usable answer (see error, problem)
+    authoritative: bool = False
+    cnames: tuple[str, ...] = ()
+    rrset: RRset | None = None
+    error: str | None = None
+    problem: str | None = None
+
+    @property
+    def at_name(self) -> RRset | None:
+        """The rrset of exactly (name, rdtype): none when the name is an alias."""
+        return None if self.cnames else self.rrset
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.rrset.values if self.rrset and self.rdtype in ("A", "AAAA") else ()
+
+    @property
+    def serial(self) -> int | None:
+        return int(self.rrset.values[0].split()[2]) if self.rrset and self.rdtype == "SOA" \
+            else None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The servers an NS answer names."""
+        return tuple(sorted(normalize_name(v) for v in self.rrset.values)) \
+            if self.rrset and self.rdtype == "NS" else ()
+
+    @property
+    def unusable(self) -> str | None:
+        """Why provisioning cannot take this answer as what the server serves."""
+        if self.error or self.problem:
+            return self.error or self.problem
+        if self.rcode not in ("NOERROR", "NXDOMAIN"):
+            return f"query for {self.rdtype} answered {self.rcode}"
+        if not self.authoritative:
+            return "the answer is not authoritative"
+        return None
 
 
 @dataclass(frozen=True)
@@ -309,10 +364,63 @@ def rrset_from(rdataset: dns.rdataset.Rdataset) -> RRset:
     return RRset(rdataset.ttl, tuple(sorted(rdata_text(rdtype, rd) for rd in rdataset)))
 
 
-# =========================================================================== the client
+# =========================================================================== queries and answers
 
 def _absolute(name: str) -> dns.name.Name:
     return dns.name.from_text(name.rstrip(".") + ".")
+
+
+def query_message(name: str, rdtype: str) -> dns.message.QueryMessage:
+    """A question for one authoritative server: recursion off."""
+    query = dns.message.make_query(_absolute(name), rdtype)
+    query.flags &= ~dns.flags.RD
+    return query
+
+
+def read_answer(server: Nameserver, name: str, rdtype: str,
+                response: dns.message.Message) -> Answer:
+    """What a response says about (name, rdtype), following the CNAMEs in its answer."""
+    wanted = dns.rdatatype.from_text(rdtype)
+    cnames, end, problem = follow_cnames(response, _absolute(name), wanted)
+    found = None if problem else response.get_rrset(response.answer, end,
+                                                    dns.rdataclass.IN, wanted)
+    return Answer(server, normalize_name(name), rdtype, dns.rcode.to_text(response.rcode()),
+                  bool(response.flags & dns.flags.AA), cnames,
+                  rrset_from(found) if found else None, problem=problem)
+
+
+def follow_cnames(response: dns.message.Message, name: dns.name.Name,
+                  rdtype: dns.rdatatype.RdataType
+                  ) -> tuple[tuple[str, ...], dns.name.Name, str | None]:
+    """The CNAME chain from ``name`` in the answer section, the name it ends at, and why
+    it cannot be used (a loop, more than MAX_CNAME_CHAIN links), if so. A question for
+    the CNAME itself is answered at the name."""
+    visited = [name]  # the question's name, then each target
+    while rdtype != dns.rdatatype.CNAME:
+        alias = response.get_rrset(response.answer, visited[-1], dns.rdataclass.IN,
+                                   dns.rdatatype.CNAME)
+        if alias is None:
+            break
+        target = min(rd.target for rd in alias)  # one target by RFC 1034; pick one steadily
+        if target in visited or len(visited) > MAX_CNAME_CHAIN:
+            why = "a CNAME loop" if target in visited else f"over {MAX_CNAME_CHAIN} CNAMEs"
+            shown = " -> ".join(normalize_name(n) for n in (*visited, target))
+            return _texts(visited[1:]), target, f"{why}: {shown}"[:MAX_REASON]
+        visited.append(target)
+    return _texts(visited[1:]), visited[-1], None
+
+
+def _texts(names: list[dns.name.Name]) -> tuple[str, ...]:
+    return tuple(normalize_name(n) for n in names)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one bounded line (its text may quote what a server sent)."""
+    text = " ".join(str(exc).split()) or "no detail"
+    return f"{type(exc).__name__}: {text}"[:MAX_REASON]
+
+
+# =========================================================================== the client
 
 
 def server_label(server: Nameserver) -> str:
@@ -387,59 +495,35 @@ class DnsClient:
 
     # ------------------------------------------------------------------ queries
 
-    def _query_message(self, name: str, rdtype: str) -> dns.message.QueryMessage:
-        query = dns.message.make_query(_absolute(name), rdtype)
-        query.flags &= ~dns.flags.RD
-        return query
-
-    def _answer(self, server: Nameserver, name: str, rdtype: str,
-                response: dns.message.Message) -> Answer:
-        rcode = dns.rcode.to_text(response.rcode())
-        if rcode not in ("NOERROR", "NXDOMAIN"):
-            raise DNSError(server_label(server), name, f"query for {rdtype} answered {rcode}")
-        if not response.flags & dns.flags.AA:
-            raise DNSError(server_label(server), name, "the answer is not authoritative",
-                           hint=f"is this server authoritative for {self.zone}?")
-        wanted = _absolute(name)
-        found = next((rrset_from(r) for r in response.answer
-                      if r.name == wanted and dns.rdatatype.to_text(r.rdtype) == rdtype), None)
-        return Answer(server_label(server), normalize_name(name), rdtype, rcode, found)
-
     def query(self, server: Nameserver, name: str, rdtype: str) -> Answer:
-        """Ask one server, recursion off, what it serves for (name, rdtype)."""
+        """Ask one server, recursion off, what it serves for (name, rdtype); raises DNSError
+        unless it answers with authority (NOERROR or NXDOMAIN)."""
         with self._errors(server, name):
             self.sent["query"] += 1
             response, _ = dns.query.udp_with_fallback(
-                self._query_message(name, rdtype), server.address, timeout=self.timeout,
-                port=server.port)
-            return self._answer(server, name, rdtype, response)
-
-    async def aquery(self, server: Nameserver, name: str, rdtype: str) -> Answer:
-        """The asyncio form of ``query`` (for fan-out over many names and servers)."""
-        with self._errors(server, name):
-            self.sent["query"] += 1
-            response, _ = await dns.asyncquery.udp_with_fallback(
-                self._query_message(name, rdtype), server.address, timeout=self.timeout,
-                port=server.port)
-            return self._answer(server, name, rdtype, response)
+                query_message(name, rdtype), server.address, timeout=self.timeout,
+                port=server.port, ignore_unexpected=True)
+        answer = read_answer(server, name, rdtype, response)
+        if answer.unusable:
+            raise DNSError(server_label(server), name, answer.unusable,
+                           hint=f"is this server authoritative for {self.zone}?"
+                           if not answer.authoritative else None)
+        return answer
 
     def soa_serial(self, server: Nameserver | None = None) -> int:
         server = server or self.primary
-        answer = self.query(server, self.zone, "SOA")
-        if answer.rrset is None:
+        serial = self.query(server, self.zone, "SOA").serial
+        if serial is None:
             raise DNSError(server_label(server), self.zone, "no SOA record: not serving the zone")
-        return int(answer.rrset.values[0].split()[2])
+        return serial
 
     def authoritative_servers(self) -> tuple[Nameserver, ...]:
         """The zone's NS set at the primary, with addresses from the settings or the glue."""
-        answer = self.query(self.primary, self.zone, "NS")
-        if answer.rrset is None:
+        names = self.query(self.primary, self.zone, "NS").names
+        if not names:
             raise DNSError(server_label(self.primary), self.zone, "the zone has no NS records")
         known = {normalize_name(ns.name): ns for ns in self.settings.nameservers}
-        servers = []
-        for target in (normalize_name(v) for v in answer.rrset.values):
-            servers.append(known.get(target) or self._from_glue(target))
-        return tuple(servers)
+        return tuple(known.get(target) or self._from_glue(target) for target in names)
 
     def _from_glue(self, target: str) -> Nameserver:
         glue = self.query(self.primary, target, "A")
@@ -522,28 +606,133 @@ class DnsClient:
                              expectations: Sequence[Expectation],
                              serial: int) -> tuple[ServerSync, ...]:
         limit = asyncio.Semaphore(MAX_PARALLEL_QUERIES)
-        return tuple(await asyncio.gather(
-            *(self._check_server(s, expectations, serial, limit) for s in servers)))
-
-    async def _check_server(self, server: Nameserver, expectations: Sequence[Expectation],
-                            serial: int, limit: asyncio.Semaphore) -> ServerSync:
-        async def ask(name: str, rdtype: str) -> Answer:
-            async with limit:
-                return await self.aquery(server, name, rdtype)
-
-        label = f"{server.address}:{server.port}"
+        querier = Querier(self.timeout, lambda address: limit)
         try:
-            soa = await ask(self.zone, "SOA")
-            served = int(soa.rrset.values[0].split()[2]) if soa.rrset else None
-            if served is None or dns.serial.Serial(served) < dns.serial.Serial(serial):
-                return ServerSync(server.name, label, served, False,
-                                  (f"serial {served} < {serial}",))
-            answers = await asyncio.gather(*(ask(e.name, e.rdtype) for e in expectations))
-        except DNSError as exc:
-            return ServerSync(server.name, label, None, False, error=exc.message)
+            return tuple(await asyncio.gather(
+                *(self._check_server(querier, s, expectations, serial) for s in servers)))
+        finally:
+            await querier.aclose()
+
+    async def _check_server(self, querier: Querier, server: Nameserver,
+                            expectations: Sequence[Expectation], serial: int) -> ServerSync:
+        label = f"{server.address}:{server.port}"
+        self.sent["query"] += 1 + len(expectations)
+        soa = await querier.ask(server, self.zone, "SOA")
+        if soa.unusable:
+            return ServerSync(server.name, label, None, False, error=soa.unusable)
+        served = soa.serial
+        if served is None or dns.serial.Serial(served) < dns.serial.Serial(serial):
+            return ServerSync(server.name, label, served, False, (f"serial {served} < {serial}",))
+        answers = await asyncio.gather(*(querier.ask(server, e.name, e.rdtype)
+                                         for e in expectations))
+        why = next((a.unusable for a in answers if a.unusable), None)
+        if why:
+            return ServerSync(server.name, label, None, False, error=why)
         lagging = tuple(f"{e.name} {e.rdtype}" for e, a in zip(expectations, answers)
-                        if (a.rrset.values if a.rrset else ()) != e.values)
+                        if (a.at_name.values if a.at_name else ()) != e.values)
         return ServerSync(server.name, label, served, not lagging, lagging)
+
+
+class Querier:
+    """Non-recursive queries at many servers from one event loop, never raising.
+
+    A concurrency slot per server address (``limit``); a query's ``timeout`` starts once
+    it holds its slot. UDP goes out on sockets kept per server, one query at a time on
+    each (a socket per query cost more CPU than the query); a query silent for
+    ``resend`` seconds is sent once more, as stub resolvers do, and a truncated answer
+    is asked again over TCP, all within the timeout. A reply to another query (another
+    id or question, as dnspython's ``is_response`` says) is skipped; a reply that cannot
+    be parsed ends the query with its reason. Build it and close it in one loop."""
+
+    def __init__(self, timeout: float, limit: Limit, resend: float = UDP_RESEND_SECONDS):
+        self.timeout, self.limit, self.resend = timeout, limit, resend
+        self._backend = dns.asyncbackend.get_backend("asyncio")
+        self._idle: dict[tuple[str, int], list[dns.asyncbackend.DatagramSocket]] = {}
+
+    async def ask(self, server: Nameserver, name: str, rdtype: str) -> Answer:
+        """One query; every failure becomes an Answer with its error or problem."""
+        def failed(**why: str) -> Answer:
+            return Answer(server, normalize_name(name), rdtype, **why)
+
+        try:
+            query = query_message(name, rdtype)
+        except (dns.exception.DNSException, ValueError) as exc:
+            return failed(problem=f"not a DNS question: {one_line(exc)}")
+        async with self.limit(server.address):  # waiting for the slot is not late
+            try:
+                response = await self._exchange(server, query)
+            except (dns.exception.Timeout, TimeoutError):
+                return failed(error=f"no answer within {self.timeout:g}s")
+            except (OSError, EOFError) as exc:
+                why = getattr(exc, "strerror", None) or one_line(exc)
+                return failed(error=f"query failed: {why}")
+            except (dns.exception.DNSException, ValueError, UnicodeError) as exc:
+                return failed(problem=f"unusable answer: {one_line(exc)}")
+        return read_answer(server, name, rdtype, response)
+
+    async def _exchange(self, server: Nameserver,
+                        query: dns.message.Message) -> dns.message.Message:
+        expiration = time.time() + self.timeout
+        destination = (server.address, server.port)
+        sock = await self._socket(destination)
+        try:
+            response = await self._over_udp(sock, query, destination, expiration)
+        except dns.message.Truncated:
+            self._release(destination, sock)  # the truncated reply was read: still clean
+            return await dns.asyncquery.tcp(query, server.address, max(
+                expiration - time.time(), 0), server.port)
+        except BaseException:
+            await sock.close()  # a late or broken reply may still come: not for another query
+            raise
+        self._release(destination, sock)
+        return response
+
+    async def _over_udp(self, sock: dns.asyncbackend.DatagramSocket,
+                        query: dns.message.Message, destination: tuple[str, int],
+                        expiration: float) -> dns.message.Message:
+        wire = query.to_wire()
+        first_try = min(expiration, time.time() + self.resend)
+        await dns.asyncquery.send_udp(sock, wire, destination)
+        try:
+            return await _reply(sock, query, destination, first_try)
+        except dns.exception.Timeout:
+            if first_try >= expiration:
+                raise
+        await dns.asyncquery.send_udp(sock, wire, destination)  # same id: either reply will do
+        return await _reply(sock, query, destination, expiration)
+
+    async def _socket(self, destination: tuple[str, int]) -> dns.asyncbackend.DatagramSocket:
+        idle = self._idle.setdefault(destination, [])
+        if idle:
+            return idle.pop()
+        return await self._backend.make_socket(dns.inet.af_for_address(destination[0]),
+                                               socket.SOCK_DGRAM, 0, None, destination)
+
+    def _release(self, destination: tuple[str, int],
+                 sock: dns.asyncbackend.DatagramSocket) -> None:
+        self._idle.setdefault(destination, []).append(sock)
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, {}
+        for sockets in idle.values():
+            for sock in sockets:
+                await sock.close()
+
+    def close(self) -> None:
+        """For a caller that cannot await: the sockets close on the loop's next turn."""
+        if self._idle:
+            asyncio.get_running_loop().create_task(self.aclose())
+
+
+async def _reply(sock: dns.asyncbackend.DatagramSocket, query: dns.message.Message,
+                 destination: tuple[str, int], expiration: float) -> dns.message.Message:
+    """The first reply to ``query`` on the socket before ``expiration``."""
+    while True:
+        response, _, _ = await dns.asyncquery.receive_udp(
+            sock, destination, expiration, ignore_unexpected=True, raise_on_truncation=True,
+            query=query)
+        if query.is_response(response):
+            return response
 
 
 def update_message(batch: UpdateBatch) -> dns.update.UpdateMessage:

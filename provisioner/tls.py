@@ -58,7 +58,6 @@ POLL_FIRST, POLL_MAX = 0.05, 1.0  # seconds between polls, doubling
 HTTP_PROBE_TIMEOUT = 5.0
 MAX_PARALLEL_ORDERS = 16
 USER_AGENT = "provisioner (regency agency hosting)"
-CNAME_DEPTH = 8
 T = TypeVar("T")
 
 
@@ -381,16 +380,8 @@ def validation_problems(exc: acme_errors.ValidationError) -> str:
 
 
 def addresses_at(dns: DnsClient, server: Nameserver, name: str, rdtype: str) -> tuple[str, ...]:
-    """What one authoritative server answers for name (following in-zone CNAMEs)."""
-    for _ in range(CNAME_DEPTH):
-        answer = dns.query(server, name, rdtype)
-        if answer.rrset is not None:
-            return answer.rrset.values
-        alias = dns.query(server, name, "CNAME")
-        if alias.rrset is None:
-            return ()
-        name = alias.rrset.values[0].rstrip(".")
-    raise DNSError(server.name, name, "CNAME chain too long")
+    """What one authoritative server answers for name (following the CNAMEs it gives)."""
+    return dns.query(server, name, rdtype).addresses
 
 
 def dns_problem(dns: DnsClient, servers: Sequence[Nameserver], name: str,
