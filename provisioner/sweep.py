@@ -216,7 +216,7 @@ def verify_shard(settings: Settings, targets: list[Target], limits: Limits,
         try:
             return await verify_all(targets, ctx, limits.concurrency, progress)
         finally:
-            ctx.close()
+            await ctx.close()
 
     return run(verify_targets())
 

@@ -23,14 +23,7 @@ from ..errors import UsageError
 from ..models import Agency, Inventory, Settings
 from . import dns as dnscheck
 from .content import ScoringRules, analyse_page, load_rules, publication_checks
-from .http import (
-    HttpConnection,
-    HttpProtocol,
-    Site,
-    check_redirect,
-    https_checks,
-    open_plain,
-)
+from .http import HttpClient, Site, check_redirect, https_checks, user_agent
 from .crawl import read_publication
 from .health import AddressGate
 from .model import (
@@ -54,7 +47,6 @@ from .tls import (
     TlsContexts,
     failed_checks,
     make_contexts,
-    open_tls,
     tls_checks,
 )
 
@@ -130,22 +122,26 @@ class VerifyContext:
     zones: dnscheck.ZoneCache = field(default_factory=dnscheck.ZoneCache)
     gate: AddressGate | None = None  # the web servers' slots and health (verify.health)
     deadline: float = 0.0  # seconds for a whole site (verify.guard); 0: two timeouts
+    http: HttpClient | None = None  # one HTTP session for the run (verify.http)
     dns: dnscheck.Querier = field(init=False)
 
     def __post_init__(self) -> None:
         self.dns = dnscheck.Querier(self.timeout, self.limit)
         self.gate = self.gate or AddressGate(self.limit.per_address, self.timeout)
         self.deadline = self.deadline or 2 * self.timeout
+        self.http = self.http or HttpClient(self.tls, self.timeout)
 
     def fresh(self) -> VerifyContext:
         """The same settings with the zone cache emptied (for a retry)."""
         again = VerifyContext(self.rules, self.tls, self.nameservers, self.limit,
-                              self.timeout, self.clock, gate=self.gate, deadline=self.deadline)
+                              self.timeout, self.clock, gate=self.gate, deadline=self.deadline,
+                              http=self.http)
         again.dns = self.dns
         return again
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.dns.close()
+        await self.http.close()
 
 
 def make_context(settings: Settings | None, extra_roots: tuple[Path, ...] = (), *,
@@ -159,9 +155,12 @@ def make_context(settings: Settings | None, extra_roots: tuple[Path, ...] = (), 
                     for ns in (settings.nameservers if settings else ()))
     gate = AddressGate(per_address, timeout,
                        allow_inward=bool(settings and settings.verify_allow_private))
-    return VerifyContext(rules=rules or load_rules(), tls=make_contexts(roots + tuple(extra_roots)),
+    tls = make_contexts(roots + tuple(extra_roots))
+    return VerifyContext(rules=rules or load_rules(), tls=tls,
                          nameservers=servers, limit=AddressLimiter(per_address), timeout=timeout,
-                         gate=gate, deadline=deadline)
+                         gate=gate, deadline=deadline,
+                         http=HttpClient(tls, timeout,
+                                         user_agent(settings.acme.contact if settings else None)))
 
 
 # =========================================================================== targets
@@ -232,7 +231,8 @@ async def verify_target(target: Target, ctx: VerifyContext) -> AgencyResult:
                             ctx.rules.nothing_published, NO_CERT)
     async with ctx.gate.enter(address, checks):
         if target.http_url:
-            checks.append(await check_redirect(target.http_url, address, ctx.timeout))
+            checks.append(await check_redirect(ctx.http, target.http_url, address,
+                                               target.name))
         else:
             checks += skipped(["http.redirect"], "no standard http:// URL to check")
         web_checks, publication, cert = await _probe_site(target, address, ctx)
@@ -253,49 +253,35 @@ async def _check_dns(target: Target, ctx: VerifyContext) -> dnscheck.DnsOutcome:
 
 async def _probe_site(target: Target, address: str,
                       ctx: VerifyContext) -> tuple[list[CheckResult], Publication, CertInfo]:
-    """TLS on the first hop, then the home page and the publication over that connection."""
+    """The home page (its connection's handshake for the TLS checks), then the
+    publication, over the site's kept-alive connection."""
     nothing = ctx.rules.nothing_published
-    try:
-        checks, cert, site = await _open_site(target, address, ctx)
-    except ProbeFailure as failure:
-        tls = failed_checks(failure) if target.https_url else _no_tls()
-        return tls + _unreadable(target, failure, ctx), nothing, NO_CERT
+    site = ctx.http.site(target.url, address, target.name)
     try:
         path, response = await site.get_following(urlsplit(target.url).path or "/")
+        checks, cert = _tls_results(target, site, None, ctx)
         home = analyse_page(response.text(), ctx.rules)
         checks += (https_checks(path, response, home, ctx.rules) if target.https_url
                    else skipped(HTTPS_CHECKS, NO_HTTPS))
         publication = (await read_publication(site, path, home, ctx.rules)
                        if response.status == 200 else nothing)
     except ProbeFailure as failure:
+        checks, cert = _tls_results(target, site, failure, ctx)
         return checks + _unreadable(target, failure, ctx), nothing, cert
     finally:
         site.close()
     return checks + publication_checks(publication, ctx.rules), publication, cert
 
 
-async def _open_site(target: Target, address: str,
-                     ctx: VerifyContext) -> tuple[list[CheckResult], CertInfo, Site]:
-    """Connect (TLS checks from the handshake), ready to read pages; later connections to
-    the site, if the server closes this one, trust the certificate the same way."""
-    parts = urlsplit(target.url)
-    base = urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
+def _tls_results(target: Target, site: Site, failure: ProbeFailure | None,
+                 ctx: VerifyContext) -> tuple[list[CheckResult], CertInfo]:
+    """The TLS checks from the site's handshake; without one, the failure that
+    prevented it."""
     if not target.https_url:
-        async def plain() -> HttpConnection:
-            return await open_plain(address, parts.port or 80, parts.netloc, ctx.timeout)
-
-        return _no_tls(), NO_CERT, Site(base, await plain(), plain, ctx.timeout)
-    port = parts.port or 443
-    tls = await open_tls(address, port, target.name, ctx.tls, ctx.timeout, HttpProtocol)
-    checks, cert = tls_checks(target.name, tls, ctx.clock())
-
-    async def again() -> HttpConnection:
-        more = await open_tls(address, port, target.name, ctx.tls, ctx.timeout, HttpProtocol,
-                              verify=tls.verified)
-        return HttpConnection(more.protocol, parts.netloc)
-
-    first = HttpConnection(tls.protocol, parts.netloc)
-    return checks, cert, Site(base, first, again, ctx.timeout)
+        return _no_tls(), NO_CERT
+    if site.handshake is None:
+        return failed_checks(failure), NO_CERT
+    return tls_checks(target.name, site.handshake, ctx.clock())
 
 
 def _no_tls() -> list[CheckResult]:
@@ -325,6 +311,6 @@ def verify_site(inventory: Inventory | None, text: str, extra_roots: tuple[Path,
         try:
             return (await verify_guarded(target, ctx))[0]
         finally:
-            ctx.close()
+            await ctx.close()
 
     return run(verify())

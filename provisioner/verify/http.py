@@ -1,248 +1,331 @@
 """HTTP checks: the http:// redirect, the HTTPS answer, its headers and content, and
 reading the pages the publication score is computed from.
 
-Requests go over connections this package opens itself (plain TCP, or the TLS
-connection the TLS check opened) to the address DNS gave, with the agency name in the
-Host header. Answers are read by httptools (llhttp, the HTTP/1.1 parser of Node.js, in
-C): a third of the CPU h11's pure-Python state machine took per request. One connection
-serves every page of a site (keep-alive), so a site costs one TLS handshake.
+Requests go through aiohttp, one session per run, to the address DNS gave: the URL
+names that address, the agency name goes in the Host header and the TLS SNI. aiohttp
+skips 1xx answers, undoes chunking and gzip/deflate (inflating only as fast as the body
+is read, so a decompression bomb stops at MAX_BODY), and caps the header count and
+sizes; redirects are followed here, and only on the same site. The connections of a
+site are kept alive between its pages (one TLS handshake for a healthy site), and the
+handshake the TLS checks judge is read from the connection that carried the request.
+
+aiohttp rather than httpx: see benchmarks/sweep_bench.py's comparison.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextvars
+import functools
 import re
+import ssl
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
 
-import httptools
+import aiohttp
+import charset_normalizer
+import webencodings
+from w3lib.encoding import (
+    html_body_declared_encoding,
+    http_content_type_encoding,
+    read_bom,
+    resolve_encoding,
+    to_unicode,
+)
 
 from .content import PageAnalysis, ScoringRules, not_content_reason
-from .model import CheckResult, Status, deadline, result
-from .tls import ProbeFailure
+from .model import CheckResult, Status, ip_literal, result
+from .tls import Handshake, ProbeFailure, TlsContexts, handshake_of
 
-MAX_BODY = 2 * 1024 * 1024  # a larger page is read up to here
-USER_AGENT = "provisioner-verify/1 (site verification of the regency's communications office)"
+MAX_BODY = 2 * 1024 * 1024  # a larger page (after decompression) is read up to here
+MAX_HEADERS = 128  # more headers than this: the answer is refused
+MAX_HEADER_LINE = 8190  # the status line
+MAX_HEADER_FIELD = 16384  # one header (real sites send CSP headers of several kB)
+DETECT_SAMPLE = 64 * 1024  # bytes the charset detector reads
+MAX_DETAIL = 160  # characters of what a site sent quoted in a detail
+USER_AGENT = "provisioner-verify/2"
 HSTS_MIN_SECONDS = 180 * 86400
 MAX_SAME_SITE_REDIRECTS = 3
-CHARSET_RE = re.compile(rb"""charset=["']?([A-Za-z0-9_.:-]+)""")
 MAX_AGE_RE = re.compile(r"max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 NOT_VISIBLE_ASCII = re.compile(r"[^\x21-\x7e]+")
 ADVISORY_HEADERS = ("x-content-type-options", "referrer-policy", "content-security-policy")
+# WHATWG maps these labels to its "replacement" decoder: encodings that spell markup in
+# ASCII escapes (like UTF-7), which a browser never decodes
+UNSAFE_ENCODINGS = frozenset({"replacement", "hz-gb-2312", "iso-2022-kr", "iso-2022-cn",
+                              "iso-2022-cn-ext", "x-user-defined"})
 
+
+def user_agent(contact: str | None) -> str:
+    """The tool and the office to write to: ``provisioner-verify/2 (+mailto:...)``."""
+    contact = NOT_VISIBLE_ASCII.sub("", contact or "")
+    return f"{USER_AGENT} (+{contact})" if contact else USER_AGENT
+
+
+def shown(text: str) -> str:
+    """Something a site sent, quoted in a detail: escaped and bounded."""
+    return repr(text[:MAX_DETAIL] + ("..." if len(text) > MAX_DETAIL else ""))
+
+
+# =========================================================================== pages
 
 @dataclass(frozen=True)
 class Response:
     status: int
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
-    body: bytes
+    body: bytes  # decompressed, at most MAX_BODY bytes
 
     def text(self) -> str:
-        """The body decoded by its declared charset (header, then meta), else UTF-8."""
-        declared = CHARSET_RE.search(self.headers.get("content-type", "").encode()) \
-            or CHARSET_RE.search(self.body[:2048])
-        encoding = declared.group(1).decode() if declared else "utf-8"
-        try:
-            return self.body.decode(encoding, errors="replace")
-        except LookupError:
-            return self.body.decode("utf-8", errors="replace")
+        """The body decoded as a browser would (decoded once)."""
+        return self._decoded
+
+    @functools.cached_property
+    def _decoded(self) -> str:
+        return page_text(self.headers.get("content-type"), self.body)
 
 
-def request(target: str, host: str) -> bytes:
-    """A GET request, in one write. The target comes from pages read (links): anything but
-    visible ASCII in it is percent-encoded, so a link can never split the request."""
-    target = NOT_VISIBLE_ASCII.sub(lambda m: quote(m.group()), target)
-    return (f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
-            "Accept: */*\r\n\r\n").encode("ascii")
+def page_text(content_type: str | None, body: bytes) -> str:
+    """The encoding a browser uses: the byte order mark, then the HTTP charset, then the
+    page's ``<meta>`` declaration (w3lib finds them and resolves their labels), else
+    UTF-8 when the bytes are UTF-8, else a detector's guess. Only the encodings a WHATWG
+    label names are honoured (``idna``, ``utf-7``, ``rot13`` are not)."""
+    bom_codec, bom = read_bom(body)
+    if bom_codec:
+        return to_unicode(body[len(bom):], bom_codec)
+    codec = (_honoured(http_content_type_encoding(content_type))
+             or _meta_rule(_honoured(html_body_declared_encoding(body)))
+             or _detected(body))
+    return to_unicode(body, codec)
 
 
-class _Answer:
-    """httptools' callbacks: one response as it arrives."""
-
-    def __init__(self) -> None:
-        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
-        self.status = 0
-        self.headers: dict[str, str] = {}  # lower-case names; repeated ones joined with ", "
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.received = self.headers_done = self.complete = self.keep_alive = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
-
-    def on_headers_complete(self) -> None:
-        self.headers_done = True
-        self.status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        if self.size < MAX_BODY:
-            self.chunks.append(body)
-            self.size += len(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        self.keep_alive = self.parser.should_keep_alive()  # here: the parser resets after
-
-    def connection_ended(self) -> None:
-        """A body with neither a length nor chunks ends when the server closes."""
-        if self.headers_done and "content-length" not in self.headers \
-                and "chunked" not in self.headers.get("transfer-encoding", "").lower():
-            self.complete = True
+@functools.cache
+def _browser_codecs() -> frozenset[str]:
+    """The Python codecs w3lib resolves the WHATWG labels to (webencodings' table)."""
+    return frozenset(codec for label, encoding in webencodings.LABELS.items()
+                     if encoding not in UNSAFE_ENCODINGS
+                     and (codec := resolve_encoding(label)) is not None)
 
 
-class HttpProtocol(asyncio.Protocol):
-    """The client end of one connection (plain or TLS). What arrives goes straight from the
-    transport to httptools, and a request's future completes when its answer has: no
-    stream reader between them (a fifth of the CPU of a request)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()  # made by the loop's create_connection
-        self.transport: asyncio.Transport | None = None
-        self.open = False
-        self._answer: _Answer | None = None
-        self._done: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport, self.open = transport, True  # type: ignore[assignment]
-
-    async def exchange(self, request: bytes, timeout: float) -> _Answer:
-        """Send a request and wait for its answer, whole or cut short by the connection's
-        end. Raises TimeoutError, OSError or httptools' errors."""
-        if not self.open:
-            raise ConnectionResetError("the connection is closed")
-        answer = self._answer = _Answer()
-        done = self._done = self.loop.create_future()
-        timer = deadline(self.loop, done, timeout)
-        self.transport.write(request)
-        try:
-            await done
-        finally:
-            timer.cancel()
-            self._answer = self._done = None
-            answer.parser = None  # it refers back to the answer
-        return answer
-
-    def data_received(self, data: bytes) -> None:
-        answer = self._answer
-        if answer is None or answer.complete:  # the server talks out of turn: do not reuse
-            self.open = False
-            return
-        answer.received = True
-        try:
-            answer.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._end(exc)
-            self.transport.close()
-            return
-        if answer.complete:
-            self._done.set_result(None)
-
-    def eof_received(self) -> bool:
-        self._end(None)
-        return False  # let the transport close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._end(exc)
-
-    def _end(self, error: BaseException | None) -> None:
-        self.open = False
-        if self._done is None or self._done.done():
-            return
-        if error is None:
-            self._answer.connection_ended()
-            self._done.set_result(None)
-        else:
-            self._done.set_exception(error)
-
-    def close(self) -> None:
-        """Drop the connection: every answer wanted has been read, so no TLS close_notify
-        is sent and nothing is flushed (half the CPU of a graceful TLS close)."""
-        self.open = False
-        if self.transport is not None:
-            self.transport.abort()
+def _honoured(codec: str | None) -> str | None:
+    if codec not in _browser_codecs():
+        return None
+    return "utf-16-le" if codec == "utf-16" else codec  # WHATWG: the utf-16 label is LE
 
 
-class HttpConnection:
-    """HTTP/1.1 GETs over one open connection, kept alive while the server allows."""
-
-    def __init__(self, protocol: HttpProtocol, host: str):
-        self.protocol, self.host = protocol, host
-        self.reusable = True  # no answer read yet, or the last one allowed another request
-
-    async def get(self, target: str, timeout: float) -> Response:
-        self.reusable = False
-        try:
-            answer = await self.protocol.exchange(request(target, self.host), timeout)
-        except TimeoutError:
-            raise ProbeFailure(Status.ERROR, f"GET {target}: no answer within {timeout:g}s") \
-                from None
-        except (OSError, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            raise ProbeFailure(Status.ERROR, f"GET {target}: {exc or type(exc).__name__}") \
-                from None
-        if not answer.received:  # nginx's "return 444", a refused site
-            raise ProbeFailure(Status.FAIL, f"GET {target}: the server closed the connection "
-                                            "without an answer")
-        if not answer.complete:
-            raise ProbeFailure(Status.ERROR, f"GET {target}: the connection closed in the "
-                                             "middle of the answer")
-        self.reusable = answer.keep_alive and self.protocol.open
-        return Response(answer.status, answer.headers, b"".join(answer.chunks)[:MAX_BODY])
-
-    def close(self) -> None:
-        self.protocol.close()
+def _meta_rule(codec: str | None) -> str | None:
+    """A page that could read its own ``<meta>`` is not UTF-16: WHATWG reads it as UTF-8."""
+    return "utf-8" if codec and codec.startswith("utf-16") else codec
 
 
-async def open_plain(address: str, port: int, host: str, timeout: float) -> HttpConnection:
-    """A plain TCP connection to address:port that sends ``Host: host``."""
+def _detected(body: bytes) -> str:
     try:
-        async with asyncio.timeout(timeout):
-            _, protocol = await asyncio.get_running_loop().create_connection(
-                HttpProtocol, address, port)
-    except TimeoutError:
-        raise ProbeFailure(Status.ERROR, f"{address}:{port}: no connection within {timeout:g}s") \
-            from None
-    except ConnectionRefusedError:
-        raise ProbeFailure(Status.FAIL, f"{address}:{port}: connection refused") from None
-    except OSError as exc:
-        raise ProbeFailure(Status.ERROR, f"{address}:{port}: {exc.strerror or exc}") from None
-    return HttpConnection(protocol, host)
+        codecs.getincrementaldecoder("utf-8")().decode(body)  # a cut last character is fine
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    best = charset_normalizer.from_bytes(body[:DETECT_SAMPLE]).best()
+    return _honoured(resolve_encoding(best.encoding) if best else None) or "cp1252"
+
+
+# =========================================================================== client
+
+_seen_connection: contextvars.ContextVar[Callable[[asyncio.Transport], None]] = \
+    contextvars.ContextVar("seen_connection")
+
+
+class _Request(aiohttp.ClientRequest):
+    """Shows the site that sends a request the connection it goes over (new or kept
+    alive), before the answer: its TLS handshake is judged even when no answer comes."""
+
+    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        watcher = _seen_connection.get(None)
+        if watcher is not None and conn.transport is not None:
+            watcher(conn.transport)
+        return await super().send(conn)
+
+
+class HttpClient:
+    """One aiohttp session for a run, shared by every site (made on first use, inside
+    the event loop). Limits per address are the verifier's (AddressLimiter), not
+    aiohttp's; cookies are not kept."""
+
+    def __init__(self, tls: TlsContexts, timeout: float, agent: str = USER_AGENT):
+        self.tls, self.timeout = tls, timeout
+        self.headers = {"User-Agent": agent, "Accept": "*/*",
+                        "Accept-Encoding": "gzip, deflate"}
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, use_dns_cache=False,
+                                             keepalive_timeout=max(self.timeout, 1.0))
+            self._session = aiohttp.ClientSession(
+                connector=connector, request_class=_Request,
+                cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True,
+                timeout=aiohttp.ClientTimeout(total=2 * self.timeout,
+                                              sock_connect=self.timeout,
+                                              sock_read=self.timeout),
+                max_line_size=MAX_HEADER_LINE, max_field_size=MAX_HEADER_FIELD,
+                max_headers=MAX_HEADERS, skip_auto_headers=("User-Agent",))
+        return self._session
+
+    def site(self, url: str, address: str, name: str) -> Site:
+        """The site at ``url`` (scheme, host, port), reached at ``address``."""
+        return Site(self, url, address, name)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.connector.close(abort_ssl=True)
+            await self._session.close()
 
 
 class Site:
-    """The pages of one site (scheme://host[:port]) over one connection at a time."""
+    """The pages of one site (scheme://host[:port]), over connections kept alive.
 
-    def __init__(self, base_url: str, first: HttpConnection,
-                 connect: Callable[[], Awaitable[HttpConnection]], timeout: float):
-        self.base_url = base_url
-        self.connection: HttpConnection | None = first
-        self.connect, self.timeout = connect, timeout
+    HTTPS: the chain is verified by the SSL context (names are matched by the TLS
+    checks); if it does not verify, the pages are read over an unverified handshake and
+    ``handshake.chain_problem`` says why. ``handshake`` is None until a connection
+    was made."""
+
+    def __init__(self, client: HttpClient, url: str, address: str, name: str):
+        parts = urlsplit(url)
+        self.client, self.name = client, name
+        self.base_url = f"{parts.scheme}://{parts.netloc}/"
+        self.https = parts.scheme == "https"
+        self.port = parts.port or (443 if self.https else 80)
+        host = f"[{address}]" if ":" in address else address
+        self._origin = f"{parts.scheme}://{host}:{self.port}"
+        self.where = f"{host}:{self.port}"  # for failure details
+        self._headers = {**client.headers, "Host": parts.netloc}
+        self._sni = None if ip_literal(name) is not None else name
+        self._ssl: ssl.SSLContext | bool = client.tls.verified if self.https else True
+        self._chain_problem: str | None = None
+        self._transports: list[asyncio.Transport] = []
+        self.handshake: Handshake | None = None
 
     async def get(self, target: str) -> Response:
-        if self.connection is None or not self.connection.reusable:
-            self.close()
-            self.connection = await self.connect()
-        return await self.connection.get(target, self.timeout)
+        """GET ``target`` (a path and query): the answer, or ProbeFailure."""
+        token = _seen_connection.set(self._saw)
+        try:
+            return await self._get(_request_target(target))
+        except ProbeFailure:
+            raise
+        except Exception as exc:  # aiohttp's and the socket's: what the site did
+            raise self._failure(target, exc) from None
+        finally:
+            _seen_connection.reset(token)
+
+    async def _get(self, target: str) -> Response:
+        try:
+            answer = await self._send(target)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            if self._ssl is not self.client.tls.verified:
+                raise
+            error = exc.certificate_error
+            self._chain_problem = getattr(error, "verify_message", None) or str(error)
+            self._ssl = self.client.tls.unverified
+            answer = await self._send(target)
+        async with answer:
+            return await _read(answer)
+
+    async def _send(self, target: str) -> aiohttp.ClientResponse:
+        return await self.client.session.get(
+            f"{self._origin}{target}", headers=self._headers, allow_redirects=False,
+            ssl=self._ssl, server_hostname=self._sni)
+
+    def _saw(self, transport: asyncio.Transport) -> None:
+        self._transports.append(transport)
+        if self.https and self.handshake is None:
+            self.handshake = handshake_of(transport.get_extra_info("ssl_object"),
+                                          self._chain_problem)
+
+    def _failure(self, target: str, exc: Exception) -> ProbeFailure:
+        where, timeout = self.where, self.client.timeout
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return ProbeFailure(Status.FAIL, f"{where}: handshake failed: "
+                                             f"{shown(str(exc.certificate_error))}")
+        if isinstance(exc, aiohttp.ClientSSLError):
+            reason = getattr(exc.os_error, "reason", None) or exc.os_error
+            return ProbeFailure(Status.FAIL, f"{where}: handshake refused ({reason})")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                return ProbeFailure(Status.FAIL, f"{where}: connection refused")
+            error = exc.os_error
+            return ProbeFailure(Status.ERROR, f"{where}: "
+                                              f"{error.strerror or str(error) or type(error).__name__}")
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return ProbeFailure(Status.ERROR, f"{where}: no connection within {timeout:g}s")
+        if isinstance(exc, aiohttp.SocketTimeoutError):
+            return ProbeFailure(Status.ERROR, f"GET {target}: no answer within {timeout:g}s")
+        if isinstance(exc, TimeoutError):
+            return ProbeFailure(Status.ERROR, f"GET {target}: the answer took longer than "
+                                              f"{2 * timeout:g}s")
+        if isinstance(exc, aiohttp.ServerDisconnectedError):  # nginx's "return 444"
+            return ProbeFailure(Status.FAIL, f"GET {target}: the server closed the connection "
+                                             "without an answer")
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return ProbeFailure(Status.ERROR, f"GET {target}: the body could not be read "
+                                              f"({shown(str(exc))})")
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return ProbeFailure(Status.ERROR, f"GET {target}: not an HTTP answer "
+                                              f"({shown(exc.message)})")
+        return ProbeFailure(Status.ERROR, f"GET {target}: {shown(str(exc) or type(exc).__name__)}")
 
     async def get_following(self, target: str) -> tuple[str, Response]:
-        """GET, following redirects that stay on this site (https://name/ -> /beranda/)."""
+        """GET, following redirects that stay on this site (https://name/ -> /beranda/).
+        A redirect whose Location cannot be read is a failure."""
         response = await self.get(target)
         for _ in range(MAX_SAME_SITE_REDIRECTS):
             location = response.headers.get("location")
             if not (300 <= response.status < 400 and location):
                 break
-            nxt = urljoin(urljoin(self.base_url, target), location)
-            if urlsplit(nxt)[:2] != urlsplit(self.base_url)[:2]:
+            try:
+                nxt = urljoin(urljoin(self.base_url, target), location)
+                parts = urlsplit(nxt)
+            except ValueError:
+                raise ProbeFailure(Status.FAIL, f"GET {target}: {response.status} to a malformed "
+                                                f"Location {shown(location)}") from None
+            if parts[:2] != urlsplit(self.base_url)[:2]:
                 break
             target = _path_of(nxt)
             response = await self.get(target)
         return target, response
 
     def close(self) -> None:
-        if self.connection:
-            self.connection.close()
-            self.connection = None
+        """Drop the site's connections: every answer wanted has been read, so no TLS
+        close_notify is sent (the connection pool then discards them)."""
+        for transport in self._transports:
+            transport.abort()
+        self._transports.clear()
+
+
+async def _read(answer: aiohttp.ClientResponse) -> Response:
+    """Status, headers and at most MAX_BODY bytes of body; a longer body is cut (and
+    its connection dropped) without reading (or inflating) the rest."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in answer.raw_headers:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_BODY:
+        chunk = await answer.content.read(MAX_BODY - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size >= MAX_BODY and not answer.content.at_eof():
+        answer.close()
+    return Response(answer.status, headers, b"".join(chunks))
+
+
+def _request_target(target: str) -> str:
+    """A path (and query) from a page read: anything but visible ASCII in it is
+    percent-encoded, so a link can never split the request."""
+    target = NOT_VISIBLE_ASCII.sub(lambda m: quote(m.group()), target)
+    return target if target.startswith("/") else f"/{target}"
 
 
 def _path_of(url: str) -> str:
@@ -252,20 +335,19 @@ def _path_of(url: str) -> str:
 
 # =========================================================================== redirect
 
-async def check_redirect(http_url: str, address: str, timeout: float) -> CheckResult:
+async def check_redirect(client: HttpClient, http_url: str, address: str,
+                         name: str) -> CheckResult:
     """GET http://name/ and judge its first answer, like Mozilla Observatory does."""
-    parts = urlsplit(http_url)
+    site = client.site(http_url, address, name)
     try:
-        connection = await open_plain(address, parts.port or 80, parts.netloc, timeout)
-        try:
-            response = await connection.get(_path_of(http_url), timeout)
-        finally:
-            connection.close()
+        response = await site.get(_path_of(http_url))
     except ProbeFailure as failure:
         if failure.status is Status.FAIL:
             return result("http.redirect", Status.WARN, "redirection-not-needed-no-http: "
                           f"{failure.detail}; a visitor typing the name gets no page")
         return result("http.redirect", failure.status, failure.detail)
+    finally:
+        site.close()
     return redirect_result(http_url, response.status, response.headers.get("location"))
 
 
@@ -278,14 +360,20 @@ def redirect_result(http_url: str, status: int, location: str | None) -> CheckRe
     if not location:
         return result("http.redirect", Status.FAIL, f"redirection-invalid: {status} "
                                                     "without a Location header")
-    target = urljoin(http_url, location)
-    parts = urlsplit(target)
+    try:
+        target = urljoin(http_url, location)
+        parts = urlsplit(target)
+        target_host = parts.hostname
+    except ValueError:
+        return result("http.redirect", Status.FAIL, f"redirection-invalid: {status} to a "
+                                                    f"malformed Location {shown(location)}")
     if parts.scheme != "https":
         return result("http.redirect", Status.FAIL,
-                      f"redirection-not-to-https: first redirect goes to {target}")
-    if parts.hostname != host:
-        return result("http.redirect", Status.WARN, f"redirection-off-host-from-http: {target} "
-                                                    f"(HSTS for {host} is never set)")
+                      f"redirection-not-to-https: first redirect goes to {shown(target)}")
+    if target_host != host:
+        return result("http.redirect", Status.WARN, "redirection-off-host-from-http: "
+                                                    f"{shown(target)} (HSTS for {host} is "
+                                                    "never set)")
     return result("http.redirect", Status.PASS, f"redirection-to-https: {status} -> {target}")
 
 
@@ -303,7 +391,7 @@ def _status(path: str, response: Response) -> CheckResult:
     if response.status == 200:
         return result("https.status", Status.PASS, f"200{where}")
     location = response.headers.get("location")
-    to = f" to {location}: another site, not verified" if location else ""
+    to = f" to {shown(location)}: another site, not verified" if location else ""
     return result("https.status", Status.FAIL, f"{response.status}{to}{where}")
 
 
@@ -311,11 +399,12 @@ def hsts_result(headers: dict[str, str]) -> CheckResult:
     value = headers.get("strict-transport-security")
     if value is None:
         return result("https.hsts", Status.FAIL, "no Strict-Transport-Security header")
-    match = MAX_AGE_RE.search(value)
-    seconds = int(match.group(1)) if match else 0
+    match = MAX_AGE_RE.search(value[:MAX_HEADER_FIELD])
+    seconds = int(match.group(1)[:12]) if match else 0
     status = Status.PASS if seconds >= HSTS_MIN_SECONDS else Status.FAIL
     return result("https.hsts", status, f"max-age {seconds // 86400} days "
-                                        f"(at least {HSTS_MIN_SECONDS // 86400} needed): {value}")
+                                        f"(at least {HSTS_MIN_SECONDS // 86400} needed): "
+                                        f"{shown(value)}")
 
 
 def headers_result(headers: dict[str, str]) -> CheckResult:

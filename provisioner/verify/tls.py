@@ -1,21 +1,20 @@
 """TLS checks on the first hop: chain, name, expiry and protocol version.
 
-The handshake is made by the event loop's own TLS transport against the address DNS
-gave, with the agency name as SNI, and verifies the chain only: the name is matched
-here, so a wrong-name certificate and an untrusted chain are told apart. When the chain
-does not verify, a second, unverified handshake fetches the certificate so its expiry is
-still recorded. The open connection then serves the HTTPS requests (one handshake a site).
+The handshake is the one of the connection that carries a site's first HTTPS request
+(verify.http), made against the address DNS gave with the agency name as SNI. The SSL
+context verifies the chain only: the name is matched here, so a wrong-name certificate
+and an untrusted chain are told apart. When the chain does not verify, the request is
+made again over an unverified handshake, whose certificate is then judged (its expiry
+is still recorded) and whose connection serves the pages.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -111,14 +110,10 @@ def name_matches(name: str, cert_names: tuple[str, ...]) -> bool:
 
 # =========================================================================== handshake
 
-P = TypeVar("P", bound=asyncio.Protocol)
+@dataclass(frozen=True)
+class Handshake:
+    """What a TLS handshake showed."""
 
-
-@dataclass
-class TlsConnection(Generic[P]):
-    """An open TLS connection (its protocol) and what its handshake showed."""
-
-    protocol: P
     chain_problem: str | None  # None: the chain verified
     version: str
     cert: CertFacts | None
@@ -128,42 +123,16 @@ class TlsConnection(Generic[P]):
         return self.chain_problem is None
 
 
-async def open_tls(address: str, port: int, name: str, contexts: TlsContexts, timeout: float,
-                   protocol: Callable[[], P], *, verify: bool = True) -> TlsConnection[P]:
-    """Handshake with SNI ``name``; on an untrusted chain, again without verification.
-    ``protocol`` makes what reads the connection once it is open."""
-    context = contexts.verified if verify else contexts.unverified
-    sni = None if ip_literal(name) is not None else name
-    try:
-        async with asyncio.timeout(timeout):
-            transport, opened = await asyncio.get_running_loop().create_connection(
-                protocol, address, port, ssl=context, server_hostname=sni or "",
-                ssl_handshake_timeout=timeout)
-    except ssl.SSLCertVerificationError as exc:
-        if not verify:
-            raise ProbeFailure(Status.FAIL, f"handshake failed: {exc.verify_message}") from None
-        connection = await open_tls(address, port, name, contexts, timeout, protocol, verify=False)
-        connection.chain_problem = exc.verify_message or str(exc)
-        return connection
-    except TimeoutError:
-        raise ProbeFailure(Status.ERROR, f"{address}:{port}: no TLS handshake within "
-                                         f"{timeout:g}s") from None
-    except ssl.SSLError as exc:
-        raise ProbeFailure(Status.FAIL, f"{address}:{port}: handshake refused "
-                                        f"({exc.reason or exc})") from None
-    except ConnectionRefusedError:
-        raise ProbeFailure(Status.FAIL, f"{address}:{port}: connection refused") from None
-    except OSError as exc:
-        raise ProbeFailure(Status.ERROR, f"{address}:{port}: {exc.strerror or exc}") from None
-    ssl_object = transport.get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True)
-    return TlsConnection(opened, None, ssl_object.version() or "unknown",
-                         parse_certificate(der) if der else None)
+def handshake_of(ssl_object: ssl.SSLObject | None, chain_problem: str | None) -> Handshake:
+    """The certificate and version of an open connection's handshake."""
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    version = (ssl_object.version() if ssl_object is not None else None) or "unknown"
+    return Handshake(chain_problem, version, parse_certificate(der) if der else None)
 
 
 # =========================================================================== checks
 
-def tls_checks(name: str, connection: TlsConnection,
+def tls_checks(name: str, connection: Handshake,
                now: dt.datetime) -> tuple[list[CheckResult], CertInfo]:
     """chain, name, expiry, version from one handshake (pure)."""
     cert = connection.cert
@@ -191,7 +160,7 @@ def _expiry(not_after: dt.datetime, days_left: int) -> CheckResult:
     return result("tls.expiry", status, f"{days_left} days left (until {when})")
 
 
-def _version(connection: TlsConnection) -> CheckResult:
+def _version(connection: Handshake) -> CheckResult:
     status = Status.FAIL if connection.version in OLD_VERSIONS else Status.PASS
     return result("tls.version", status, connection.version)
 
