@@ -1,11 +1,18 @@
-"""The website publication scorer and the "real content" test: pure functions on page text.
+"""The website publication judgment and the "real content" test: pure functions on page text.
 
-The rules (component names and their heading variants, weights, bands, what a default or
-parked page looks like) are data in ``provisioner/data/scoring.yml``; this module only
-reads HTML the way a person does: a component counts when the main content shows it as
-a heading followed by some text, never when the word only sits in a menu or a footer.
-Any site is read, not only ours: ``data-komponen`` markers help when present and are
-never required.
+SERVICE_STANDARD.md "What counts as published" is the specification: can a citizen who
+opens the page read the component? The rules (labels and their variants, what each
+component's content must show, weights, bands, what a default or parked page looks
+like, the crawl's limits) are data in ``provisioner/data/scoring.yml``; this module reads
+HTML the way a person does. A component counts when the main content shows a label
+naming it followed by content showing it ("3 hari kerja" for the completion time,
+"Gratis" for the fee), never when the word only sits in a menu or a footer; complaint
+channels and SP4N-LAPOR! count anywhere on the page. Any site is read, not only ours:
+``data-komponen`` markers help when present and are never required.
+
+Everything a page sends is bounded before a pattern or parser sees it (page size,
+elements visited, title, labels, content), libxml2 stops at 256 levels of nesting, and
+the tree is walked iteratively (lxml's iterwalk), never recursively.
 """
 
 from __future__ import annotations
@@ -16,41 +23,54 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, Callable, Hashable, Iterable, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import yaml
 from lxml import etree
 
 from ..errors import InputError, Problem
-from .model import CheckResult, Publication, Status, result
+from .model import CheckResult, Evidence, Publication, Status, result
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "data" / "scoring.yml"
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 8x faster
 
-SKIP_TAGS = frozenset(("script", "style", "noscript", "template", "svg"))
-HEADING_RANKS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6, "dt": 7, "th": 7}
-LABEL_RANK = 7  # strong/b labels and label cells: the lowest heading rank
-LABEL_TAGS = frozenset(("strong", "b"))
+SKIP_TAGS = frozenset(("script", "style", "noscript", "template", "svg", "head"))
+HEADING_RANKS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
+LABEL_RANK = 7  # every other label (dt, th, strong, a "label:" line, a tab): the lowest rank
+ELEMENT_LABEL_TAGS = frozenset(("dt", "th", "summary"))
+INLINE_LABEL_TAGS = frozenset(("strong", "b"))
 BLOCK_TAGS = frozenset(
-    "p li div td dd section article blockquote main body figure form details summary".split())
+    "p li div td th dd dt dl ul ol table tr tbody thead section article blockquote main body "
+    "figure figcaption form details summary header footer nav aside address pre center "
+    "h1 h2 h3 h4 h5 h6 hr".split())
+NEVER_CHROME_BY_NAME = frozenset(("html", "body", "main", "article"))
 CONTAINERS_OF_HEADERS = frozenset(("main", "article", "section"))
+PANEL_CONTROLS = etree.XPath(
+    "//*[@aria-controls or @data-bs-target or @data-target] | //a[starts-with(@href, '#')]")
+CHROME_ATTRIBUTES = etree.XPath("//@role|//@class|//@id")
 SPACES = re.compile(r"\s+")
 LEADING_TEXT_CHARS = 2000
-MEMO_SIZE = 20_000  # remembered heading texts, class names and links, each, per rule set
+MEMO_SIZE = 20_000  # remembered labels, class names and links, each, per rule set
+FORM_TOKEN = "\ue001"  # a complaint form with fields, as the pengaduan pattern reads it
 K = TypeVar("K", bound=Hashable)
 NOT_ASCII_ALNUM = bytes(b for b in range(256) if b > 127 or not chr(b).isalnum())
 NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]{0,200}\?>")
 
 
 def word_chars(text: str) -> int:
     """Letters and digits in a text (str.isalnum): what "non-trivial content" is measured
     in. Counted on the UTF-8 bytes, then the rare non-ASCII runs: 2.5x faster than one
-    regular expression over the text, and it runs over every page twice."""
+    regular expression over the text."""
     count = len(text.encode("utf-8", "surrogatepass").translate(None, NOT_ASCII_ALNUM))
     for run in NON_ASCII.findall(text):
         count += sum(map(str.isalnum, run))
     return count
+
+
+def collapse(text: str) -> str:
+    return SPACES.sub(" ", text.replace("\xa0", " ")).strip()
 
 
 # =========================================================================== rules
@@ -62,6 +82,10 @@ class ComponentRule:
     weight: float
     headings: re.Pattern  # the file's variants joined into one alternation
     markers: tuple[str, ...]
+    content: re.Pattern | None  # what the content must show; None: any text
+    or_list: bool  # a list of two or more items is content enough
+    not_prose: bool  # a long first paragraph is an article, not this component
+    site_wide: bool  # counts in menus, headers, footers and sidebars too
 
 
 @dataclass(frozen=True)
@@ -80,28 +104,64 @@ class Band:
 
 
 @dataclass(frozen=True)
+class Limits:
+    page_chars: int
+    elements: int
+    title_chars: int
+    value_chars: int
+    snippet_chars: int
+    prose_words: int
+    text_chars: int
+    links: int
+    documents: int
+
+
+@dataclass(frozen=True)
+class Discovery:
+    max_pages: int
+    max_depth: int
+    max_total_chars: int
+    max_failed_pages: int
+    list_rank: int
+    user_agent: str
+    robots_path: str
+    robots_chars: int
+    sitemap_path: str
+    sitemap_chars: int
+    sitemap_entries: int
+    data_path: str
+    data_schema: str
+    data_chars: int
+    link_patterns: tuple[re.Pattern, ...]
+    generic_link_text: re.Pattern
+    document_extensions: frozenset[str]
+    document_words: re.Pattern
+    skip_extensions: frozenset[str]
+
+
+@dataclass(frozen=True)
 class ScoringRules:
     version: int
     components: tuple[ComponentRule, ...]  # the six delivery components and the maklumat
+    pledge: re.Pattern
     lapor_id: str
     lapor_label: dict[str, str]
     lapor_weight: float
-    lapor_hosts: frozenset[str]
+    lapor_domain: str
+    lapor_text: re.Pattern
     bands: tuple[Band, ...]  # highest first
     min_content_chars: int
     max_heading_chars: int
     enumeration: re.Pattern
+    limits: Limits
     exclude_tags: frozenset[str]
     header_outside_main: bool
+    outside_main: bool
     exclude_roles: frozenset[str]
     exclude_class: re.Pattern
     min_text_chars: int
     not_content: tuple[NotContentRule, ...]
-    data_path: str
-    data_schema: str
-    max_pages: int
-    link_patterns: tuple[re.Pattern, ...]
-    skip_extensions: frozenset[str]
+    discovery: Discovery
     markers: dict[str, str] = field(default_factory=dict)  # marker value -> component id
     _class_memo: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
     _heading_memo: dict[str, str | None] = field(default_factory=dict, repr=False, compare=False)
@@ -114,14 +174,26 @@ class ScoringRules:
         return (*(c.id for c in self.components), self.lapor_id)
 
     @functools.cached_property
+    def by_id(self) -> dict[str, ComponentRule]:
+        return {c.id: c for c in self.components}
+
+    @functools.cached_property
     def nothing_published(self) -> Publication:
         """The score of a site none of whose pages could be read (shared: never mutated)."""
         return score_publication({}, self)
 
+    @property
+    def max_pages(self) -> int:
+        return self.discovery.max_pages
+
+    @property
+    def data_path(self) -> str:
+        return self.discovery.data_path
+
     def label(self, item: str, lang: str = "id") -> str:
         if item == self.lapor_id:
             return self.lapor_label[lang]
-        return next(c.label[lang] for c in self.components if c.id == item)
+        return self.by_id[item].label[lang]
 
     def band(self, score: float) -> Band:
         return next(b for b in self.bands if score >= b.min)
@@ -130,23 +202,30 @@ class ScoringRules:
         """Whether a class (or id) attribute marks chrome: menu, footer, sidebar..."""
         if not names:
             return False
-        return _remember(self._class_memo, names, self._names_excluded)
+        return _remember(self._class_memo, names[:200], self._names_excluded)
 
     def _names_excluded(self, names: str) -> bool:
         return any(self.exclude_class.search(name) for name in names.split())
 
     def component_for(self, heading: str) -> str | None:
-        """The component a heading names, if any (headings repeat across sites: memoised)."""
+        """The component a label names, if any (labels repeat across sites: memoised)."""
+        if len(heading) > 2 * self.max_heading_chars:
+            return None
         return _remember(self._heading_memo, heading, self._match_heading)
 
-    def link_rank(self, href: str, text: str) -> int | None:
+    def link_rank(self, path: str, text: str) -> int | None:
         """How likely a link leads to service standards (0 best), None if not at all. The
         same menu links recur on every page of a site and across sites: memoised."""
-        return _remember(self._link_memo, (href, text), self._match_link)
+        return _remember(self._link_memo, (path[:300], text[:300]), self._match_link)
+
+    def is_lapor_host(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        return host == self.lapor_domain or host.endswith("." + self.lapor_domain)
 
     def _match_link(self, link: tuple[str, str]) -> int | None:
-        return next((i for i, p in enumerate(self.link_patterns)
-                     if p.search(link[0]) or p.search(link[1])), None)
+        path = link[0].replace("-", " ").replace("_", " ")
+        return next((i for i, p in enumerate(self.discovery.link_patterns)
+                     if p.search(link[1]) or p.search(path)), None)
 
     def _match_heading(self, heading: str) -> str | None:
         text = normalise_heading(heading, self.enumeration)
@@ -156,8 +235,8 @@ class ScoringRules:
 
 
 def _remember(memo: dict[K, Any], key: K, compute: Callable[[K], Any]) -> Any:
-    """memo[key], computed once (bounded: the headings, class names and links of every
-    site swept)."""
+    """memo[key], computed once (bounded: the labels, class names and links of every site
+    swept)."""
     try:
         return memo[key]
     except KeyError:
@@ -168,7 +247,7 @@ def _remember(memo: dict[K, Any], key: K, compute: Callable[[K], Any]) -> Any:
 
 
 def normalise_heading(text: str, enumeration: re.Pattern) -> str:
-    text = SPACES.sub(" ", text.replace("\xa0", " ")).strip().lower()
+    text = collapse(text).lower()
     text = enumeration.sub("", text)
     return text.rstrip(" :.-–—*").strip()
 
@@ -184,15 +263,38 @@ def load_rules(path: Path = RULES_FILE) -> ScoringRules:
                                   "compare with the scoring.yml shipped with provisioner")]) from None
 
 
+FLAGS = re.IGNORECASE
+
+
+def _component_from(c: dict[str, Any]) -> ComponentRule:
+    content = c.get("content") or {}
+    pattern = content.get("pattern")
+    return ComponentRule(
+        id=c["id"], label=dict(c["label"]), weight=float(c["weight"]),
+        headings=re.compile("|".join(f"(?:{p})" for p in c["headings"]), FLAGS),
+        markers=tuple(c["markers"]),
+        content=re.compile(pattern, FLAGS) if pattern else None,
+        or_list=bool(content.get("or_list")), not_prose=bool(content.get("not_prose")),
+        site_wide=bool(c.get("site_wide")))
+
+
+def _discovery_from(d: dict[str, Any]) -> Discovery:
+    numbers = {k: int(d[k]) for k in (
+        "max_pages", "max_depth", "max_total_chars", "max_failed_pages", "list_rank", "robots_chars",
+        "sitemap_chars", "sitemap_entries", "data_chars")}
+    return Discovery(
+        **numbers, user_agent=str(d["user_agent"]), robots_path=d["robots_path"],
+        sitemap_path=d["sitemap_path"], data_path=d["data_path"], data_schema=d["data_schema"],
+        link_patterns=tuple(re.compile(p, FLAGS) for p in d["link_patterns"]),
+        generic_link_text=re.compile(d["generic_link_text"], FLAGS),
+        document_extensions=frozenset(d["document_extensions"]),
+        document_words=re.compile(d["document_words"], FLAGS),
+        skip_extensions=frozenset(d["skip_extensions"]))
+
+
 def _rules_from(data: dict[str, Any]) -> ScoringRules:
-    flags = re.IGNORECASE
-    components = tuple(
-        ComponentRule(id=c["id"], label=dict(c["label"]), weight=float(c["weight"]),
-                      headings=re.compile("|".join(f"(?:{p})" for p in c["headings"]), flags),
-                      markers=tuple(c["markers"]))
-        for c in data["components"])
+    components = tuple(_component_from(c) for c in data["components"])
     lapor, headings, exclude = data["lapor"], data["headings"], data["exclude"]
-    content, discovery = data["content"], data["discovery"]
     words = exclude["class_or_id_words"]
     bands = tuple(sorted((Band(b["grade"], float(b["min"]), b["zone"], dict(b["label"]))
                           for b in data["bands"]), key=lambda b: -b.min))
@@ -201,25 +303,25 @@ def _rules_from(data: dict[str, Any]) -> ScoringRules:
     return ScoringRules(
         version=int(data["version"]),
         components=components,
+        pledge=re.compile(data["pledge"], FLAGS),
         lapor_id=lapor["id"], lapor_label=dict(lapor["label"]),
-        lapor_weight=float(lapor["weight"]), lapor_hosts=frozenset(lapor["hosts"]),
+        lapor_weight=float(lapor["weight"]), lapor_domain=str(lapor["domain"]).lower(),
+        lapor_text=re.compile(lapor["text"], FLAGS),
         bands=bands,
         min_content_chars=int(headings["min_content_chars"]),
         max_heading_chars=int(headings["max_heading_chars"]),
-        enumeration=re.compile(headings["enumeration"], flags),
+        enumeration=re.compile(headings["enumeration"], FLAGS),
+        limits=Limits(**{k: int(v) for k, v in data["limits"].items()}),
         exclude_tags=frozenset(exclude["tags"]),
         header_outside_main=bool(exclude["header_outside_main"]),
+        outside_main=bool(exclude["outside_main"]),
         exclude_roles=frozenset(exclude["roles"]),
         exclude_class=re.compile("(^|[-_])(" + "|".join(map(re.escape, words)) + ")($|[-_])",
-                                 flags),
-        min_text_chars=int(content["min_text_chars"]),
-        not_content=tuple(NotContentRule(r["reason"], r["where"], re.compile(r["pattern"], flags))
-                          for r in content["not_content"]),
-        data_path=discovery["data_path"],
-        data_schema=discovery["data_schema"],
-        max_pages=int(discovery["max_pages"]),
-        link_patterns=tuple(re.compile(p, flags) for p in discovery["link_patterns"]),
-        skip_extensions=frozenset(discovery["skip_extensions"]),
+                                 FLAGS),
+        min_text_chars=int(data["content"]["min_text_chars"]),
+        not_content=tuple(NotContentRule(r["reason"], r["where"], re.compile(r["pattern"], FLAGS))
+                          for r in data["content"]["not_content"]),
+        discovery=_discovery_from(data["discovery"]),
         markers={m: c.id for c in components for m in c.markers},
     )
 
@@ -227,243 +329,511 @@ def _rules_from(data: dict[str, Any]) -> ScoringRules:
 # =========================================================================== page reading
 
 @dataclass(frozen=True)
+class Link:
+    href: str
+    text: str  # the link's text (an image's alt), with the block around it when it says nothing
+    in_content: bool = False  # in the main content, not in a menu, header, footer or sidebar
+
+
+@dataclass(frozen=True)
 class Published:
-    """What one page publishes: components (id -> evidence) and the SP4N-LAPOR! link."""
+    """What one page publishes: items found (id -> snippet), the standards it offers only
+    as a document or an image, and its links (the crawl follows them)."""
 
     found: dict[str, str]
-    lapor_link: bool
+    documents: tuple[str, ...] = ()
+    links: tuple[Link, ...] = ()
 
 
 @dataclass(frozen=True)
 class PageAnalysis(Published):
-    """The home page: what it publishes, its links, and whether it is real content."""
+    """The home page: what it publishes, and whether it is real content."""
 
-    links: tuple[tuple[str, str], ...]  # (href, link text), in document order
-    title: str
-    headline: str  # the title and the h1 headings: where default pages give themselves away
-    text_chars: int  # letters and digits of the main content
-    leading_text: str
+    title: str = ""
+    headline: str = ""  # the title and the h1 headings: where default pages give themselves away
+    text_chars: int = 0  # letters and digits of the main content
+    leading_text: str = ""
 
 
-HEADING_TAGS = tuple(HEADING_RANKS)
-CANDIDATE_TAGS = (*HEADING_TAGS, "td", "strong", "b")
-SENTINEL = "\ue000"  # a private-use character: stands for a heading in the linear text
-MARKED = etree.XPath(".//*[@data-komponen]")
-HEADING_MARK = re.compile(SENTINEL + "[0-9]+" + SENTINEL)
-CHROME_ATTRIBUTES = etree.XPath("//@role|//@class|//@id")
-HREFS = etree.XPath("//a/@href", smart_strings=False)
-XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
-NOTHING = PageAnalysis({}, False, (), "", "", 0, "")
+NOTHING = PageAnalysis({})
 
 
 def analyse_page(html: str, rules: ScoringRules) -> PageAnalysis:
-    """Read a home page: which components it publishes, its links and its main text.
-
-    libxml2 (lxml) builds the tree; Python only visits the links, the candidate headings
-    and the text between them, never every element (that made reading twice as costly).
-    """
-    root = _parse(html)
+    """Read a home page: what it publishes, its links, its title and its main text."""
+    root = _parse(html, rules)
     if root is None:
         return NOTHING
-    links = tuple((a.get("href", "").strip(), _text(a).strip()) for a in root.iter("a"))
-    title = SPACES.sub(" ", " ".join(_text(t) for t in root.iter("title"))).strip()
-    h1 = [SPACES.sub(" ", _text(h)).strip() for h in root.iter("h1")]
-    headings, pieces, found = _read_main(root, rules)
-    text = "".join(p if i % 2 == 0 else headings[int(p)][2] for i, p in enumerate(pieces))
+    reader = _Reader(root, rules)
+    reader.read()
+    cap = rules.limits.title_chars
+    title = collapse(_bounded_text(next(root.iter("title"), None), cap))[:cap]
+    h1 = [collapse(_bounded_text(h, cap))[:cap] for _, h in zip(range(5), root.iter("h1"))]
+    text = "".join(reader.main_text)
     return PageAnalysis(
-        found=found,
-        lapor_link=any(_is_lapor(href, rules) for href, _ in links),
-        links=links,
+        found=reader.found, documents=tuple(reader.documents), links=tuple(reader.links),
         title=title,
         headline=" | ".join([title, *h1]),
         text_chars=word_chars(text),
-        leading_text=SPACES.sub(" ", text[:LEADING_TEXT_CHARS * 2]).strip()[:LEADING_TEXT_CHARS],
+        leading_text=collapse(text[:LEADING_TEXT_CHARS * 2])[:LEADING_TEXT_CHARS],
     )
 
 
 def read_published(html: str, rules: ScoringRules) -> Published:
-    """Read another page of the site: only what it publishes (half a home page's work)."""
-    root = _parse(html)
+    """Read another page of the site: only what it publishes and its links."""
+    root = _parse(html, rules)
     if root is None:
         return NOTHING
-    lapor = any(_is_lapor(href.strip(), rules) for href in HREFS(root))
-    _, _, found = _read_main(root, rules)
-    return Published(found, lapor)
+    reader = _Reader(root, rules)
+    reader.read()
+    return Published(reader.found, tuple(reader.documents), tuple(reader.links))
 
 
-def _read_main(root: etree._Element, rules: ScoringRules) -> tuple[
-        list[tuple[str | None, int, str]], list[str], dict[str, str]]:
-    """Drop the chrome, then find the components of the main content: (its headings, its
-    text split on the heading sentinels, the components found)."""
-    for element in _chrome(root, rules):
-        _drop(element)
-    scope = next(root.iter("main"), None)
-    if scope is None:
-        scope = next(root.iter("body"), root)
-    headings = _headings(scope, rules)
-    pieces = "".join(scope.itertext()).split(SENTINEL)
-    found = _components_in(pieces, headings, rules)
-    found |= _marked_components(scope, rules, skip=found)
-    return headings, pieces, found
-
-
-def _parse(html: str) -> etree._Element | None:
+def _parse(html: str, rules: ScoringRules) -> etree._Element | None:
+    """libxml2's HTML parser: no network, no huge trees (it stops at 256 levels), comments
+    and processing instructions dropped, script/style/... removed."""
     parser = etree.HTMLParser(no_network=True, remove_comments=True, remove_pis=True,
-                              collect_ids=False)  # ids are never looked up: -12 % parse time
+                              collect_ids=False, huge_tree=False)
+    html = html[:rules.limits.page_chars]
     try:
-        if html.lstrip().startswith("<?xml"):
+        if html.lstrip()[:5] == "<?xml":
             html = XML_DECLARATION.sub("", html, count=1)
-        root = etree.fromstring(html.replace(SENTINEL, ""), parser)
+        root = etree.fromstring(html.replace(FORM_TOKEN, ""), parser)
     except (etree.XMLSyntaxError, ValueError):
         return None  # an empty document
     if root is not None:
-        etree.strip_elements(root, *SKIP_TAGS, with_tail=False)
+        etree.strip_elements(root, *(SKIP_TAGS - {"head"}), with_tail=False)
     return root
 
 
-def _text(element: etree._Element) -> str:
-    return "".join(element.itertext())
+def _bounded_text(element: etree._Element | None, limit: int) -> str:
+    """The text of an element, stopping once ``limit`` characters are gathered."""
+    if element is None:
+        return ""
+    pieces, size = [], 0
+    for piece in element.itertext():
+        pieces.append(piece)
+        size += len(piece)
+        if size >= limit:
+            break
+    return "".join(pieces)[:limit]
 
 
-def _is_lapor(href: str, rules: ScoringRules) -> bool:
-    return "lapor" in href and (urlsplit(href).hostname or "").lower() in rules.lapor_hosts
+def _suffix(path: str) -> str:
+    """The extension of a URL path's last segment, lower-cased (".pdf")."""
+    return posixpath.splitext(path.rsplit("/", 1)[-1])[1].lower()
 
 
-def _chrome(root: etree._Element, rules: ScoringRules) -> list[etree._Element]:
-    """Menus, footers, sidebars and page headers: never main content."""
-    chrome = list(root.iter(*rules.exclude_tags))
-    if rules.header_outside_main:
-        chrome += [h for h in root.iter("header")
-                   if next(h.iterancestors(*CONTAINERS_OF_HEADERS), None) is None]
-    for value in CHROME_ATTRIBUTES(root):  # the attribute values alone: 2x faster than elements
-        if (value.lower() in rules.exclude_roles if value.attrname == "role"
-                else rules.excludes_names(str(value))):
-            chrome.append(value.getparent())
-    return chrome
+class _Open:
+    """A label being read: what it names and the content gathered under it so far."""
+
+    __slots__ = ("component", "rank", "label", "scope", "chrome", "extend", "text", "size",
+                 "chars", "items", "documents")
+
+    def __init__(self, component: str, rank: int, label: str, scope: etree._Element,
+                 chrome: bool, extend: bool):
+        self.component, self.rank, self.label = component, rank, label
+        self.scope, self.chrome, self.extend = scope, chrome, extend
+        self.text: list[str] = []
+        self.size = self.chars = self.items = 0
+        self.documents: list[str] = []
 
 
-def _drop(element: etree._Element) -> None:
-    """Remove an element and its content, keeping the text that follows it."""
-    parent = element.getparent()
-    if parent is None:
-        return
-    if element.tail:
-        previous = element.getprevious()
-        if previous is not None:
-            previous.tail = (previous.tail or "") + element.tail
-        else:
-            parent.text = (parent.text or "") + element.tail
-    parent.remove(element)
+class _Reader:
+    """One walk over a page (lxml's iterwalk: start and end events, no recursion).
 
+    Labels open a component; text, list items, forms and documents met while it is open
+    are its content; it closes at the next label, at a heading of the same or a higher
+    rank, or at the end of the smallest element around it that holds any content. Text
+    in chrome (menus, headers, footers, sidebars, outside <main>) is content only for
+    labels in chrome, which count only for site-wide components."""
 
-def _marked_components(scope: etree._Element, rules: ScoringRules,
-                       skip: dict[str, str]) -> dict[str, str]:
-    """Elements marked data-komponen="..." holding text besides their headings (which
-    _headings has already replaced by sentinels)."""
-    found = {}
-    for element in MARKED(scope):
-        component = rules.markers.get(element.get("data-komponen").strip().lower())
-        if component and component not in skip and component not in found:
-            if word_chars(HEADING_MARK.sub("", _text(element))) >= rules.min_content_chars:
-                found[component] = "data-komponen"
-    return found
+    def __init__(self, root: etree._Element, rules: ScoringRules):
+        self.root, self.rules, self.limits = root, rules, rules.limits
+        self.found: dict[str, str] = {}
+        self.documents: list[str] = []
+        self.links: list[Link] = []
+        self.main_text: list[str] = []
+        self.main_size = 0
+        self.open: list[_Open] = []
+        self.chrome = self._chrome_elements()
+        self.chrome_stack: list[etree._Element] = []
+        self.panels = self._panels()
+        self.line_start = True
+        self.document_link: etree._Element | None = None
 
+    # ----------------------------------------------------------------- the walk
 
-def _headings(scope: etree._Element, rules: ScoringRules) -> list[tuple[str | None, int, str]]:
-    """The headings of the main content as (component, rank, text), in document order; each
-    is replaced in the tree by SENTINEL + its index, so the text around it can be measured.
-
-    Headings are h1-h6, dt and th; a strong/b at the start of a block (a label), and a
-    table cell holding only a component's name."""
-    headings: list[tuple[str | None, int, str]] = []
-    inside_taken: set[etree._Element] = set()
-    for element in list(scope.iter(*CANDIDATE_TAGS)):
-        if element in inside_taken:
-            continue  # inside a heading already taken
-        text = _text(element)
-        rank = HEADING_RANKS.get(element.tag, LABEL_RANK)
-        if element.tag not in HEADING_RANKS:
-            if not 0 < len(text.strip()) <= rules.max_heading_chars:
+    def read(self) -> None:
+        walker = etree.iterwalk(self.root, events=("start", "end"))
+        visited = 0
+        for event, element in walker:
+            tag = element.tag
+            if not isinstance(tag, str):
                 continue
-            component = rules.component_for(text)
-            if element.tag == "td" and component is None:
-                continue  # an ordinary table cell
-            if element.tag != "td" and not _at_block_start(element):
-                continue  # emphasis inside a sentence
-        else:
-            component = rules.component_for(text)
-        inside_taken.update(element.iterdescendants(*CANDIDATE_TAGS))
-        for child in list(element):
-            element.remove(child)
-        element.text = f"{SENTINEL}{len(headings)}{SENTINEL}"
-        headings.append((component, rank, text))
-    return headings
+            if event == "start":
+                visited += 1
+                if visited > self.limits.elements:
+                    break
+                if self._start(element, tag):
+                    walker.skip_subtree()
+            else:
+                self._end(element, tag)
+        self._close(lambda o: True)
+        text = "".join(self.main_text)
+        pledge = self.rules.pledge.search(text) if "maklumat" not in self.found else None
+        if pledge:
+            self._found_text("maklumat", "", text[pledge.start():pledge.start() + 400])
 
+    @property
+    def in_chrome(self) -> bool:
+        return bool(self.chrome_stack)
 
-def _at_block_start(element: etree._Element) -> bool:
-    """No text before the element inside its block (p, li, div, td, ...)."""
-    node = element
-    while True:
-        parent = node.getparent()
-        if parent is None:
+    def _start(self, element: etree._Element, tag: str) -> bool:
+        """Handle an element's start; True to skip its content (a label, read whole)."""
+        if element in self.chrome:
+            self.chrome_stack.append(element)
+        if tag in BLOCK_TAGS or tag == "br":
+            self.line_start = True
+        if tag == "li":
+            for o in self._receiving():
+                o.items += 1
+        if self.panels:
+            self._open_panel(element)
+        marker = element.get("data-komponen")
+        if marker:
+            component = self.rules.markers.get(marker.strip().lower())
+            if component:
+                self._open_label(component, LABEL_RANK, marker, element, extend=False)
+        if tag == "a":
+            self._link(element)
+        elif tag in ("img", "iframe", "embed", "object"):
+            self._embedded(element)
+        elif tag == "form":
+            self._form(element)
+        if tag == "head":
+            return True  # the title is read apart, for https.content
+        if tag in HEADING_RANKS or tag in ELEMENT_LABEL_TAGS:
+            self._element_label(element, HEADING_RANKS.get(tag, LABEL_RANK))
             return True
-        for sibling in node.itersiblings(preceding=True):
-            if _text(sibling).strip() or (sibling.tail or "").strip():
-                return False
-        if (parent.text or "").strip():
-            return False
-        if parent.tag in BLOCK_TAGS:
+        if tag in INLINE_LABEL_TAGS and self.line_start and self._inline_label(element):
             return True
-        node = parent
+        self._text(element.text, element)
+        return False
 
+    def _end(self, element: etree._Element, tag: str) -> None:
+        if tag in BLOCK_TAGS or tag == "br":
+            self.line_start = True
+        if self.open:
+            self._scope_ended(element)
+        if element is self.document_link:
+            self.document_link = None
+        if self.chrome_stack and self.chrome_stack[-1] is element:
+            self.chrome_stack.pop()
+            if not self.chrome_stack:
+                self._close(lambda o: o.chrome)
+        parent = element.getparent()
+        if parent is not None:
+            self._text(element.tail, parent)
 
-def _components_in(pieces: list[str], headings: list[tuple[str | None, int, str]],
-                   rules: ScoringRules) -> dict[str, str]:
-    """Components whose heading is followed by enough text before the next heading of the
-    same or a higher rank (or the next component heading). ``pieces`` alternates text and
-    heading indexes, as split on SENTINEL."""
-    found: dict[str, str] = {}
-    open_headings: list[list] = []  # [component, rank, heading text, letters so far]
+    # ----------------------------------------------------------------- labels
 
-    def add(chars: int) -> None:
-        for heading in open_headings:
-            heading[3] += chars
-
-    for i, piece in enumerate(pieces):
-        if i % 2 == 0:
-            if open_headings and piece:
-                add(word_chars(piece))
-            continue
-        component, rank, text = headings[int(piece)]
-        _settle(open_headings, found, rules, ends=lambda h: component or h[1] >= rank)
+    def _element_label(self, element: etree._Element, rank: int) -> None:
+        """h1-h6, dt, th, summary: the whole element is a label, of a component or not
+        ("<h3>Biaya: Gratis</h3>" is a label and its content)."""
+        text = _bounded_text(element, 2 * self.rules.max_heading_chars + 1)
+        colon = text.find(":", 0, self.rules.max_heading_chars)
+        label, rest = (text[:colon], text[colon + 1:]) if colon > 0 else (text, "")
+        component = self.rules.component_for(label)
+        if component is None and rest:
+            label, rest, component = text, "", self.rules.component_for(text)
+        parent = element.getparent()
         if component:
-            open_headings.append([component, rank, text, 0])
+            self._open_label(component, rank, label, element if parent is None else parent)
+            self._main(label)
+            self.line_start = False
+            self._text(rest, element)
         else:
-            add(word_chars(text))  # a minor label ("KTP:") is content of what it is under
-    _settle(open_headings, found, rules, ends=lambda h: True)
-    return found
+            self._close(lambda o: o.chrome == self.in_chrome and o.rank >= rank)
+            self._text(text, element)
+        self.line_start = True
+        for a in element.iter("a"):
+            self._link(a)
+        self.document_link = None  # its end is not visited
 
+    def _inline_label(self, element: etree._Element) -> bool:
+        """strong/b at the start of a line: a label when it names a component and ends with
+        ":" or stands alone on its line ("<b>Biaya:</b> Gratis", "<b>Produk</b><br>...")."""
+        text = _bounded_text(element, 2 * self.rules.max_heading_chars + 1)
+        component = self.rules.component_for(text)
+        if component is None:
+            return False
+        tail = (element.tail or "").lstrip()
+        following = element.getnext()
+        alone = not tail and (following is None or following.tag == "br"
+                              or following.tag in BLOCK_TAGS)
+        if not (text.rstrip().endswith(":") or tail[:1] in (":", "-", "–", "=") or alone):
+            return False
+        self._open_label(component, LABEL_RANK, text, self._block_of(element))
+        self.line_start = False
+        return True
 
-def _settle(open_headings: list[list], found: dict[str, str], rules: ScoringRules,
-            ends) -> None:
-    """Close the open headings a new heading ends; record those with enough content."""
-    for heading in [h for h in open_headings if ends(h)]:
-        open_headings.remove(heading)
-        component, _, text, chars = heading
-        if chars >= rules.min_content_chars:
-            found.setdefault(component, SPACES.sub(" ", text).strip())
+    def _line_label(self, text: str, container: etree._Element) -> str:
+        """A line of text that is a label ("Persyaratan") or starts with one ("Biaya: Gratis"):
+        open it and return the rest of the line."""
+        head = text[:self.rules.max_heading_chars + 1]
+        colon = head.find(":")
+        label = head[:colon] if colon > 0 else text
+        component = self.rules.component_for(label)
+        if component is None:
+            return text
+        self._open_label(component, LABEL_RANK, label, self._block_of(container))
+        return text[colon + 1:] if colon > 0 else ""
+
+    def _open_panel(self, element: etree._Element) -> None:
+        """A tab panel or an accordion body named by the control that opens it."""
+        ident = element.get("id")
+        component = self.panels.get(ident) if ident else None
+        if component:
+            self._open_label(component, LABEL_RANK, component, element, extend=False)
+
+    def _open_label(self, component: str, rank: int, label: str, scope: etree._Element,
+                    extend: bool = True) -> None:
+        self._close(lambda o: o.chrome == self.in_chrome)
+        self.open.append(_Open(component, rank, label, scope, self.in_chrome, extend))
+
+    def _block_of(self, element: etree._Element) -> etree._Element:
+        node = element
+        while node.tag not in BLOCK_TAGS:
+            parent = node.getparent()
+            if parent is None:
+                return node
+            node = parent
+        return node
+
+    # ----------------------------------------------------------------- content
+
+    def _receiving(self) -> list[_Open]:
+        chrome = self.in_chrome
+        return [o for o in self.open if o.chrome == chrome]
+
+    def _text(self, text: str | None, container: etree._Element) -> None:
+        if not text:
+            return
+        stripped = text.strip()
+        if not stripped:
+            return
+        if "1708" in text or ".go.id" in text:
+            self._lapor_text(text)
+        if self.document_link is not None:
+            return  # a document's link text is not content
+        if self.line_start and container.tag != "a" and self._inside_link(container) is None:
+            text = self._line_label(text.lstrip(), container)
+        newline = "\n" if self.line_start else ""
+        self.line_start = False
+        self._main(newline + text)
+        for o in self._receiving():
+            if o.size < self.limits.value_chars:
+                piece = (newline + text)[:self.limits.value_chars - o.size]
+                o.text.append(piece)
+                o.size += len(piece)
+            o.chars += word_chars(text) if len(text) < 2000 else 2000
+
+    def _main(self, text: str) -> None:
+        """Text of the main content: measured for https.content, searched for the pledge."""
+        if not self.in_chrome and self.main_size < self.limits.text_chars:
+            self.main_text.append(text)
+            self.main_size += len(text)
+
+    def _inside_link(self, element: etree._Element) -> etree._Element | None:
+        node: etree._Element | None = element
+        for _ in range(4):  # a label is never deep inside a link
+            if node is None or node.tag in BLOCK_TAGS:
+                return None
+            if node.tag == "a":
+                return node
+            node = node.getparent()
+        return None
+
+    def _lapor_text(self, text: str) -> None:
+        match = self.rules.lapor_text.search(text[:self.limits.value_chars * 4])
+        if match:
+            self._found_text(self.rules.lapor_id, "", text)
+
+    def _link(self, element: etree._Element) -> None:
+        href = (element.get("href") or "").strip()
+        if not href or len(self.links) >= self.limits.links:
+            return
+        href = href[:2000]
+        host = self._host(href)
+        if host and self.rules.is_lapor_host(host):
+            self._found_text(self.rules.lapor_id, "link", href)
+        text = collapse(_bounded_text(element, 200))
+        if not text:
+            image = next(element.iter("img"), None)
+            text = collapse((image.get("alt") or image.get("title") or "")[:200]) \
+                if image is not None else ""
+        path = self._path(href)
+        if _suffix(path) in self.rules.discovery.document_extensions:
+            self.document_link = element
+            self._document(href, text)
+            return
+        if self.rules.discovery.generic_link_text.search(text):
+            text = f"{text} {collapse(_bounded_text(self._block_of(element), 300))}"
+        self.links.append(Link(href, text, not self.in_chrome))
+
+    @staticmethod
+    def _host(href: str) -> str | None:
+        try:
+            return urlsplit(href).hostname
+        except ValueError:
+            return None
+
+    def _embedded(self, element: etree._Element) -> None:
+        """An image (or an embedded PDF): never content; a document when it is a standard."""
+        source = (element.get("src") or element.get("data") or "").strip()[:2000]
+        if not source:
+            return
+        if element.tag != "img" and _suffix(self._path(source)) \
+                not in self.rules.discovery.document_extensions:
+            return
+        alt = collapse((element.get("alt") or element.get("title") or "")[:200])
+        if element.getparent() is not None and element.getparent() is self.document_link:
+            return
+        self._document(source, alt)
+
+    @staticmethod
+    def _path(url: str) -> str:
+        try:
+            return urlsplit(url).path
+        except ValueError:
+            return ""
+
+    def _document(self, source: str, text: str) -> None:
+        """A PDF, an office file or an image: content for nobody; under an open label, or
+        named like a standard, it is reported when the standard is not found as text."""
+        receiving = self._receiving()
+        for o in receiving:
+            if len(o.documents) < self.limits.documents:
+                o.documents.append(source)
+        if not receiving and self.rules.discovery.document_words.search(f"{source} {text}") \
+                and len(self.documents) < self.limits.documents and source not in self.documents:
+            self.documents.append(source)
+
+    def _form(self, element: etree._Element) -> None:
+        """A form with at least two fields to fill in: a complaint form under a label."""
+        fields = 0
+        for child in element.iter("input", "textarea", "select"):
+            if child.tag != "input" or (child.get("type") or "text").lower() not in (
+                    "hidden", "submit", "button", "image", "reset"):
+                fields += 1
+                if fields >= 2:
+                    break
+        if fields >= 2:
+            for o in self._receiving():
+                o.text.append(f" {FORM_TOKEN} ")
+                o.chars += 5
+
+    # ----------------------------------------------------------------- closing
+
+    def _scope_ended(self, element: etree._Element) -> None:
+        """Labels whose scope ends here close if they hold content; the others look
+        further, in the enclosing element (a heading alone in its own <div>)."""
+        for o in [o for o in self.open if o.scope is element]:
+            parent = element.getparent()
+            if o.extend and o.chars == 0 and not o.documents and parent is not None:
+                o.scope = parent
+            else:
+                self.open.remove(o)
+                self._judge(o)
+
+    def _close(self, which: Callable[[_Open], bool]) -> None:
+        for o in [o for o in self.open if which(o)]:
+            self.open.remove(o)
+            self._judge(o)
+
+    def _judge(self, o: _Open) -> None:
+        """Whether a closed label's content shows its component (SERVICE_STANDARD.md)."""
+        if o.component in self.found:
+            return
+        rule = self.rules.by_id[o.component]
+        value = "".join(o.text)
+        shown = (not o.chrome or rule.site_wide) and o.chars >= self.rules.min_content_chars \
+            and (rule.content is None or rule.content.search(value) is not None
+                 or (rule.or_list and o.items >= 2)) \
+            and not (rule.not_prose and o.items < 2 and self._prose(value))
+        if shown:
+            self._found_text(o.component, o.label, value)
+        elif o.documents:
+            self.documents.extend(d for d in o.documents if d not in self.documents)
+            del self.documents[self.limits.documents:]
+
+    def _prose(self, value: str) -> bool:
+        first = next((line for line in value.split("\n") if line.strip()), "")
+        return len(first.split()) > self.limits.prose_words
+
+    def _found_text(self, item: str, label: str, value: str) -> None:
+        if item in self.found:
+            return
+        label = collapse(label[:200]).rstrip(" :")
+        value = collapse(value.replace(FORM_TOKEN, "[formulir]")[:400])
+        snippet = f"{label}: {value}" if label and value else label or value
+        self.found[item] = snippet[:self.limits.snippet_chars]
+
+    # ----------------------------------------------------------------- set-up
+
+    def _chrome_elements(self) -> set[etree._Element]:
+        """Menus, footers, sidebars, page headers, and what lies outside <main>."""
+        root, rules = self.root, self.rules
+        chrome = set(root.iter(*rules.exclude_tags))
+        if rules.header_outside_main:
+            chrome.update(h for h in root.iter("header")
+                          if next(h.iterancestors(*CONTAINERS_OF_HEADERS), None) is None)
+        main = None
+        for value in CHROME_ATTRIBUTES(root):  # the attribute values alone: 2x faster
+            element = value.getparent()
+            if value.attrname == "role":
+                role = value.strip().lower()
+                if role in rules.exclude_roles:
+                    chrome.add(element)
+                elif role == "main" and main is None:
+                    main = element
+            elif element.tag not in NEVER_CHROME_BY_NAME and rules.excludes_names(str(value)):
+                chrome.add(element)
+        main = next(root.iter("main"), main)
+        if rules.outside_main and main is not None:
+            for node in (main, *main.iterancestors()):
+                chrome.update(s for s in node.itersiblings(preceding=True)
+                              if isinstance(s.tag, str))
+                chrome.update(s for s in node.itersiblings() if isinstance(s.tag, str))
+        return chrome
+
+    def _panels(self) -> dict[str, str]:
+        """Tab panels and accordion bodies: element id -> the component its control names."""
+        panels: dict[str, str] = {}
+        for control in PANEL_CONTROLS(self.root)[:200]:
+            target = (control.get("aria-controls") or control.get("data-bs-target")
+                      or control.get("data-target") or control.get("href") or "")
+            target = target.strip().lstrip("#")
+            if not target or target in panels:
+                continue
+            component = self.rules.component_for(_bounded_text(control, 201))
+            if component:
+                panels[target] = component
+        return panels
 
 
 # =========================================================================== scoring
 
-def score_publication(pages: dict[str, Published], rules: ScoringRules) -> Publication:
-    """Score the pages read (path -> analysis): an item counts when any page publishes it."""
-    evidence: dict[str, str] = {}
+def score_publication(pages: dict[str, Published], rules: ScoringRules,
+                      notes: Iterable[str] = ()) -> Publication:
+    """Score the pages read (path -> what it publishes): an item counts when any page
+    publishes it; the evidence is the first page (in reading order) that does."""
+    evidence: dict[str, Evidence] = {}
+    documents: list[str] = []
     for path, page in pages.items():
-        for component, heading in page.found.items():
-            evidence.setdefault(component, f"{path}: {heading}")
-        if page.lapor_link:
-            evidence.setdefault(rules.lapor_id, f"{path}: link")
+        for item, snippet in page.found.items():
+            evidence.setdefault(item, Evidence(path, snippet))
+        documents += [d for d in page.documents if d not in documents]
     weights = {c.id: c.weight for c in rules.components} | {rules.lapor_id: rules.lapor_weight}
     total = sum(weights.values())
     score = round(100 * sum(weights[i] for i in evidence) / total, 1) if total else 0.0
@@ -471,26 +841,33 @@ def score_publication(pages: dict[str, Published], rules: ScoringRules) -> Publi
         score=score,
         band=rules.band(score).grade,
         components={item: item in evidence for item in rules.ids},
-        evidence=evidence,
+        evidence={item: evidence[item] for item in rules.ids if item in evidence},
         pages=tuple(pages),
+        documents=tuple(documents[:rules.limits.documents]),
+        notes=tuple(notes),
     )
 
 
 def publication_checks(publication: Publication, rules: ScoringRules) -> list[CheckResult]:
-    """One check per scored item: found (with where) or not on the pages read."""
+    """One check per scored item: found (with where) or not on the pages read; and a
+    warning naming the documents when a standard is missing and was seen only in them."""
     read = f"not on the {len(publication.pages)} page(s) read"
-    return [result(f"publication.{item}", Status.PASS, publication.evidence[item])
-            if publication.components[item]
-            else result(f"publication.{item}", Status.FAIL, f"{rules.label(item, 'en')} {read}")
-            for item in rules.ids]
+    checks = [result(f"publication.{item}", Status.PASS, str(publication.evidence[item]))
+              if publication.components[item]
+              else result(f"publication.{item}", Status.FAIL, f"{rules.label(item, 'en')} {read}")
+              for item in rules.ids]
+    missing = [c.id for c in rules.components if not publication.components.get(c.id)]
+    if missing and publication.documents:
+        checks.append(result(
+            "publication.documents", Status.WARN,
+            f"{', '.join(missing)} not readable on the site's pages; seen only in "
+            f"{', '.join(publication.documents)} (a PDF or an image: ask for an HTML version)"))
+    return checks
 
 
 def missing_items(pages: dict[str, Published], rules: ScoringRules) -> set[str]:
     """Items no page read so far publishes (reading stops early when this is empty)."""
-    seen = {c for page in pages.values() for c in page.found}
-    if any(page.lapor_link for page in pages.values()):
-        seen.add(rules.lapor_id)
-    return set(rules.ids) - seen
+    return set(rules.ids).difference(*(page.found for page in pages.values()))
 
 
 def not_content_reason(page: PageAnalysis, rules: ScoringRules) -> str | None:
@@ -507,16 +884,20 @@ def not_content_reason(page: PageAnalysis, rules: ScoringRules) -> str | None:
 # =========================================================================== discovery
 
 def same_site_path(url: str, base_url: str) -> str | None:
-    """The path (and query) of url when it is on the same scheme, host and port as base."""
-    base, target = urlsplit(base_url), urlsplit(url)
-    if target.scheme or target.netloc:
-        if (target.scheme, target.hostname, target.port) != (base.scheme, base.hostname,
-                                                            base.port):
-            return None
-        path, query = target.path or "/", target.query
-    else:
-        path, query = _relative_path(base.path or "/", target.path, target.query)
-    if path.rsplit("/", 1)[-1].lower() in ("index.html", "index.htm", "index.php"):
+    """The path (and query) of url when it is on the same scheme, host and port as base,
+    without its fragment; None for another site or a URL that does not parse."""
+    try:
+        base, target = urlsplit(base_url), urlsplit(url)
+        if target.scheme or target.netloc:
+            if (target.scheme.lower(), target.hostname, target.port) != (
+                    base.scheme, base.hostname, base.port):
+                return None
+            path, query = target.path or "/", target.query
+        else:
+            path, query = _relative_path(base.path or "/", target.path, target.query)
+    except ValueError:  # "http://[x", a port out of range
+        return None
+    if not query and path.rsplit("/", 1)[-1].lower() in ("index.html", "index.htm", "index.php"):
         path = path.rsplit("/", 1)[0] + "/"
     return path + (f"?{query}" if query else "")
 
@@ -529,39 +910,49 @@ def _relative_path(base_path: str, path: str, query: str) -> tuple[str, str]:
     return joined.path or "/", query
 
 
-def pages_from_links(page: PageAnalysis, base_url: str, rules: ScoringRules) -> list[str]:
-    """Same-site pages the home page links to that may hold service standards, best first."""
-    here = same_site_path(base_url, base_url)
+def ranked_links(links: Iterable[Link], page_url: str, rules: ScoringRules,
+                 list_page: bool = False) -> list[tuple[int, str]]:
+    """(rank, path) of the same-site pages worth reading among a page's links, best
+    first: ranked by link_patterns on the link's text (with the block around a "klik di
+    sini") and path; documents and other sites are left out, and so are links matching
+    no pattern, except those in the main content of a list of services (``list_page``),
+    which come last."""
+    unmatched = len(rules.discovery.link_patterns) if list_page else None
     ranked: dict[str, int] = {}
-    for href, text in page.links:
-        rank = rules.link_rank(href, text)
-        if rank is None or href.startswith(("mailto:", "tel:", "javascript:")):
+    here = same_site_path(page_url, page_url)
+    for link in links:
+        if link.href.startswith(("mailto:", "tel:", "javascript:", "data:", "#")):
             continue
-        path = same_site_path(href, base_url)
-        if path is None or path == here or ranked.get(path, rank + 1) <= rank:
+        path = same_site_path(link.href, page_url)
+        if path is None or path == here:
             continue
-        if _suffix(urlsplit(path).path) not in rules.skip_extensions:
+        rank = rules.link_rank(path, link.text)
+        if rank is None and link.in_content:
+            rank = unmatched
+        if rank is None or ranked.get(path, rank + 1) <= rank:
+            continue
+        if _suffix(path.split("?", 1)[0]) not in rules.discovery.skip_extensions:
             ranked[path] = rank
-    return sorted(ranked, key=ranked.__getitem__)[:rules.max_pages]
-
-
-def _suffix(path: str) -> str:
-    """The extension of a URL path's last segment, lower-cased (".pdf")."""
-    return posixpath.splitext(path.rsplit("/", 1)[-1])[1].lower()
+    return sorted(((rank, path) for path, rank in ranked.items()), key=lambda r: r[0])
 
 
 def pages_from_data(text: str, base_url: str, rules: ScoringRules) -> list[str] | None:
-    """Pages named by a standar-pelayanan.json of the expected schema; None when it is not one."""
+    """Pages named by a standar-pelayanan.json of the expected schema; None when it is not
+    one (too large, too deeply nested, not JSON, another schema)."""
+    if len(text) > rules.discovery.data_chars:
+        return None
     try:
         document = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(document, dict) or document.get("schema") != rules.data_schema:
+    if not isinstance(document, dict) or document.get("schema") != rules.discovery.data_schema:
         return None
-    urls = [s.get("url") for s in document.get("services") or [] if isinstance(s, dict)]
+    services = document.get("services")
+    urls = [s.get("url") for s in (services if isinstance(services, list) else [])[:200]
+            if isinstance(s, dict)]
     for key in ("maklumat", "pengaduan"):
         section = document.get(key)
         if isinstance(section, dict):
             urls.append(section.get("url"))
-    paths = [same_site_path(u, base_url) for u in urls if isinstance(u, str)]
+    paths = [same_site_path(u[:2000], base_url) for u in urls if isinstance(u, str)]
     return list(dict.fromkeys(p for p in paths if p))[:rules.max_pages]

@@ -81,6 +81,8 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
           "penanganan pengaduan dipublikasikan"),
     Check("publication.maklumat", "service pledge published", "maklumat pelayanan dipublikasikan"),
     Check("publication.lapor", "SP4N-LAPOR! link", "tautan SP4N-LAPOR!"),
+    Check("publication.documents", "standards readable on the page, not only as a PDF or image",
+          "standar terbaca di halaman, bukan hanya PDF atau gambar"),
 )}
 
 # SERVICE_STANDARD.md "What active means": the name resolves at every authoritative
@@ -112,17 +114,36 @@ def skipped(check_ids: tuple[str, ...] | list[str], why: str) -> list[CheckResul
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """Where an item was found: the page and a snippet of what it shows (at most 160
+    characters of the site's own text: escape it wherever it is output)."""
+
+    page: str
+    snippet: str
+
+    def __str__(self) -> str:
+        return f"{self.page}: {self.snippet}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"page": self.page, "snippet": self.snippet}
+
+
+@dataclass(frozen=True)
 class Publication:
     """The website publication score of one site (not the Ombudsman's grade)."""
 
     score: float
     band: str
     components: dict[str, bool]
-    evidence: dict[str, str]  # item -> "page: heading" for what was found
+    evidence: dict[str, Evidence]  # item -> where it was found
     pages: tuple[str, ...]  # the pages read
+    documents: tuple[str, ...] = ()  # standards seen only as a PDF or an image
+    notes: tuple[str, ...] = ()  # what the reading skipped and why (robots.txt, a bad feed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "components": dict(self.components)}
+        return {"score": self.score, "components": dict(self.components),
+                "evidence": {item: e.to_dict() for item, e in self.evidence.items()},
+                "documents": list(self.documents)}
 
 
 @dataclass(frozen=True)

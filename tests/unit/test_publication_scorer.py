@@ -17,7 +17,7 @@ from provisioner.verify.content import (
     load_rules,
     not_content_reason,
     pages_from_data,
-    pages_from_links,
+    ranked_links,
     publication_checks,
     read_published,
     same_site_path,
@@ -33,8 +33,8 @@ SIX = ("persyaratan", "prosedur", "waktu", "biaya", "produk", "pengaduan")
 def found(html: str) -> set[str]:
     """What a page publishes, read as a home page and as any other page (which must agree)."""
     home, other = analyse_page(html, RULES), read_published(html, RULES)
-    assert (home.found, home.lapor_link) == (other.found, other.lapor_link)
-    return set(home.found) | ({"lapor"} if home.lapor_link else set())
+    assert home.found == other.found
+    return set(home.found)
 
 
 def page(body: str, title: str = "Layanan") -> str:
@@ -49,19 +49,26 @@ SIX_H2 = page("<main>" + "".join(f"<h2>{h}</h2><p>{c}</p>" for h, c in (
 CASES = [
     ("six h2 headings", SIX_H2, set(SIX)),
     ("data-komponen markers without headings", page("<main>" + "".join(
-        f'<section data-komponen="{m}"><p>isi komponen {m}</p></section>'
-        for m in ("persyaratan", "prosedur", "jangka_waktu", "biaya", "produk", "pengaduan"))
-        + "</main>"), set(SIX)),
+        f'<section data-komponen="{m}"><p>{text}</p></section>' for m, text in (
+            ("persyaratan", "Fotokopi KTP"), ("prosedur", "Pemohon mengisi formulir"),
+            ("jangka_waktu", "2 hari kerja"), ("biaya", "Gratis"), ("produk", "Akta"),
+            ("pengaduan", "Telepon (0543) 21170"))) + "</main>"), set(SIX)),
+    ("a marker over text that does not show its component", page(
+        '<main><section data-komponen="biaya"><p>isi komponen biaya</p></section></main>'),
+     set()),
     ("variants: waktu penyelesaian, tarif, alur, penanganan pengaduan", page(
         "<h3>Waktu penyelesaian</h3><p>5 hari</p><h3>Tarif</h3><p>Rp 0</p>"
-        "<h3>Alur</h3><ol><li>Daftar</li></ol><h3>Penanganan pengaduan</h3><p>Lewat surel</p>"),
+        "<h3>Alur</h3><ol><li>Daftar</li></ol><h3>Penanganan pengaduan</h3>"
+        "<p>Lewat surel pengaduan@dinkes.example.go.id</p>"),
      {"waktu", "biaya", "prosedur", "pengaduan"}),
+    ("a complaint channel named without its details is not one", page(
+        "<h3>Penanganan pengaduan</h3><p>Lewat surel</p>"), set()),
     ("variants: waktu pelayanan, biaya/tarif, mekanisme, jangka waktu layanan", page(
         "<h4>Waktu pelayanan</h4><p>1 hari</p><h4>Biaya / Tarif</h4><p>Tidak dipungut biaya</p>"
-        "<h4>Mekanisme</h4><p>Online</p>"), {"waktu", "biaya", "prosedur"}),
+        "<h4>Mekanisme</h4><p>Daftar online, lalu ambil antrean</p>"), {"waktu", "biaya", "prosedur"}),
     ("jangka waktu layanan and sistem, mekanisme, dan prosedur", page(
         "<h2>Jangka waktu layanan</h2><p>2 hari</p>"
-        "<h2>Sistem, Mekanisme, dan Prosedur</h2><p>Isi formulir</p>"), {"waktu", "prosedur"}),
+        "<h2>Sistem, Mekanisme, dan Prosedur</h2><p>Isi formulir di loket</p>"), {"waktu", "prosedur"}),
     ("definition list", page("<dl><dt>Persyaratan</dt><dd>KTP</dd><dt>Biaya</dt><dd>Gratis</dd>"
                              "</dl>"), {"persyaratan", "biaya"}),
     ("table header cells", page("<table><tr><th>Produk layanan</th><td>Akta kelahiran</td></tr>"
@@ -129,13 +136,14 @@ def test_components_found(html: str, expected: set[str]) -> None:
     assert found(html) == expected
 
 
+PLEDGE = "Dengan ini kami menyatakan sanggup menyelenggarakan pelayanan sesuai standar."
 SCORES = [
-    ("everything", {"/": SIX_H2, "/m": page("<h2>Maklumat</h2><p>Janji kami</p>"
+    ("everything", {"/": SIX_H2, "/m": page(f"<h2>Maklumat</h2><p>{PLEDGE}</p>"
                                             "<a href='https://www.lapor.go.id'>LAPOR</a>")},
      100.0, "A"),
     ("six components, no maklumat, no link", {"/": SIX_H2}, 84.0, "B"),
     ("one component missing", {"/": SIX_H2.replace("Biaya", "Catatan"),
-                               "/m": page("<h2>Maklumat</h2><p>Janji kami</p>"
+                               "/m": page(f"<h2>Maklumat</h2><p>{PLEDGE}</p>"
                                           "<a href='https://lapor.go.id'>LAPOR</a>")}, 86.0, "B"),
     ("nothing", {"/": page("<p>Selamat datang</p>")}, 0.0, "E"),
     ("three components", {"/": page("<h2>Persyaratan</h2><p>KTP</p><h2>Biaya</h2><p>Gratis</p>"
@@ -152,7 +160,9 @@ def test_score_and_band(pages: dict[str, str], score: float, band: str) -> None:
 
 def test_evidence_names_the_page_and_heading() -> None:
     publication = score_publication({"/layanan/ktp.html": analyse_page(SIX_H2, RULES)}, RULES)
-    assert publication.evidence["waktu"] == "/layanan/ktp.html: Jangka Waktu Penyelesaian"
+    assert str(publication.evidence["waktu"]) == "/layanan/ktp.html: Jangka Waktu Penyelesaian: 3 hari kerja"
+    assert publication.to_dict()["evidence"]["waktu"] == {
+        "page": "/layanan/ktp.html", "snippet": "Jangka Waktu Penyelesaian: 3 hari kerja"}
     checks = {c.id: c for c in publication_checks(publication, RULES)}
     assert checks["publication.waktu"].status is Status.PASS
     assert checks["publication.maklumat"].status is Status.FAIL
@@ -211,8 +221,8 @@ def test_links_ranked_and_kept_on_site() -> None:
         "<a href='standar-pelayanan.pdf'>Standar pelayanan (PDF)</a>"
         "<a href='/berita/1'>Berita</a><a href='mailto:x@y.id'>pengaduan</a>"
         "<a href='/standar-pelayanan/'>Standar Pelayanan</a></main>"), RULES)
-    assert pages_from_links(home, "https://dinkes.example.go.id/", RULES) == [
-        "/standar-pelayanan/", "/layanan/ktp.html", "/maklumat.html"]
+    assert [p for _, p in ranked_links(home.links, "https://dinkes.example.go.id/", RULES)] == [
+        "/standar-pelayanan/", "/maklumat.html", "/layanan/ktp.html"]
 
 
 def test_data_file_lists_service_pages_of_this_site_only() -> None:

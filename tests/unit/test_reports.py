@@ -16,7 +16,7 @@ from provisioner.history import SweepPoint
 from provisioner.report import html, jsonl, junit, prom, write_atomic
 from provisioner.sweep import RECORD_SCHEMA, SweepResult, record_of, summarise
 from provisioner.verify.content import load_rules, score_publication
-from provisioner.verify.model import AgencyResult, CertInfo, CheckResult, Status
+from provisioner.verify.model import AgencyResult, CertInfo, CheckResult, Evidence, Status
 
 RULES = load_rules()
 START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.timezone.utc)
@@ -34,7 +34,7 @@ def agency(slug: str, statuses: dict[str, Status], days_left: int | None = 60,
         score = round(sum(14 if i in ("persyaratan", "prosedur", "waktu", "biaya", "produk",
                                       "pengaduan") else 8 for i in published), 1)
         publication = type(publication)(score, RULES.band(score).grade, components,
-                                        {i: "/: x" for i in published}, ("/",))
+                                        {i: Evidence("/", "x") for i in published}, ("/",))
     not_after = START + dt.timedelta(days=days_left) if days_left is not None else None
     return AgencyResult(slug, f"https://{slug}.paserkab.go.id/", checks, publication,
                         CertInfo(not_after, days_left))
