@@ -341,12 +341,14 @@ class EmailChannel:
                 client = smtplib.SMTP_SSL(s.host, s.port, timeout=self.timeout, context=context)
             else:
                 client = smtplib.SMTP(s.host, s.port, timeout=self.timeout)
-            with client:
+            try:
                 if s.security == "starttls":
                     client.starttls(context=context)  # refused by the server: no plain text
                 if s.username:
                     client.login(s.username, password or "")
                 client.send_message(mail)
+            finally:
+                client.close()  # no QUIT: after a failure it would wait for a dead peer
         except (smtplib.SMTPException, OSError, ValueError) as exc:
             raise DeliveryError("email", f"{s.host}:{s.port}",
                                 _describe(exc, hide=(password or "",))) from None

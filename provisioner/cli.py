@@ -1167,12 +1167,15 @@ def _show_units(result: Any, fmt: Format) -> None:
 
 
 def _systemctl_note(result: Any) -> None:
+    from . import timers
+
     if result.ran_systemctl:
         console.print("ran: " + "; ".join(result.systemctl), markup=False)
-    else:
-        console.print("systemd is not running here or does not read this folder: nothing "
-                      "was enabled or stopped. Where it runs: " + " && ".join(result.systemctl),
-                      markup=False)
+        return
+    why = ("systemctl acts only on /etc/systemd/system" if timers.systemd_running()
+           else "systemd is not running on this machine")
+    console.print(f"{why}: nothing was enabled or stopped. Where it runs: "
+                  + " && ".join(result.systemctl), markup=False)
 
 
 @timers_app.command("install")
@@ -1250,8 +1253,9 @@ def timers_status(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
     result = timers.status(_timer_units(ctx), systemd_dir)
     _show_units(result, fmt)
     if fmt is Format.table and not result.ran_systemctl:
-        console.print("systemd is not running here (or does not read this folder): timer "
-                      "states unknown", markup=False)
+        console.print("timer states unknown: " + (
+            "systemctl acts only on /etc/systemd/system" if timers.systemd_running()
+            else "systemd is not running on this machine"), markup=False)
     if any(u.file != "installed" for u in result.units):
         raise typer.Exit(1)
 

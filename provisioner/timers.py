@@ -52,7 +52,7 @@ LockPersonality=yes
 ReadWritePaths=$state_dir"""
 # What a unit file line may hold unquoted: no spaces, quotes, '%' (a systemd specifier),
 # '$' or '\' (expansion), no control characters.
-SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./+@:,=-]+$")
+SAFE_VALUE = re.compile(r"[A-Za-z0-9_./+@:,=-]+")
 HOME_DIRS = ("/home", "/root", "/run/user")
 
 
@@ -75,7 +75,7 @@ def render_units(values: UnitValues) -> dict[str, str]:
     for name, value in (("executable", values.executable), ("inventory", values.inventory),
                         ("state dir", values.state_dir), ("user", values.user),
                         ("group", values.group)):
-        if not SAFE_VALUE.match(str(value)):
+        if not SAFE_VALUE.fullmatch(str(value)):
             raise UsageError(f"the {name} {str(value)!r} cannot be written in a systemd unit",
                              hint="use a path without spaces, quotes, '%', '$' or '\\'")
     in_home = any(Path(p).is_relative_to(home) for p in
