@@ -153,6 +153,7 @@ TEXT = {
         "more": "... dan {count} perubahan lain (lihat 'provisioner sweep')",
         "now": "Saat ini aktif {active} dari {total} situs.",
         "no_reason": "tanpa keterangan",
+        "reason": "pemeriksaan \u201c{check}\u201d gagal: {detail}",
         "report_subject": "Laporan keaktifan situs perangkat daerah {zone}, {date}",
         "report_text": "Terlampir laporan keaktifan situs perangkat daerah {zone} dari "
                        "pemeriksaan {date}, dengan tren sepekan terakhir.\n\n"
@@ -172,6 +173,7 @@ TEXT = {
         "more": "... and {count} more change(s) (see 'provisioner sweep')",
         "now": "Active now: {active} of {total} sites.",
         "no_reason": "no reason given",
+        "reason": "check \u201c{check}\u201d failed: {detail}",
         "report_subject": "Agency website report for {zone}, {date}",
         "report_text": "Attached is the agency website report for {zone} from the sweep of "
                        "{date}, with the past week's trend.\n\n"
@@ -204,7 +206,9 @@ def clean(text: Any, limit: int = MAX_FIELD) -> str:
 def _reason(reason: str, lang: str) -> str:
     check_id, _, detail = reason.partition(": ")
     check = CHECKS.get(check_id)
-    return f"{check.title(lang)} ({clean(detail)})" if check and detail else clean(reason)
+    if check and detail:
+        return TEXT[lang]["reason"].format(check=check.title(lang), detail=clean(detail))
+    return clean(reason)
 
 
 def _line(change: Change, lang: str) -> str:

@@ -375,7 +375,7 @@ def test_a_broken_site_is_alerted_once_and_its_repair_once(alert_lab: AlertLab) 
         {"email": 1, "webhook": 1, "telegram": 1}
     for text in (sent["email"][0], sent["webhook"][0], sent["telegram"][0]):
         assert "TIDAK AKTIF:" in text and "al-flaky" in text and "al-stable" not in text
-        assert "konten nyata" in text  # the reason, by its Indonesian check title
+        assert "pemeriksaan \u201ckonten nyata\u201d gagal: " in text  # the reason, in Indonesian
         assert "Saat ini aktif 1 dari 2 situs." in text
 
     again = al.sweep()

@@ -137,3 +137,21 @@ def test_alert_commands_need_alerts_configured(sample: SampleInventory) -> None:
         assert result.exit_code == 2
         assert result.stderr.startswith("error: no alerts configured (hint: add an alerts: "
                                         "block to ")
+
+
+def test_the_commented_example_in_the_sample_is_valid(sample: SampleInventory) -> None:
+    path = sample.root / "group_vars" / "all.yml"
+    lines = path.read_text().splitlines()
+    start = lines.index("# alerts:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line[2:])
+    path.write_text("\n".join(lines + block) + "\n")
+    (sample.state_dir / "secrets").mkdir(parents=True)
+    for name in ("smtp-password", "telegram-bot-token"):
+        secret(sample.state_dir / "secrets" / name)
+    alerts = load_inventory(sample.root, sample.state_dir).settings.alerts
+    assert alerts.email.report_to == ("kadis@paserkab.go.id",)
+    assert alerts.webhook and alerts.telegram.chat_id == "-1001234567890"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -87,10 +88,10 @@ def change(kind: str, **details) -> Change:
 
 LINES = [
     ("down", change("down", reasons=("tls.chain: unable to get local issuer",)),
-     "TIDAK AKTIF: Dinas Kesehatan (https://dinkes.paserkab.go.id/): rantai sertifikat "
-     "tepercaya (unable to get local issuer)",
-     "DOWN: Dinas Kesehatan (https://dinkes.paserkab.go.id/): certificate chain trusted "
-     "(unable to get local issuer)"),
+     "TIDAK AKTIF: Dinas Kesehatan (https://dinkes.paserkab.go.id/): pemeriksaan "
+     "\u201crantai sertifikat tepercaya\u201d gagal: unable to get local issuer",
+     "DOWN: Dinas Kesehatan (https://dinkes.paserkab.go.id/): check \u201ccertificate chain "
+     "trusted\u201d failed: unable to get local issuer"),
     ("down, reason of an unknown check", change("down", reasons=("no HTTPS: only http://",)),
      "TIDAK AKTIF: Dinas Kesehatan (https://dinkes.paserkab.go.id/): no HTTPS: only http://",
      "DOWN: Dinas Kesehatan (https://dinkes.paserkab.go.id/): no HTTPS: only http://"),
@@ -190,3 +191,21 @@ def test_errors_never_carry_a_secret_or_the_url() -> None:
     url = f"https://api.example.org/bot{token}/sendMessage"
     error = alerts._describe(ValueError(f"bad request to {url}"), hide=(url, token))
     assert token not in error and "/bot" not in error and error.startswith("ValueError: ")
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_sample_is_what_render_writes() -> None:
+    found = [Change("down", "dinkes", "Dinas Kesehatan Kabupaten Paser",
+                    "https://dinkes.paserkab.go.id/", SWEEP,
+                    reasons=("tls.chain: certificate has expired",)),
+             Change("up", "disdukcapil", "Dinas Kependudukan dan Pencatatan Sipil",
+                    "https://disdukcapil.paserkab.go.id/", SWEEP),
+             Change("cert", "bappeda", "Badan Perencanaan Pembangunan Daerah",
+                    "https://bappeda.paserkab.go.id/", SWEEP, days_left=29),
+             Change("band", "dkisp", "Dinas Komunikasi, Informatika, Statistik dan Persandian",
+                    "https://dkisp.paserkab.go.id/", SWEEP, band_from="A", band_to="C",
+                    score=62)]
+    message = render(found, "id", "paserkab.go.id", 35, 36)
+    assert f"```\n{message.subject}\n{message.text}```\n" in README.read_text()
