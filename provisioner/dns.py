@@ -12,9 +12,9 @@ secret is read from a 0600 file owned by the running user, kept out of every rep
 message, and handed to dnspython only while a message is signed.
 
 Queries always go out with recursion off (RD=0): the toolkit asks each authoritative
-server what *it* serves. Cost (2 CPUs, loaded): a query through dnspython ~0.35 ms of
-CPU against ~0.15 ms for the hand-written codec it replaced, nearly all of it parsing
-the answer's NS and glue records (dnspython's Message reads every section).
+server what *it* serves. Measured CPU per verification query (BIND-like answer: A, 2 NS,
+2 glue; 64 at once, uvloop): ~0.52 ms through dnspython vs ~0.17 ms for the hand-written
+codec it replaced, most of it dnspython parsing the NS and glue it cannot skip.
 """
 
 from __future__ import annotations
@@ -381,7 +381,9 @@ def read_answer(server: Nameserver, name: str, rdtype: str,
                 response: dns.message.Message) -> Answer:
     """What a response says about (name, rdtype), following the CNAMEs in its answer."""
     wanted = dns.rdatatype.from_text(rdtype)
-    cnames, end, problem = follow_cnames(response, _absolute(name), wanted)
+    # the question as asked (is_response checked it), spared a parse of the name's text
+    qname = response.question[0].name if response.question else _absolute(name)
+    cnames, end, problem = follow_cnames(response, qname, wanted)
     found = None if problem else response.get_rrset(response.answer, end,
                                                     dns.rdataclass.IN, wanted)
     return Answer(server, normalize_name(name), rdtype, dns.rcode.to_text(response.rcode()),
@@ -642,7 +644,8 @@ class Querier:
     ``resend`` seconds is sent once more, as stub resolvers do, and a truncated answer
     is asked again over TCP, all within the timeout. A reply to another query (another
     id or question, as dnspython's ``is_response`` says) is skipped; a reply that cannot
-    be parsed ends the query with its reason. Build it and close it in one loop."""
+    be parsed, trailing octets included (dnspython's default), ends the query with its
+    reason rather than waiting out the timeout. Build it and close it in one loop."""
 
     def __init__(self, timeout: float, limit: Limit, resend: float = UDP_RESEND_SECONDS):
         self.timeout, self.limit, self.resend = timeout, limit, resend
