@@ -676,22 +676,24 @@ class Querier:
     async def _exchange(self, server: Nameserver,
                         query: dns.message.Message) -> dns.message.Message:
         expiration = time.time() + self.timeout
-        destination = (server.address, server.port)
-        sock = await self._socket(destination)
-        try:
-            response = await self._over_udp(sock, query, destination, expiration)
+        key = (server.address, server.port)
+        family = dns.inet.af_for_address(server.address)
+        sock = await self._socket(family, key)
+        try:  # send and receive take the address as the socket gives it (IPv6: 4 parts)
+            response = await self._over_udp(
+                sock, query, dns.inet.low_level_address_tuple(key, family), expiration)
         except dns.message.Truncated:
-            self._release(destination, sock)  # the truncated reply was read: still clean
+            self._release(key, sock)  # the truncated reply was read: still clean
             return await dns.asyncquery.tcp(query, server.address, max(
                 expiration - time.time(), 0), server.port)
         except BaseException:
             await sock.close()  # a late or broken reply may still come: not for another query
             raise
-        self._release(destination, sock)
+        self._release(key, sock)
         return response
 
     async def _over_udp(self, sock: dns.asyncbackend.DatagramSocket,
-                        query: dns.message.Message, destination: tuple[str, int],
+                        query: dns.message.Message, destination: tuple[Any, ...],
                         expiration: float) -> dns.message.Message:
         wire = query.to_wire()
         first_try = min(expiration, time.time() + self.resend)
@@ -704,16 +706,16 @@ class Querier:
         await dns.asyncquery.send_udp(sock, wire, destination)  # same id: either reply will do
         return await _reply(sock, query, destination, expiration)
 
-    async def _socket(self, destination: tuple[str, int]) -> dns.asyncbackend.DatagramSocket:
-        idle = self._idle.setdefault(destination, [])
+    async def _socket(self, family: int,
+                      key: tuple[str, int]) -> dns.asyncbackend.DatagramSocket:
+        """An idle socket connected to the server, or a new one."""
+        idle = self._idle.setdefault(key, [])
         if idle:
             return idle.pop()
-        return await self._backend.make_socket(dns.inet.af_for_address(destination[0]),
-                                               socket.SOCK_DGRAM, 0, None, destination)
+        return await self._backend.make_socket(family, socket.SOCK_DGRAM, 0, None, key)
 
-    def _release(self, destination: tuple[str, int],
-                 sock: dns.asyncbackend.DatagramSocket) -> None:
-        self._idle.setdefault(destination, []).append(sock)
+    def _release(self, key: tuple[str, int], sock: dns.asyncbackend.DatagramSocket) -> None:
+        self._idle.setdefault(key, []).append(sock)
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, {}
@@ -728,7 +730,7 @@ class Querier:
 
 
 async def _reply(sock: dns.asyncbackend.DatagramSocket, query: dns.message.Message,
-                 destination: tuple[str, int], expiration: float) -> dns.message.Message:
+                 destination: tuple[Any, ...], expiration: float) -> dns.message.Message:
     """The first reply to ``query`` on the socket before ``expiration``."""
     while True:
         response, _, _ = await dns.asyncquery.receive_udp(

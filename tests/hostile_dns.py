@@ -121,10 +121,11 @@ def start(address: str = "127.0.0.1", port: int = 0) -> HostileDns:
 
 def _bind_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:
     """A UDP and a TCP socket on the same port (an ephemeral one when port is 0)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     for _ in range(20):
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp = socket.socket(family, socket.SOCK_DGRAM)
         udp.bind((address, port))
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             tcp.bind((address, udp.getsockname()[1]))

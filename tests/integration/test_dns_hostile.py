@@ -191,6 +191,14 @@ def test_a_closed_port_is_an_error_at_once() -> None:
     assert answer.error == "query failed: Connection refused"
 
 
+def test_a_server_on_ipv6_is_asked_over_udp_and_tcp() -> None:
+    with hostile_dns.start("::1", 0) as server:
+        server.add(f"site.{ZONE}", hostile_dns.records(f"A {ADDRESS}"))
+        server.add(f"big.{ZONE}", hostile_dns.truncated(ADDRESS))
+        assert ask(server, f"site.{ZONE}").addresses == (ADDRESS,)
+        assert ask(server, f"big.{ZONE}").addresses == (ADDRESS,)
+
+
 def test_sockets_are_reused_for_queries_in_turn(server) -> None:
     """One UDP socket serves a server's queries one after another (a socket per query
     cost more CPU than the query)."""
