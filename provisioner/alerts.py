@@ -25,7 +25,7 @@ import json
 import re
 import smtplib
 import ssl
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from html import escape
@@ -77,7 +77,9 @@ class Change:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Change:
-        return cls(**{**data, "reasons": tuple(data.get("reasons", ()))})
+        known = {f.name for f in fields(cls)} - {"reasons"}
+        return cls(**{key: value for key, value in data.items() if key in known},
+                   reasons=tuple(data.get("reasons", ())))
 
 
 def _key(record: dict[str, Any]) -> str:

@@ -708,8 +708,11 @@ def _send_alerts(inv: Inventory, result: sweeping.SweepResult, lang: Lang) -> li
     """Alert on what changed; one line per channel that had something to send."""
     from . import alerts
 
-    run = alerts.alert_after_sweep(inv, result.records, result.summary.active,
-                                   result.summary.total, lang.value)
+    try:
+        run = alerts.alert_after_sweep(inv, result.records, result.summary.active,
+                                       result.summary.total, lang.value)
+    except ProvisionerError as exc:  # the alert state is unchanged: the next sweep retries
+        return [f"alerts: not sent, tried again at the next sweep: {visible(exc)}"]
     if not run.outcomes:
         return ["alerts: no change since the last sweep"]
     return [f"alerts: {o.channel}: sent {o.changes} change(s)" if o.error is None else
@@ -1148,11 +1151,15 @@ SYSTEMD_DIR_OPTION = typer.Option(Path("/etc/systemd/system"), "--systemd-dir", 
                                        "/etc/systemd/system on a machine running systemd.")
 
 
-def _timer_units(ctx: typer.Context) -> dict[str, str]:
+def _timer_units(ctx: typer.Context, *, every: bool = False) -> dict[str, str]:
+    """The units for this inventory: the weekly report's only when it has someone to go
+    to (alerts.email.report_to), unless ``every``."""
     from . import timers
 
     inv = ctx.obj.inventory()
-    return timers.render_units(timers.this_installation(inv.root, inv.state_dir))
+    email = inv.settings.alerts.email if inv.settings.alerts else None
+    return timers.render_units(timers.this_installation(inv.root, inv.state_dir),
+                               report=every or bool(email and email.report_to))
 
 
 def _show_units(result: Any, fmt: Format) -> None:
@@ -1207,6 +1214,9 @@ def timers_install(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
             console.print(f"wrote {systemd_dir / name}", markup=False)
         if not result.changed:
             console.print("unit files already up to date", markup=False)
+        if not any(name.startswith(timers.REPORT_UNIT) for name in units):
+            console.print("left out the weekly report (provisioner-report.*): no "
+                          "alerts.email.report_to in group_vars/all.yml", markup=False)
         _systemctl_note(result)
     _show_units(result, fmt)
 
@@ -1220,7 +1230,7 @@ def timers_remove(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
     """Stop and disable the timers, then delete the unit files 'timers install' wrote."""
     from . import timers
 
-    units = _timer_units(ctx)
+    units = _timer_units(ctx, every=True)
     if dry_run:
         names = timers.removable(units, systemd_dir)
         if fmt is Format.json:

@@ -25,6 +25,7 @@ from .errors import ProvisionerError, UsageError
 TEMPLATE_DIR = Path(__file__).parent / "data" / "systemd"
 SYSTEM_DIR = Path("/etc/systemd/system")
 TIMERS = ("provisioner-sweep.timer", "provisioner-report.timer", "provisioner-renew.timer")
+REPORT_UNIT = "provisioner-report."
 UNITS = tuple(name for timer in TIMERS
               for name in (timer.replace(".timer", ".service"), timer))
 MARKER = "provisioner timers install"
@@ -70,8 +71,9 @@ EXAMPLE = UnitValues("/opt/provisioner/.venv/bin/provisioner", Path("/etc/provis
 """The values contrib/systemd is rendered with."""
 
 
-def render_units(values: UnitValues) -> dict[str, str]:
-    """Every unit file's name and text (pure)."""
+def render_units(values: UnitValues, *, report: bool = True) -> dict[str, str]:
+    """Every unit file's name and text (pure); without the weekly report's units when
+    ``report`` is false (nobody to mail it to)."""
     for name, value in (("executable", values.executable), ("inventory", values.inventory),
                         ("state dir", values.state_dir), ("user", values.user),
                         ("group", values.group)):
@@ -85,7 +87,11 @@ def render_units(values: UnitValues) -> dict[str, str]:
               "protect_home": "read-only" if in_home else "yes", "installed_by": INSTALLED_BY}
     fields["service_common"] = Template(SERVICE_COMMON).substitute(fields)
     return {name: Template((TEMPLATE_DIR / name).read_text(encoding="utf-8")).substitute(fields)
-            for name in UNITS}
+            for name in UNITS if report or not name.startswith(REPORT_UNIT)}
+
+
+def timers_of(units: dict[str, str]) -> tuple[str, ...]:
+    return tuple(name for name in units if name.endswith(".timer"))
 
 
 def this_installation(inventory: Path, state_dir: Path) -> UnitValues:
@@ -184,7 +190,7 @@ def install(units: dict[str, str], systemd_dir: Path) -> TimersResult:
                     if _file_state(paths[name], text) != "installed")
     for name in written:
         _write(paths[name], units[name])
-    commands = (("daemon-reload",), ("enable", "--now", *TIMERS))
+    commands = (("daemon-reload",), ("enable", "--now", *timers_of(units)))
     ran = manages(systemd_dir)
     if ran:
         for command in commands:
@@ -195,7 +201,7 @@ def install(units: dict[str, str], systemd_dir: Path) -> TimersResult:
 
 def remove(units: dict[str, str], systemd_dir: Path) -> TimersResult:
     """Stop and disable the timers, then delete the unit files this command wrote."""
-    commands = (("disable", "--now", *TIMERS),)
+    commands = (("disable", "--now", *timers_of(units)),)
     ran = manages(systemd_dir)
     if ran:
         for command in commands:
@@ -228,7 +234,7 @@ def status(units: dict[str, str], systemd_dir: Path) -> TimersResult:
     for name, text in units.items():
         path = systemd_dir / name
         enabled = active = None
-        if managed and name in TIMERS:
+        if managed and name.endswith(".timer"):
             enabled, active = _systemctl("is-enabled", name), _systemctl("is-active", name)
         states.append(UnitState(name, path, _file_state(path, text), enabled, active))
     return TimersResult(tuple(states), (), managed)

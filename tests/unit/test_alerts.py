@@ -66,6 +66,7 @@ def test_a_change_carries_what_the_message_needs() -> None:
     [band] = changes({"dinkes": OK}, [record(band="D", score=35.5)])
     assert (band.band_from, band.band_to, band.score) == ("A", "D", 35.5)
     assert Change.from_dict(json.loads(json.dumps(band.to_dict()))) == band
+    assert Change.from_dict({**down.to_dict(), "added_later": 1}) == down  # queued by a newer version
 
 
 def test_next_state_forgets_agencies_gone_and_keeps_what_an_outage_hides() -> None:
@@ -209,3 +210,20 @@ def test_the_readme_sample_is_what_render_writes() -> None:
                     score=62)]
     message = render(found, "id", "paserkab.go.id", 35, 36)
     assert f"```\n{message.subject}\n{message.text}```\n" in README.read_text()
+
+
+def test_a_broken_history_skips_the_alerts_but_not_the_sweep(sample, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from provisioner.cli import Lang, _send_alerts
+    from provisioner.registry import load_inventory
+    from provisioner.sweep import summarise
+
+    settings = sample.read("group_vars/all.yml")
+    settings["alerts"] = {"webhook": {"url": "http://127.0.0.1:9/never-reached"}}
+    sample.write("group_vars/all.yml", settings)
+    (sample.state_dir / "history.sqlite").mkdir(parents=True)  # not a database
+    records = (record(active=False),)
+    sweep = SimpleNamespace(records=records, summary=summarise(records))
+    [line] = _send_alerts(load_inventory(sample.root, sample.state_dir), sweep, Lang.id)
+    assert line.startswith("alerts: not sent, tried again at the next sweep: history ")

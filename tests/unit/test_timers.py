@@ -55,6 +55,18 @@ def test_a_path_that_cannot_be_written_in_a_unit_is_refused(bad: str) -> None:
         timers.render_units(values)
 
 
+def with_report_to(sample: SampleInventory, tmp_path: Path) -> None:
+    password = tmp_path / "smtp-password"
+    password.write_text("x" * 20)
+    password.chmod(0o600)
+    settings = sample.read("group_vars/all.yml")
+    settings["alerts"] = {"email": {"host": "127.0.0.1", "username": "u@paserkab.go.id",
+                                    "password_file": str(password), "from": "u@paserkab.go.id",
+                                    "to": ["ops@paserkab.go.id"],
+                                    "report_to": ["kadis@paserkab.go.id"]}}
+    sample.write("group_vars/all.yml", settings)
+
+
 def test_install_status_remove(sample: SampleInventory, tmp_path: Path) -> None:
     systemd_dir = tmp_path / "systemd"
     systemd_dir.mkdir()
@@ -65,9 +77,18 @@ def test_install_status_remove(sample: SampleInventory, tmp_path: Path) -> None:
     assert f"# {systemd_dir}/provisioner-sweep.service\n" in dry.stdout
     assert f"Environment=PROVISIONER_INVENTORY={sample.root.resolve()}\n" in dry.stdout
 
+    without_report = sample.cli("timers", "install", *option)
+    assert without_report.exit_code == 0, without_report.stderr
+    assert "left out the weekly report (provisioner-report.*): no alerts.email.report_to" \
+        in without_report.stdout
+    assert sorted(p.name for p in systemd_dir.iterdir()) == sorted(
+        name for name in timers.UNITS if not name.startswith("provisioner-report."))
+
+    with_report_to(sample, tmp_path)
     installed = sample.cli("timers", "install", *option)
     assert installed.exit_code == 0, installed.stderr
     assert sorted(p.name for p in systemd_dir.iterdir()) == sorted(timers.UNITS)
+    assert "left out" not in installed.stdout
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in systemd_dir.iterdir())
     assert ("systemd is not running on this machine: nothing was enabled" if not
             timers.systemd_running() else "systemctl acts only on /etc/systemd/system") \
