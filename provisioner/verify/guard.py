@@ -5,8 +5,9 @@ returns a result: whatever the site makes the verifier raise becomes that site's
 ``error`` check with a one-line reason (the exception's type and a bounded message);
 a site that has no verdict when its deadline (two step timeouts by default; waiting for
 a slot on a shared server not counted) passes is stopped, and its reason names the step
-that was running. A site with an ``error`` check is verified once more if enough of its
-deadline is left, never beyond it. Cancellation (Ctrl-C) is never swallowed.
+that was running. A site with an ``error`` check (not a crash: that would only happen
+again) is verified once more if enough of its deadline is left, never beyond it.
+Cancellation (Ctrl-C) is never swallowed.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ async def _attempt(target: Target, ctx: VerifyContext, site: SiteWatch) -> Agenc
         site.stop = stopped.stop
         return stopped_result(target, ctx, stopped.stop, site.done or ())
     except Exception as exc:  # noqa: BLE001 - the point: one site never aborts the run
-        return stopped_result(target, ctx, Stop(Status.ERROR, crash_reason(exc)),
-                              site.done or ())
+        site.stop = Stop(Status.ERROR, crash_reason(exc))  # the same again: not retried
+        return stopped_result(target, ctx, site.stop, site.done or ())
     finally:
         ctx.gate.forget(task)
 
@@ -109,8 +110,13 @@ def running_step(task: asyncio.Task) -> str:
 
 
 def port_of(target: Target) -> int:
-    parts = urlsplit(target.url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
+    """The port the site's checks use; 0 for a URL the verifier itself will fail on (the
+    guard must not)."""
+    try:
+        parts = urlsplit(target.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+    except (ValueError, TypeError, AttributeError):
+        return 0
 
 
 def is_external_agency(target: Target) -> bool:
