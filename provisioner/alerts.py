@@ -36,14 +36,20 @@ import httpx
 
 from . import history
 from .errors import ExternalError, ProvisionerError
-from .models import RENEW_DAYS, AlertSettings, EmailSettings, Inventory, TelegramSettings, WebhookSettings
+from .models import (
+    RENEW_DAYS,
+    AlertSettings,
+    EmailSettings,
+    Inventory,
+    TelegramSettings,
+    WebhookSettings,
+)
 from .secrets import LOADED_SECRETS, read_secret_file
 from .verify.model import CHECKS
 
 SCHEMA = "provisioner/alert/v1"
 BANDS = ("A", "B", "C", "D", "E")  # best first, as in scoring.yml
 HEALTHY = {"active": True, "cert_due": False, "band": None}  # an agency not seen before
-KINDS = ("down", "up", "cert", "band")
 TIMEOUT = 15.0  # seconds per network step of a channel
 MAX_LISTED = 40  # changes listed in one message; the rest are counted
 MAX_FIELD = 240  # characters kept of one name, URL or reason
@@ -59,7 +65,7 @@ class Change:
     """One thing ops should hear about: an agency went down, came back, has a certificate
     due for renewal, or publishes less than before."""
 
-    kind: str  # one of KINDS
+    kind: str  # down, up, cert or band
     agency: str
     name: str
     url: str
@@ -285,10 +291,8 @@ def telegram_text(message: Message) -> str:
 # =========================================================================== channels
 
 class DeliveryError(ExternalError):
-    """A channel could not deliver; the message names no secret."""
-
-    def __init__(self, channel: str, target: str, message: str):
-        super().__init__(channel, target, message)
+    """A channel could not deliver (system: the channel's name); the message names no
+    secret."""
 
 
 def _describe(exc: BaseException, hide: tuple[str, ...] = ()) -> str:
@@ -308,9 +312,8 @@ class Channel(Protocol):
 class EmailChannel:
     name = "email"
 
-    def __init__(self, settings: EmailSettings, zone: str, timeout: float = TIMEOUT):
+    def __init__(self, settings: EmailSettings, timeout: float = TIMEOUT):
         self.settings = settings
-        self.zone = zone
         self.timeout = timeout
 
     def send(self, message: Message) -> None:
@@ -392,9 +395,8 @@ class WebhookChannel:
 class TelegramChannel:
     name = "telegram"
 
-    def __init__(self, settings: TelegramSettings, zone: str, timeout: float = TIMEOUT):
+    def __init__(self, settings: TelegramSettings, timeout: float = TIMEOUT):
         self.settings = settings
-        self.zone = zone
         self.timeout = timeout
 
     def send(self, message: Message) -> None:
@@ -410,11 +412,11 @@ def channels_of(settings: AlertSettings, zone: str) -> list[Channel]:
     """The configured channels, in a fixed order."""
     built: list[Channel] = []
     if settings.email:
-        built.append(EmailChannel(settings.email, zone))
+        built.append(EmailChannel(settings.email))
     if settings.webhook:
         built.append(WebhookChannel(settings.webhook, zone))
     if settings.telegram:
-        built.append(TelegramChannel(settings.telegram, zone))
+        built.append(TelegramChannel(settings.telegram))
     return built
 
 

@@ -1085,7 +1085,7 @@ def report(ctx: typer.Context,
         s = latest.summary
         subject, text = alerts.render_report_mail(inv.settings.zone, date, s.active, s.total,
                                                   s.active_pct, lang.value)
-        alerts.EmailChannel(email, inv.settings.zone).send_report(
+        alerts.EmailChannel(email).send_report(
             subject, text, page, f"laporan-{latest.started_at:%Y-%m-%d}.html")
         err_console.print(f"mailed the report of the sweep of {date} ({len(trend)} sweeps of "
                           f"trend) to {', '.join(email.report_to)}", markup=False)

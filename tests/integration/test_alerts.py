@@ -234,7 +234,7 @@ def test_email_goes_through_tls_with_the_password_from_its_file(
         password = secret_file(tmp_path / "smtp-password", server.mailbox.password)
         settings = email_settings(server, password,
                                   security="tls" if implicit_tls else "starttls")
-        EmailChannel(settings, ZONE).send(message())
+        EmailChannel(settings).send(message())
     [mail] = server.mailbox.mails
     assert server.mailbox.recipients == [["ops@paserkab.go.id"]]
     assert mail["Subject"] == f"[provisioner] {ZONE}: 1 perubahan status situs"
@@ -252,10 +252,10 @@ def test_email_refuses_an_untrusted_server_and_a_wrong_password(tls: TlsFiles,
     with smtp_server(tls) as server:
         password = secret_file(tmp_path / "smtp-password", server.mailbox.password)
         with pytest.raises(DeliveryError) as untrusted:
-            EmailChannel(email_settings(server, password, ca=other_ca), ZONE).send(message())
+            EmailChannel(email_settings(server, password, ca=other_ca)).send(message())
         wrong = secret_file(tmp_path / "wrong-password", "not-the-password-" + secrets.token_hex(8))
         with pytest.raises(DeliveryError) as refused:
-            EmailChannel(email_settings(server, wrong), ZONE).send(message())
+            EmailChannel(email_settings(server, wrong)).send(message())
     assert "certificate verify failed" in str(untrusted.value)
     assert str(untrusted.value).startswith(f"email {LOOPBACK}:{server.port}: ")
     assert "535" in str(refused.value) or "Authentication" in str(refused.value)
@@ -269,7 +269,7 @@ def test_email_to_a_server_that_is_down_is_a_delivery_error(tls: TlsFiles,
     with smtp_server(tls) as server:
         password = secret_file(tmp_path / "smtp-password", server.mailbox.password)
     with pytest.raises(DeliveryError, match="Connection refused|ConnectionRefused"):
-        EmailChannel(email_settings(server, password), ZONE).send(message())
+        EmailChannel(email_settings(server, password)).send(message())
 
 
 def test_webhook_posts_the_changes_as_json() -> None:
@@ -286,8 +286,7 @@ def test_telegram_sends_plain_text_and_never_shows_its_token(tmp_path: Path) -> 
     token = f"{secrets.randbelow(10**9)}:{secrets.token_urlsafe(26)}"
     token_file = secret_file(tmp_path / "bot-token", token)
     with http_receiver() as receiver:
-        channel = TelegramChannel(TelegramSettings(receiver.url, token_file, "-1001234567890"),
-                                  ZONE)
+        channel = TelegramChannel(TelegramSettings(receiver.url, token_file, "-1001234567890"))
         channel.send(message())
         receiver.status = 401
         with pytest.raises(DeliveryError) as unauthorised:

@@ -227,3 +227,9 @@ def test_a_broken_history_skips_the_alerts_but_not_the_sweep(sample, tmp_path: P
     sweep = SimpleNamespace(records=records, summary=summarise(records))
     [line] = _send_alerts(load_inventory(sample.root, sample.state_dir), sweep, Lang.id)
     assert line.startswith("alerts: not sent, tried again at the next sweep: history ")
+
+
+def test_the_bands_are_the_scoring_rules_bands() -> None:
+    from provisioner.verify.content import load_rules
+
+    assert alerts.BANDS == tuple(band.grade for band in load_rules().bands)
