@@ -105,6 +105,15 @@ def get(answer, **kwargs) -> Response | ProbeFailure:
 
 # =========================================================================== framing
 
+async def early_hints(writer: asyncio.StreamWriter, served: Served) -> None:
+    """A 103 first, the answer a moment later (as a server that thinks first)."""
+    writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.write(OK)
+    await writer.drain()
+
+
 # name: (what the server sends, close after it, status, body)
 FRAMINGS = {
     "content-length": (OK, False, 200, b"hello"),
@@ -115,8 +124,7 @@ FRAMINGS = {
     "body until the server closes": (b"HTTP/1.0 200 OK\r\n\r\nuntil close", True, 200,
                                      b"until close"),
     "no body: 204": (b"HTTP/1.1 204 No Content\r\n\r\n", False, 204, b""),
-    "103 Early Hints before the answer": (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
-                                          + OK, False, 200, b"hello"),
+    "103 Early Hints, then the answer": (early_hints, False, 200, b"hello"),
     "100 Continue, then 102, before the answer": (b"HTTP/1.1 100 Continue\r\n\r\n"
                                                   b"HTTP/1.1 102 Processing\r\n\r\n" + OK,
                                                   False, 200, b"hello"),
