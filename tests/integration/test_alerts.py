@@ -37,7 +37,7 @@ from provisioner import alerts
 from provisioner.alerts import Change, DeliveryError, EmailChannel, TelegramChannel, WebhookChannel
 from provisioner.models import EmailSettings, TelegramSettings, WebhookSettings
 
-from .conftest import TestLab
+from .conftest import TestLab, make_test_inventory, run_cli
 from .test_verify import NGINX_DEFAULT_PAGE, SiteSpec, Sites, served_sites
 
 LOOPBACK = "127.0.0.1"
@@ -301,6 +301,25 @@ def test_telegram_sends_plain_text_and_never_shows_its_token(tmp_path: Path) -> 
     assert str(unauthorised.value) == f"telegram {LOOPBACK}: HTTP 401"
 
 
+def test_alerts_test_tries_every_channel_and_names_the_one_that_fails(
+        tls: TlsFiles, tmp_path: Path) -> None:
+    inventory = make_test_inventory(tmp_path / "inventory", agencies=False)
+    state = tmp_path / "state"
+    token = f"{secrets.randbelow(10**9)}:{secrets.token_urlsafe(26)}"
+    with smtp_server(tls) as smtp, http_receiver() as receiver:
+        add_alerts(inventory, smtp, receiver, tmp_path, token)
+        receiver.status = 403
+        result = run_cli(inventory, state, "alerts", "test", "--lang", "en")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        "email: delivered", f"webhook: FAILED: webhook {LOOPBACK}: HTTP 403",
+        f"telegram: FAILED: telegram {LOOPBACK}: HTTP 403"]
+    [mail] = smtp.mailbox.mails
+    assert mail["Subject"] == f"[provisioner] {ZONE}: alert channel test"
+    assert len(receiver.posts) == 2 and token not in result.stdout + result.stderr
+    assert not (state / "history.sqlite").exists()  # a test changes no state
+
+
 # =========================================================================== end to end on the lab
 
 @dataclass
@@ -322,9 +341,9 @@ class AlertLab:
                 "telegram": [b["text"] for b in self.receiver.bodies(f"/bot{self.token}/")]}
 
 
-def add_alerts(sites: Sites, smtp: SmtpServer, receiver: Receiver, secrets_dir: Path,
+def add_alerts(inventory_dir: Path, smtp: SmtpServer, receiver: Receiver, secrets_dir: Path,
                token: str) -> None:
-    path = sites.inventory_dir / "group_vars" / "all.yml"
+    path = inventory_dir / "group_vars" / "all.yml"
     data = yaml.safe_load(path.read_text())
     data["alerts"] = {
         "email": {"host": LOOPBACK, "port": smtp.port, "security": "starttls",
@@ -349,7 +368,7 @@ def alert_lab(lab: TestLab, tls: TlsFiles, tmp_path: Path) -> Iterator[AlertLab]
             served_sites(lab, tmp_path / "sites", specs) as sites:
         secrets_dir = tmp_path / "secrets"
         secrets_dir.mkdir(mode=0o700)
-        add_alerts(sites, smtp, receiver, secrets_dir, token)
+        add_alerts(sites.inventory_dir, smtp, receiver, secrets_dir, token)
         host = lab.inventory.hosts["web2"]
         yield AlertLab(sites, smtp, receiver, token,
                        host.web_root / "verify-al-flaky" / "index.html")
