@@ -37,7 +37,7 @@ import httpx
 from . import history
 from .errors import ExternalError, ProvisionerError
 from .models import (
-    RENEW_DAYS,
+    ALERT_CERT_DAYS,
     AlertSettings,
     EmailSettings,
     Inventory,
@@ -93,7 +93,7 @@ def _key(record: dict[str, Any]) -> str:
 
 
 def observed(record: dict[str, Any], previous: dict[str, Any] | None,
-             cert_days: int = RENEW_DAYS) -> dict[str, Any]:
+             cert_days: int = ALERT_CERT_DAYS) -> dict[str, Any]:
     """What to remember of one agency after this sweep. A certificate not seen (site
     unreachable) and the band of a site that is down keep their previous value: an
     outage is one change, not three."""
@@ -106,13 +106,13 @@ def observed(record: dict[str, Any], previous: dict[str, Any] | None,
 
 
 def next_state(previous_state: dict[str, dict], records: Iterable[dict[str, Any]],
-               cert_days: int = RENEW_DAYS) -> dict[str, dict]:
+               cert_days: int = ALERT_CERT_DAYS) -> dict[str, dict]:
     """The state to remember: every agency of this sweep (agencies gone are forgotten)."""
     return {_key(r): observed(r, previous_state.get(_key(r)), cert_days) for r in records}
 
 
 def changes(previous_state: dict[str, dict], records: Iterable[dict[str, Any]],
-            cert_days: int = RENEW_DAYS) -> list[Change]:
+            cert_days: int = ALERT_CERT_DAYS) -> list[Change]:
     """What changed since the state last seen, in the records' order (pure)."""
     found: list[Change] = []
     for record in records:

@@ -36,6 +36,10 @@ LAPOR_CHANNEL_NAME = "SP4N-LAPOR!"
 
 TLS_MODES = ("http-01", "dns-01-wildcard")
 RENEW_DAYS = 30  # certificates expiring within this many days are renewed
+ALERT_CERT_DAYS = 21
+"""A certificate this close to expiry is alerted: the sweep's warning threshold
+(sweep.EXPIRY_WARN_DAYS), nine days after renewal should have replaced it. Alerting at
+RENEW_DAYS would announce every certificate on the day the daily renewal takes it."""
 RECORD_TYPES = ("A", "CNAME")
 
 
@@ -171,7 +175,7 @@ class AlertSettings:
     email: EmailSettings | None
     webhook: WebhookSettings | None
     telegram: TelegramSettings | None
-    cert_days: int  # a certificate expiring within this many days is alerted once
+    cert_days: int  # a certificate expiring within this many days is alerted once (21)
 
 
 @dataclass(frozen=True)

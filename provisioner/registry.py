@@ -22,7 +22,7 @@ from .models import (
     LAPOR_CHANNEL_NAME,
     MANAGEMENT_COMPONENTS,
     RECORD_TYPES,
-    RENEW_DAYS,
+    ALERT_CERT_DAYS,
     SMTP_SECURITY,
     TLS_MODES,
     AcmeSettings,
@@ -380,7 +380,7 @@ def _alert_settings(c: _Collector, data: Any, variables: dict[str, str],
         c.add(prefix, "must be a mapping of channels: email, webhook, telegram")
         return None
     c.unknown_keys(data, ("email", "webhook", "telegram", "cert_days"), prefix)
-    cert_days = data.get("cert_days", RENEW_DAYS)
+    cert_days = data.get("cert_days", ALERT_CERT_DAYS)
     if isinstance(cert_days, bool) or not isinstance(cert_days, int) or not 1 <= cert_days <= 365:
         c.add((*prefix, "cert_days"), "must be a number of days from 1 to 365")
     before = len(c.problems)

@@ -48,7 +48,7 @@ def test_every_channel_with_its_defaults(sample: SampleInventory, tmp_path: Path
         webhook=WebhookSettings("https://hooks.example.go.id/x?key=abc"),
         telegram=TelegramSettings("https://api.telegram.org", tmp_path / "bot-token",
                                   "-1001234567890"),
-        cert_days=30)
+        cert_days=21)
     assert load_inventory(SAMPLE).settings.alerts is None  # the sample sends none
 
 

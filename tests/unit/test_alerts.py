@@ -204,7 +204,7 @@ def test_the_readme_sample_is_what_render_writes() -> None:
              Change("up", "disdukcapil", "Dinas Kependudukan dan Pencatatan Sipil",
                     "https://disdukcapil.paserkab.go.id/", SWEEP),
              Change("cert", "bappeda", "Badan Perencanaan Pembangunan Daerah",
-                    "https://bappeda.paserkab.go.id/", SWEEP, days_left=29),
+                    "https://bappeda.paserkab.go.id/", SWEEP, days_left=19),
              Change("band", "dkisp", "Dinas Komunikasi, Informatika, Statistik dan Persandian",
                     "https://dkisp.paserkab.go.id/", SWEEP, band_from="A", band_to="C",
                     score=62)]
@@ -227,6 +227,15 @@ def test_a_broken_history_skips_the_alerts_but_not_the_sweep(sample, tmp_path: P
     sweep = SimpleNamespace(records=records, summary=summarise(records))
     [line] = _send_alerts(load_inventory(sample.root, sample.state_dir), sweep, Lang.id)
     assert line.startswith("alerts: not sent, tried again at the next sweep: history ")
+
+
+def test_certificates_are_alerted_at_the_sweeps_warning_threshold() -> None:
+    from provisioner.models import ALERT_CERT_DAYS, RENEW_DAYS
+    from provisioner.sweep import EXPIRY_WARN_DAYS
+
+    assert ALERT_CERT_DAYS == EXPIRY_WARN_DAYS < RENEW_DAYS
+    assert [c.kind for c in changes({"dinkes": OK}, [record(days=25)])] == []
+    assert [c.kind for c in changes({"dinkes": OK}, [record(days=20)])] == ["cert"]
 
 
 def test_the_bands_are_the_scoring_rules_bands() -> None:
