@@ -23,6 +23,7 @@ import selectors
 import socket
 import struct
 import threading
+from collections import Counter
 from typing import Callable
 
 import dns.flags
@@ -46,6 +47,7 @@ class HostileDns:
         self._udp, self._tcp = _bind_pair(address, port)
         self.port = self._udp.getsockname()[1]
         self._behaviours: dict[dns.name.Name, Behaviour] = {}
+        self.received: Counter[str] = Counter()  # queries per name (lowercase, no final dot)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"hostile-dns:{self.port}",
                                         daemon=True)
@@ -111,6 +113,7 @@ class HostileDns:
             return []
         if len(query.question) != 1:
             return []
+        self.received[query.question[0].name.to_text(omit_final_dot=True).lower()] += 1
         behaviour = self._behaviours.get(query.question[0].name, refused)
         return behaviour(query, transport)
 

@@ -191,6 +191,65 @@ def test_a_closed_port_is_an_error_at_once() -> None:
     assert answer.error == "query failed: Connection refused"
 
 
+def test_a_silent_server_is_given_up_after_a_re_probe(server) -> None:
+    """Queries queued for its slot get the verdict at once: a sweep's names at a dead
+    nameserver do not each wait a timeout."""
+    names = [f"s{i}.{ZONE}" for i in range(5)]
+    for name in names:
+        server.add(name, hostile_dns.silent)
+
+    async def go() -> list[Answer]:
+        one_at_a_time = asyncio.Semaphore(1)
+        querier = Querier(0.1, lambda address: one_at_a_time)
+        try:
+            return await asyncio.gather(*(querier.ask(seed(server), n, "A") for n in names))
+        finally:
+            await querier.aclose()
+
+    answers = asyncio.run(go())
+    assert sum(server.received.values()) == 2  # a first query and one re-probe
+    assert [a.error for a in answers[2:]] == [
+        "no answer within 0.1s (silent to earlier queries and a re-probe: not asked)"] * 3
+
+
+def test_timeouts_of_queries_sent_together_are_no_re_probe(server) -> None:
+    """A server silent to some names only (as some ignore AAAA): a wave of timeouts does
+    not give it up; the next query is asked."""
+    quiet = [f"q{i}.{ZONE}" for i in range(4)]
+    for name in quiet:
+        server.add(name, hostile_dns.silent)
+    server.add(f"site.{ZONE}", hostile_dns.records(f"A {ADDRESS}"))
+
+    async def go() -> Answer:
+        querier = Querier(0.1, limit_per_address())
+        try:
+            await asyncio.gather(*(querier.ask(seed(server), n, "A") for n in quiet))
+            return await querier.ask(seed(server), f"site.{ZONE}", "A")
+        finally:
+            await querier.aclose()
+
+    assert asyncio.run(go()).addresses == (ADDRESS,)
+
+
+def test_a_server_answering_between_timeouts_is_not_given_up(server) -> None:
+    server.add(f"quiet.{ZONE}", hostile_dns.silent)
+    server.add(f"site.{ZONE}", hostile_dns.records(f"A {ADDRESS}"))
+
+    async def go() -> list[Answer]:
+        querier = Querier(0.1, limit_per_address())
+        try:
+            return [await querier.ask(seed(server), f"{n}.{ZONE}", "A")
+                    for n in ("quiet", "site", "quiet", "site", "quiet", "quiet", "site")]
+        finally:
+            await querier.aclose()
+
+    answers = asyncio.run(go())
+    assert [bool(a.addresses) for a in answers] == [False, True, False, True, False, False,
+                                                    False]
+    assert server.received[f"quiet.{ZONE}"] == 4 and server.received[f"site.{ZONE}"] == 2
+    assert answers[-1].error.endswith("not asked)")
+
+
 def test_a_server_on_ipv6_is_asked_over_udp_and_tcp() -> None:
     with hostile_dns.start("::1", 0) as server:
         server.add(f"site.{ZONE}", hostile_dns.records(f"A {ADDRESS}"))
