@@ -463,7 +463,7 @@ def alert_after_sweep(inventory: Inventory, records: tuple[dict, ...], active: i
 
 def _send_queue(inventory: Inventory, channel: Channel, lang: str, active: int,
                 total: int) -> ChannelOutcome | None:
-    queued = history.queued_alerts(inventory.state_dir, channel.name)
+    queued = history.claim_alerts(inventory.state_dir, channel.name)
     if not queued:
         return None
     message = render([Change.from_dict(data) for _, data in queued], lang,

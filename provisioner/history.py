@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS alert_queue (
     change TEXT NOT NULL,
     queued_at TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    claimed_at TEXT
 );
 CREATE INDEX IF NOT EXISTS alert_queue_by_channel ON alert_queue (channel, id);
 """
@@ -209,10 +210,28 @@ def update_alert_state(state_dir: Path, step: AlertStep, channels: list[str]) ->
     return found
 
 
-def queued_alerts(state_dir: Path, channel: str) -> list[tuple[int, dict]]:
-    """The changes waiting for one channel, oldest first: (queue id, change)."""
-    rows = _query(state_dir, "SELECT id, change FROM alert_queue WHERE channel = ? ORDER BY id",
-                  (channel,))
+CLAIM_SECONDS = 600
+"""A sweep sending a channel's queue claims it this long: another sweep at the same time
+does not send it too, and the queue of a sweep killed while sending is sent later."""
+
+
+def claim_alerts(state_dir: Path, channel: str,
+                 now: dt.datetime | None = None) -> list[tuple[int, dict]]:
+    """The changes waiting for one channel and not being sent by another sweep, oldest
+    first, as (queue id, change); claimed until delivered, failed or CLAIM_SECONDS."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    stale = (now - dt.timedelta(seconds=CLAIM_SECONDS)).isoformat(timespec="seconds")
+    with closing(_connect(state_dir)) as db:
+        try:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                rows = db.execute("SELECT id, change FROM alert_queue WHERE channel = ? AND "
+                                  "(claimed_at IS NULL OR claimed_at < ?) ORDER BY id",
+                                  (channel, stale)).fetchall()
+                db.executemany("UPDATE alert_queue SET claimed_at = ? WHERE id = ?",
+                               [(now.isoformat(timespec="seconds"), row_id) for row_id, _ in rows])
+        except sqlite3.Error as exc:
+            raise ProvisionerError(f"history {history_path(state_dir)}: {exc}") from None
     return [(row_id, json.loads(change)) for row_id, change in rows]
 
 
@@ -221,8 +240,9 @@ def alerts_delivered(state_dir: Path, ids: list[int]) -> None:
 
 
 def alerts_failed(state_dir: Path, ids: list[int], error: str) -> None:
-    _modify(state_dir, "UPDATE alert_queue SET attempts = attempts + 1, last_error = ? "
-                       "WHERE id = ?", [(error, i) for i in ids])
+    """Keep them for the next sweep, with the error."""
+    _modify(state_dir, "UPDATE alert_queue SET attempts = attempts + 1, last_error = ?, "
+                       "claimed_at = NULL WHERE id = ?", [(error, i) for i in ids])
 
 
 @dataclass(frozen=True)
