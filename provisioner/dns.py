@@ -13,8 +13,9 @@ message, and handed to dnspython only while a message is signed.
 
 Queries always go out with recursion off (RD=0): the toolkit asks each authoritative
 server what *it* serves. Measured CPU per verification query (BIND-like answer: A, 2 NS,
-2 glue; 64 at once, uvloop): ~0.52 ms through dnspython vs ~0.17 ms for the hand-written
-codec it replaced, most of it dnspython parsing the NS and glue it cannot skip.
+2 glue; 64 at once, uvloop; median of 6 rounds of 4,000 on the shared 2-CPU machine):
+~0.53 ms through dnspython vs ~0.15 ms for the hand-written codec it replaced, two
+thirds of it dnspython parsing every section, the NS and glue included.
 """
 
 from __future__ import annotations
