@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,6 +45,11 @@ class Served:
     connections: int = 0
     sent: int = 0  # body bytes written by a streaming answer
     port: int = 0
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
 
 
 Answer = bytes | None  # None: stay silent
@@ -52,6 +58,7 @@ Answer = bytes | None  # None: stay silent
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answers: list,
                  close: bool, served: Served) -> None:
     served.connections += 1
+    served.writers.append(writer)
     try:
         while answers:
             served.requests.append(await reader.readuntil(b"\r\n\r\n"))
@@ -91,6 +98,7 @@ async def _get_all(answers: list, targets: list[str], *, close: bool = False,
     site.close()
     await client.close()
     server.close()
+    served.close()
     return outcomes, served, handshake
 
 
@@ -229,18 +237,28 @@ def test_a_header_line_of_a_megabyte_is_refused() -> None:
     assert isinstance(failure, ProbeFailure) and failure.status is Status.ERROR
 
 
+def refused_by_a_strict_parser(outcome: Response | ProbeFailure) -> bool:
+    """aiohttp's C parser reads obs-fold and bare LF in an answer (as browsers do); its
+    strict Python parser (``python -X dev``) refuses them: an error, never an exception."""
+    if aiohttp.helpers.DEBUG:
+        assert isinstance(outcome, ProbeFailure) and outcome.status is Status.ERROR, outcome
+        assert "not an HTTP answer" in outcome.detail
+        return True
+    assert isinstance(outcome, Response), outcome
+    return False
+
+
 def test_folded_headers_are_read() -> None:
-    """obs-fold (RFC 9112 5.2): aiohttp's parser accepts it in an answer."""
     response = get(b"HTTP/1.1 200 OK\r\nX-Note: one\r\n two\r\nContent-Length: 2\r\n\r\nok")
-    assert isinstance(response, Response), response
-    assert response.status == 200 and response.body == b"ok"
-    assert response.headers["x-note"].split() == ["one", "two"]
+    if not refused_by_a_strict_parser(response):
+        assert response.status == 200 and response.body == b"ok"
+        assert response.headers["x-note"].split() == ["one", "two"]
 
 
 def test_bare_lf_line_ends_are_read() -> None:
     response = get(b"HTTP/1.1 200 OK\nContent-Length: 2\nX-Note: lf\n\nok")
-    assert isinstance(response, Response), response
-    assert (response.status, response.body, response.headers["x-note"]) == (200, b"ok", "lf")
+    if not refused_by_a_strict_parser(response):
+        assert (response.status, response.body, response.headers["x-note"]) == (200, b"ok", "lf")
 
 
 def test_repeated_headers_are_joined_under_lower_case_names() -> None:
