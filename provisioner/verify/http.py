@@ -102,9 +102,13 @@ def page_text(content_type: str | None, body: bytes) -> str:
     if bom_codec:
         return to_unicode(body[len(bom):], bom_codec)
     codec = (_honoured(http_content_type_encoding(content_type))
-             or _meta_rule(_honoured(html_body_declared_encoding(body)))
-             or _detected(body))
-    return to_unicode(body, codec)
+             or _meta_rule(_honoured(html_body_declared_encoding(body))))
+    if codec:
+        return to_unicode(body, codec)
+    try:  # undeclared: UTF-8 if it is (a character cut by MAX_BODY is dropped)
+        return codecs.getincrementaldecoder("utf-8")().decode(body)
+    except UnicodeDecodeError:
+        return to_unicode(body, _detected(body))
 
 
 @functools.cache
@@ -127,11 +131,7 @@ def _meta_rule(codec: str | None) -> str | None:
 
 
 def _detected(body: bytes) -> str:
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(body)  # a cut last character is fine
-        return "utf-8"
-    except UnicodeDecodeError:
-        pass
+    """charset-normalizer's guess from the first bytes, else windows-1252."""
     best = charset_normalizer.from_bytes(body[:DETECT_SAMPLE]).best()
     return _honoured(resolve_encoding(best.encoding) if best else None) or "cp1252"
 
