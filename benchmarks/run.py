@@ -44,6 +44,7 @@ BENCHMARKS = (
     Benchmark("ansible_floor", "Ansible: start-up floor, 40 agencies vs 1", False),
     Benchmark("sweep_bench", "Sweep (issue 7)", True),
     Benchmark("onboard_bench", "Onboarding (issue 9)", True),
+    Benchmark("verdict_bench", "Time to verdict (issue 15)", True),
 )
 
 

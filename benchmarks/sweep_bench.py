@@ -41,7 +41,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import quote
 
 import aiohttp
@@ -67,6 +67,7 @@ from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # 
 
 PROVISIONER = [sys.executable, "-m", "provisioner"]
 BLACKBOX = "/usr/bin/prometheus-blackbox-exporter"
+BLACKBOX_PORT = 9115
 TARGET_PER_CPU_SECOND = 300
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION_START, SECTION_END = "<!-- sweep_bench:start -->", "<!-- sweep_bench:end -->"
@@ -342,10 +343,10 @@ def probe_paths(bench: Bench, i: int) -> list[str]:
             f"/probe?module=https_site&target={quote(f'https://{bench.web}/')}&hostname={name}"]
 
 
-async def drive_blackbox(address: str, port: int, bench: Bench, sites: int,
+async def drive_blackbox(address: str, port: int, paths: Callable[[int], list[str]], sites: int,
                          concurrency: int) -> int:
-    """Every site's four probes, `concurrency` sites at a time over keep-alive connections;
-    returns how many sites had every probe succeed."""
+    """Every site's probes (``paths(i)``), `concurrency` sites at a time over keep-alive
+    connections; returns how many sites had every probe succeed."""
     pending = iter(range(sites))
     ok = 0
 
@@ -353,7 +354,7 @@ async def drive_blackbox(address: str, port: int, bench: Bench, sites: int,
         nonlocal ok
         for i in pending:
             bodies = []
-            for path in probe_paths(bench, i):
+            for path in paths(i):
                 async with session.get(f"http://{address}:{port}{path}") as response:
                     bodies.append(await response.read())
             ok += all(b"\nprobe_success 1" in body for body in bodies)
@@ -365,35 +366,45 @@ async def drive_blackbox(address: str, port: int, bench: Bench, sites: int,
     return ok
 
 
-def blackbox_run(bench: Bench, root: Path, sites: int, concurrency: int, address: str,
-                 rounds: int) -> list[Run]:
-    config = root / "blackbox.yml"
-    config.write_text(yaml.safe_dump(blackbox_config(bench, sites)))
-    port = 9115
-    process = subprocess.Popen([BLACKBOX, f"--config.file={config}",
-                                f"--web.listen-address={address}:{port}", "--log.level=error"],
+@contextmanager
+def blackbox_exporter(config: dict, root: Path, address: str) -> Iterator[subprocess.Popen]:
+    """blackbox_exporter with this configuration, listening on address:BLACKBOX_PORT."""
+    path = root / "blackbox.yml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([BLACKBOX, f"--config.file={path}",
+                                f"--web.listen-address={address}:{BLACKBOX_PORT}",
+                                "--log.level=error"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runs = []
     try:
         deadline = time.monotonic() + 10
         while True:
             try:
-                asyncio.run(drive_blackbox(address, port, bench, 1, 1))
+                asyncio.run(drive_blackbox(address, BLACKBOX_PORT, lambda i: ["/"], 1, 1))
                 break
             except aiohttp.ClientConnectionError:  # not listening yet
                 if time.monotonic() > deadline:
                     raise SystemExit("blackbox_exporter did not start")
                 time.sleep(0.1)
-        for _ in range(rounds):
-            cpu_before, started = process_cpu(process.pid), time.perf_counter()
-            ok = asyncio.run(drive_blackbox(address, port, bench, sites, concurrency))
-            runs.append(Run(f"blackbox_exporter {blackbox_version()} (4 probes per site)", sites,
-                            time.perf_counter() - started, process_cpu(process.pid) - cpu_before,
-                            None, ok))
+        yield process
     finally:
         process.terminate()
         process.wait(timeout=10)
-    return runs
+
+
+def blackbox_round(process: subprocess.Popen, address: str, paths: Callable[[int], list[str]],
+                   sites: int, concurrency: int, label: str) -> Run:
+    """One round of probes: its wall time and the exporter's CPU during it."""
+    cpu_before, started = process_cpu(process.pid), time.perf_counter()
+    ok = asyncio.run(drive_blackbox(address, BLACKBOX_PORT, paths, sites, concurrency))
+    return Run(f"blackbox_exporter {blackbox_version()} ({label})", sites,
+               time.perf_counter() - started, process_cpu(process.pid) - cpu_before, None, ok)
+
+
+def blackbox_run(bench: Bench, root: Path, sites: int, concurrency: int, address: str,
+                 rounds: int) -> list[Run]:
+    with blackbox_exporter(blackbox_config(bench, sites), root, address) as process:
+        return [blackbox_round(process, address, lambda i: probe_paths(bench, i), sites,
+                               concurrency, "4 probes per site") for _ in range(rounds)]
 
 
 def blackbox_version() -> str:

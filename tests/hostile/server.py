@@ -191,6 +191,8 @@ async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     await read_request(reader)
     body = page()
     for byte in head("200 OK", html_headers(body)) + body:
+        if writer.is_closing():
+            return
         writer.write(bytes([byte]))
         await writer.drain()
         await asyncio.sleep(0.25)
@@ -204,6 +206,8 @@ async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.write(head("200 OK", html_headers(b"x" * size)) + start)
     chunk = b" " * 65536
     for _ in range((size - len(start)) // len(chunk)):
+        if writer.is_closing():
+            return
         writer.write(chunk)
         await writer.drain()
 
