@@ -218,9 +218,7 @@ class Site:
         token = _seen_connection.set(self._saw)
         try:
             return await self._get(_request_target(target))
-        except ProbeFailure:
-            raise
-        except Exception as exc:  # aiohttp's and the socket's: what the site did
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:  # the site's
             raise self._failure(target, exc) from None
         finally:
             _seen_connection.reset(token)
@@ -260,9 +258,8 @@ class Site:
         if isinstance(exc, aiohttp.ClientConnectorError):
             if isinstance(exc.os_error, ConnectionRefusedError):
                 return ProbeFailure(Status.FAIL, f"{where}: connection refused")
-            error = exc.os_error
-            return ProbeFailure(Status.ERROR, f"{where}: "
-                                              f"{error.strerror or str(error) or type(error).__name__}")
+            error = exc.os_error  # the system's words
+            return ProbeFailure(Status.ERROR, f"{where}: {error.strerror or type(error).__name__}")
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return ProbeFailure(Status.ERROR, f"{where}: no connection within {timeout:g}s")
         if isinstance(exc, aiohttp.SocketTimeoutError):

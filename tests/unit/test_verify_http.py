@@ -389,7 +389,8 @@ def certs(tmp_path_factory) -> Certs:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)]))
             .issuer_name(ca_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=60))
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=60))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), False)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
