@@ -36,7 +36,7 @@ from .hosts import HostClient, HostFacts, Preflight
 from .locking import run_lock
 from .models import Agency, Inventory
 from .plan import Change, Outcome, Plan
-from .sweep import Limits, verify_shard
+from .sweep import Limits, reasons, verify_shard
 
 STEPS = ("dns", "web", "tls", "verify")
 PHASES = ("plan", "dns", "web", "tls", "verify")
@@ -461,5 +461,5 @@ def audit_entries(command: str, plan: Plan, outcomes: Sequence[Outcome]) -> list
 def _verify_outcome(result: verifying.AgencyResult) -> Outcome:
     if result.active:
         return Outcome(result.agency, "verify", "ok", f"active: {result.url}")
-    problems = "; ".join(f"{c.id}: {c.detail}" for c in result.problems()[:3])
+    problems = "; ".join(reasons(result)[:3])
     return Outcome(result.agency, "verify", "failed", f"not active: {problems}")

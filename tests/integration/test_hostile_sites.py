@@ -18,6 +18,7 @@ from typing import Iterator
 
 import pytest
 import yaml
+from lxml import html as lxml_html
 
 from provisioner.sweep import reasons, verify_all
 from provisioner.verify import AgencyResult, Target, make_context, run, url_target
@@ -133,6 +134,14 @@ def test_a_sweep_of_every_kind_finishes_with_a_verdict_and_a_reason_for_each(
     suites = {s.get("name"): s for s in ET.parse(junit).getroot().findall("testsuite")}
     assert set(suites) == set(records)
     assert int(suites["h-hang"].get("errors")) >= 1
+
+    report = tmp_path / "laporan.html"
+    assert sweep(served, kit, "--format", "html", "-o", str(report)).exit_code == 1
+    page = report.read_text()
+    rows = lxml_html.fromstring(page).xpath("//tbody")[0].findall("tr")
+    assert len(rows) == len(records)
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", page)
+    assert "[bold red]Dinkes[/]" in page and "<script" not in page
 
 
 def test_a_site_that_does_not_answer_is_stopped_with_its_reason(
