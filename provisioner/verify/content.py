@@ -40,6 +40,8 @@ HEADING_RANKS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 LABEL_RANK = 7  # every other label (dt, th, strong, a "label:" line, a tab): the lowest rank
 ELEMENT_LABEL_TAGS = frozenset(("dt", "th", "summary"))
 INLINE_LABEL_TAGS = frozenset(("strong", "b"))
+LABEL_RANKS = {**HEADING_RANKS, **dict.fromkeys(ELEMENT_LABEL_TAGS, LABEL_RANK)}
+SPECIAL_TAGS = frozenset(("a", "br", "head", "img", "iframe", "embed", "object"))
 BLOCK_TAGS = frozenset(
     "p li div td th dd dt dl ul ol table tr tbody thead section article blockquote main body "
     "figure figcaption form details summary header footer nav aside address pre center "
@@ -47,8 +49,11 @@ BLOCK_TAGS = frozenset(
 NEVER_CHROME_BY_NAME = frozenset(("html", "body", "main", "article"))
 CONTAINERS_OF_HEADERS = frozenset(("main", "article", "section"))
 PANEL_CONTROLS = etree.XPath(
-    "//*[@aria-controls or @data-bs-target or @data-target] | //a[starts-with(@href, '#')]")
+    "//*[@aria-controls or @data-bs-target or @data-target or @data-bs-toggle or @data-toggle"
+    " or @role='tab']")
 CHROME_ATTRIBUTES = etree.XPath("//@role|//@class|//@id")
+PANEL_HINTS = ("aria-controls", "data-bs-target", "data-target", "data-toggle",
+               "data-bs-toggle", "role=\"tab\"", "role='tab'")
 SPACES = re.compile(r"\s+")
 LEADING_TEXT_CHARS = 2000
 MEMO_SIZE = 20_000  # remembered labels, class names and links, each, per rule set
@@ -71,6 +76,13 @@ def word_chars(text: str) -> int:
 
 def collapse(text: str) -> str:
     return SPACES.sub(" ", text.replace("\xa0", " ")).strip()
+
+
+def _tidy(text: str) -> str:
+    """collapse(), skipped for the usual short text with single spaces only."""
+    if "  " in text or "\n" in text or "\t" in text or "\xa0" in text or "\r" in text:
+        return collapse(text)
+    return text.strip()
 
 
 # =========================================================================== rules
@@ -134,6 +146,7 @@ class Discovery:
     data_chars: int
     link_patterns: tuple[re.Pattern, ...]
     generic_link_text: re.Pattern
+    avoid_links: re.Pattern
     document_extensions: frozenset[str]
     document_words: re.Pattern
     skip_extensions: frozenset[str]
@@ -144,6 +157,7 @@ class ScoringRules:
     version: int
     components: tuple[ComponentRule, ...]  # the six delivery components and the maklumat
     pledge: re.Pattern
+    complaint_words: re.Pattern
     lapor_id: str
     lapor_label: dict[str, str]
     lapor_weight: float
@@ -165,6 +179,7 @@ class ScoringRules:
     markers: dict[str, str] = field(default_factory=dict)  # marker value -> component id
     _class_memo: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
     _heading_memo: dict[str, str | None] = field(default_factory=dict, repr=False, compare=False)
+    _generic_memo: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
     _link_memo: dict[tuple[str, str], int | None] = field(default_factory=dict, repr=False,
                                                           compare=False)
 
@@ -217,6 +232,11 @@ class ScoringRules:
         """How likely a link leads to service standards (0 best), None if not at all. The
         same menu links recur on every page of a site and across sites: memoised."""
         return _remember(self._link_memo, (path[:300], text[:300]), self._match_link)
+
+    def says_nothing(self, link_text: str) -> bool:
+        """A link text such as "klik di sini" (memoised: menus repeat on every page)."""
+        return _remember(self._generic_memo, link_text,
+                         lambda t: self.discovery.generic_link_text.search(t) is not None)
 
     def is_lapor_host(self, host: str) -> bool:
         host = host.lower().rstrip(".")
@@ -287,6 +307,7 @@ def _discovery_from(d: dict[str, Any]) -> Discovery:
         sitemap_path=d["sitemap_path"], data_path=d["data_path"], data_schema=d["data_schema"],
         link_patterns=tuple(re.compile(p, FLAGS) for p in d["link_patterns"]),
         generic_link_text=re.compile(d["generic_link_text"], FLAGS),
+        avoid_links=re.compile(d["avoid_links"], FLAGS),
         document_extensions=frozenset(d["document_extensions"]),
         document_words=re.compile(d["document_words"], FLAGS),
         skip_extensions=frozenset(d["skip_extensions"]))
@@ -304,6 +325,7 @@ def _rules_from(data: dict[str, Any]) -> ScoringRules:
         version=int(data["version"]),
         components=components,
         pledge=re.compile(data["pledge"], FLAGS),
+        complaint_words=re.compile(data["complaint_words"], FLAGS),
         lapor_id=lapor["id"], lapor_label=dict(lapor["label"]),
         lapor_weight=float(lapor["weight"]), lapor_domain=str(lapor["domain"]).lower(),
         lapor_text=re.compile(lapor["text"], FLAGS),
@@ -318,6 +340,7 @@ def _rules_from(data: dict[str, Any]) -> ScoringRules:
         exclude_roles=frozenset(exclude["roles"]),
         exclude_class=re.compile("(^|[-_])(" + "|".join(map(re.escape, words)) + ")($|[-_])",
                                  FLAGS),
+
         min_text_chars=int(data["content"]["min_text_chars"]),
         not_content=tuple(NotContentRule(r["reason"], r["where"], re.compile(r["pattern"], FLAGS))
                           for r in data["content"]["not_content"]),
@@ -363,7 +386,7 @@ def analyse_page(html: str, rules: ScoringRules) -> PageAnalysis:
     root = _parse(html, rules)
     if root is None:
         return NOTHING
-    reader = _Reader(root, rules)
+    reader = _Reader(root, rules, _may_have_panels(html))
     reader.read()
     cap = rules.limits.title_chars
     title = collapse(_bounded_text(next(root.iter("title"), None), cap))[:cap]
@@ -378,12 +401,16 @@ def analyse_page(html: str, rules: ScoringRules) -> PageAnalysis:
     )
 
 
-def read_published(html: str, rules: ScoringRules) -> Published:
-    """Read another page of the site: only what it publishes and its links."""
+def read_published(html: str, rules: ScoringRules,
+                   wanted: Iterable[str] | None = None) -> Published:
+    """Read another page of the site: what it publishes and its links. Given ``wanted``
+    (the items the pages read so far lack), only those are looked for: a page of a site
+    whose complaint channel and LAPOR! are known has its menus, header and footer read
+    for their links alone."""
     root = _parse(html, rules)
     if root is None:
         return NOTHING
-    reader = _Reader(root, rules)
+    reader = _Reader(root, rules, _may_have_panels(html), wanted)
     reader.read()
     return Published(reader.found, tuple(reader.documents), tuple(reader.links))
 
@@ -405,6 +432,12 @@ def _parse(html: str, rules: ScoringRules) -> etree._Element | None:
     return root
 
 
+def _may_have_panels(html: str) -> bool:
+    """Whether tab or accordion controls may be there (the XPath costs as much as the
+    rest of the set-up: asked only then)."""
+    return any(hint in html for hint in PANEL_HINTS)
+
+
 def _bounded_text(element: etree._Element | None, limit: int) -> str:
     """The text of an element, stopping once ``limit`` characters are gathered."""
     if element is None:
@@ -416,6 +449,28 @@ def _bounded_text(element: etree._Element | None, limit: int) -> str:
         if size >= limit:
             break
     return "".join(pieces)[:limit]
+
+
+LINE_LABEL_WORDS = 5
+DIGIT = re.compile(r"\d")
+
+
+def _label_like(line: str) -> bool:
+    """A line that may be a label alone: a few words, no number or address in it (the
+    line "Kirim pengaduan ke x@y.go.id" is content, not a label)."""
+    return len(line) <= 60 and len(line.split()) <= LINE_LABEL_WORDS \
+        and "@" not in line and DIGIT.search(line.lstrip("0123456789.() ")) is None
+
+
+@functools.lru_cache(maxsize=4096)
+def _href_parts(href: str) -> tuple[str | None, str]:
+    """A link's host (None if relative or unreadable) and its path's extension (the
+    same menu links recur on every page: cached)."""
+    try:
+        parts = urlsplit(href)
+        return parts.hostname, _suffix(parts.path)
+    except ValueError:
+        return None, ""
 
 
 def _suffix(path: str) -> str:
@@ -447,7 +502,8 @@ class _Reader:
     in chrome (menus, headers, footers, sidebars, outside <main>) is content only for
     labels in chrome, which count only for site-wide components."""
 
-    def __init__(self, root: etree._Element, rules: ScoringRules):
+    def __init__(self, root: etree._Element, rules: ScoringRules, panels: bool,
+                 wanted: Iterable[str] | None = None):
         self.root, self.rules, self.limits = root, rules, rules.limits
         self.found: dict[str, str] = {}
         self.documents: list[str] = []
@@ -457,9 +513,12 @@ class _Reader:
         self.open: list[_Open] = []
         self.chrome = self._chrome_elements()
         self.chrome_stack: list[etree._Element] = []
-        self.panels = self._panels()
+        self.panels = self._panels() if panels else {}
+        self.wanted = frozenset(rules.ids if wanted is None else wanted)
+        self.chrome_for_links_only = not self.wanted & {"pengaduan", rules.lapor_id}
         self.line_start = True
         self.document_link: etree._Element | None = None
+        self.section = ""  # the last heading's text: what a document link is filed under
 
     # ----------------------------------------------------------------- the walk
 
@@ -480,7 +539,8 @@ class _Reader:
                 self._end(element, tag)
         self._close(lambda o: True)
         text = "".join(self.main_text)
-        pledge = self.rules.pledge.search(text) if "maklumat" not in self.found else None
+        pledge = self.rules.pledge.search(text) \
+            if "maklumat" in self.wanted and "maklumat" not in self.found else None
         if pledge:
             self._found_text("maklumat", "", text[pledge.start():pledge.start() + 400])
 
@@ -489,14 +549,32 @@ class _Reader:
         return bool(self.chrome_stack)
 
     def _start(self, element: etree._Element, tag: str) -> bool:
-        """Handle an element's start; True to skip its content (a label, read whole)."""
+        """Handle an element's start; True to skip its content (a label, read whole).
+        (The hot path of page reading: every element passes here.)"""
         if element in self.chrome:
             self.chrome_stack.append(element)
-        if tag in BLOCK_TAGS or tag == "br":
+            if self.chrome_for_links_only and len(self.chrome_stack) == 1:
+                for a in element.iter("a"):
+                    self._link(a)
+                self.document_link = None
+                self.chrome_stack.pop()
+                return True
+        if tag in BLOCK_TAGS:
             self.line_start = True
-        if tag == "li":
-            for o in self._receiving():
-                o.items += 1
+            if tag == "li" and self.open:
+                for o in self._receiving():
+                    o.items += 1
+            elif tag == "form":
+                self._form(element)
+        elif tag in SPECIAL_TAGS:
+            if tag == "a":
+                self._link(element)
+            elif tag == "br":
+                self.line_start = True
+            elif tag == "head":
+                return True  # the title is read apart, for https.content
+            else:
+                self._embedded(element)
         if self.panels:
             self._open_panel(element)
         marker = element.get("data-komponen")
@@ -504,20 +582,14 @@ class _Reader:
             component = self.rules.markers.get(marker.strip().lower())
             if component:
                 self._open_label(component, LABEL_RANK, marker, element, extend=False)
-        if tag == "a":
-            self._link(element)
-        elif tag in ("img", "iframe", "embed", "object"):
-            self._embedded(element)
-        elif tag == "form":
-            self._form(element)
-        if tag == "head":
-            return True  # the title is read apart, for https.content
-        if tag in HEADING_RANKS or tag in ELEMENT_LABEL_TAGS:
-            self._element_label(element, HEADING_RANKS.get(tag, LABEL_RANK))
+        if tag in LABEL_RANKS:
+            self._element_label(element, LABEL_RANKS[tag])
             return True
         if tag in INLINE_LABEL_TAGS and self.line_start and self._inline_label(element):
             return True
-        self._text(element.text, element)
+        text = element.text
+        if text and not text.isspace():
+            self._text(text, element)
         return False
 
     def _end(self, element: etree._Element, tag: str) -> None:
@@ -531,9 +603,11 @@ class _Reader:
             self.chrome_stack.pop()
             if not self.chrome_stack:
                 self._close(lambda o: o.chrome)
-        parent = element.getparent()
-        if parent is not None:
-            self._text(element.tail, parent)
+        tail = element.tail
+        if tail and not tail.isspace():
+            parent = element.getparent()
+            if parent is not None:
+                self._text(tail, parent)
 
     # ----------------------------------------------------------------- labels
 
@@ -555,6 +629,8 @@ class _Reader:
         else:
             self._close(lambda o: o.chrome == self.in_chrome and o.rank >= rank)
             self._text(text, element)
+        if rank < LABEL_RANK:
+            self.section = text
         self.line_start = True
         for a in element.iter("a"):
             self._link(a)
@@ -584,7 +660,7 @@ class _Reader:
         colon = head.find(":")
         label = head[:colon] if colon > 0 else text
         component = self.rules.component_for(label)
-        if component is None:
+        if component is None or (colon <= 0 and not _label_like(label)):
             return text
         self._open_label(component, LABEL_RANK, label, self._block_of(container))
         return text[colon + 1:] if colon > 0 else ""
@@ -599,7 +675,8 @@ class _Reader:
     def _open_label(self, component: str, rank: int, label: str, scope: etree._Element,
                     extend: bool = True) -> None:
         self._close(lambda o: o.chrome == self.in_chrome)
-        self.open.append(_Open(component, rank, label, scope, self.in_chrome, extend))
+        if component in self.wanted:
+            self.open.append(_Open(component, rank, label, scope, self.in_chrome, extend))
 
     def _block_of(self, element: etree._Element) -> etree._Element:
         node = element
@@ -616,14 +693,14 @@ class _Reader:
         chrome = self.in_chrome
         return [o for o in self.open if o.chrome == chrome]
 
-    def _text(self, text: str | None, container: etree._Element) -> None:
-        if not text:
-            return
-        stripped = text.strip()
-        if not stripped:
-            return
+    def _text(self, text: str, container: etree._Element) -> None:
+        """A run of text (never blank): a label line, content, the main text."""
         if "1708" in text or ".go.id" in text:
             self._lapor_text(text)
+        if "pengaduan" not in self.found and len(text) <= self.limits.value_chars \
+                and ("aduan" in text or "omplaint" in text or "ADUAN" in text or "Aduan" in text) \
+                and self.rules.complaint_words.search(text) and self._inside_link(container) is None:
+            self._complaint_mention(text)
         if self.document_link is not None:
             return  # a document's link text is not content
         if self.line_start and container.tag != "a" and self._inside_link(container) is None:
@@ -631,6 +708,8 @@ class _Reader:
         newline = "\n" if self.line_start else ""
         self.line_start = False
         self._main(newline + text)
+        if not self.open:
+            return
         for o in self._receiving():
             if o.size < self.limits.value_chars:
                 piece = (newline + text)[:self.limits.value_chars - o.size]
@@ -654,6 +733,13 @@ class _Reader:
             node = node.getparent()
         return None
 
+    def _complaint_mention(self, text: str) -> None:
+        """A short text naming complaints with a channel's details ("Meja pengaduan ...
+        telp. (0543) 27011"): a complaints block wherever it sits."""
+        channel = self.rules.by_id["pengaduan"].content
+        if channel is not None and channel.search(text) and FORM_TOKEN not in text:
+            self._found_text("pengaduan", "", text)
+
     def _lapor_text(self, text: str) -> None:
         match = self.rules.lapor_text.search(text[:self.limits.value_chars * 4])
         if match:
@@ -664,29 +750,22 @@ class _Reader:
         if not href or len(self.links) >= self.limits.links:
             return
         href = href[:2000]
-        host = self._host(href)
+        host, suffix = _href_parts(href)
         if host and self.rules.is_lapor_host(host):
             self._found_text(self.rules.lapor_id, "link", href)
-        text = collapse(_bounded_text(element, 200))
+        text = element.text or "" if len(element) == 0 else _bounded_text(element, 200)
+        text = _tidy(text[:200])
         if not text:
             image = next(element.iter("img"), None)
             text = collapse((image.get("alt") or image.get("title") or "")[:200]) \
                 if image is not None else ""
-        path = self._path(href)
-        if _suffix(path) in self.rules.discovery.document_extensions:
+        if suffix in self.rules.discovery.document_extensions:
             self.document_link = element
-            self._document(href, text)
+            self._document(href, f"{text} {self.section}")
             return
-        if self.rules.discovery.generic_link_text.search(text):
+        if self.rules.says_nothing(text):
             text = f"{text} {collapse(_bounded_text(self._block_of(element), 300))}"
         self.links.append(Link(href, text, not self.in_chrome))
-
-    @staticmethod
-    def _host(href: str) -> str | None:
-        try:
-            return urlsplit(href).hostname
-        except ValueError:
-            return None
 
     def _embedded(self, element: etree._Element) -> None:
         """An image (or an embedded PDF): never content; a document when it is a standard."""
@@ -790,15 +869,16 @@ class _Reader:
                           if next(h.iterancestors(*CONTAINERS_OF_HEADERS), None) is None)
         main = None
         for value in CHROME_ATTRIBUTES(root):  # the attribute values alone: 2x faster
-            element = value.getparent()
             if value.attrname == "role":
                 role = value.strip().lower()
                 if role in rules.exclude_roles:
-                    chrome.add(element)
+                    chrome.add(value.getparent())
                 elif role == "main" and main is None:
-                    main = element
-            elif element.tag not in NEVER_CHROME_BY_NAME and rules.excludes_names(str(value)):
-                chrome.add(element)
+                    main = value.getparent()
+            elif rules.excludes_names(str(value)):
+                element = value.getparent()
+                if element.tag not in NEVER_CHROME_BY_NAME:
+                    chrome.add(element)
         main = next(root.iter("main"), main)
         if rules.outside_main and main is not None:
             for node in (main, *main.iterancestors()):
@@ -816,7 +896,8 @@ class _Reader:
             target = target.strip().lstrip("#")
             if not target or target in panels:
                 continue
-            component = self.rules.component_for(_bounded_text(control, 201))
+            text = control.text or "" if len(control) == 0 else _bounded_text(control, 201)
+            component = self.rules.component_for(text)
             if component:
                 panels[target] = component
         return panels
@@ -911,13 +992,14 @@ def _relative_path(base_path: str, path: str, query: str) -> tuple[str, str]:
 
 
 def ranked_links(links: Iterable[Link], page_url: str, rules: ScoringRules,
-                 list_page: bool = False) -> list[tuple[int, str]]:
+                 unmatched: str = "none") -> list[tuple[int, str]]:
     """(rank, path) of the same-site pages worth reading among a page's links, best
     first: ranked by link_patterns on the link's text (with the block around a "klik di
-    sini") and path; documents and other sites are left out, and so are links matching
-    no pattern, except those in the main content of a list of services (``list_page``),
-    which come last."""
-    unmatched = len(rules.discovery.link_patterns) if list_page else None
+    sini") and path; documents and other sites are left out. Links matching no pattern
+    come last (content before menus) when ``unmatched`` is "all" (the home page's menu
+    is where a visitor starts) or "content" (the content of a list of services), and
+    never when they look like news, galleries or logins (``avoid_links``)."""
+    last = len(rules.discovery.link_patterns)
     ranked: dict[str, int] = {}
     here = same_site_path(page_url, page_url)
     for link in links:
@@ -927,8 +1009,9 @@ def ranked_links(links: Iterable[Link], page_url: str, rules: ScoringRules,
         if path is None or path == here:
             continue
         rank = rules.link_rank(path, link.text)
-        if rank is None and link.in_content:
-            rank = unmatched
+        if rank is None and (unmatched == "all" or (unmatched == "content" and link.in_content)) \
+                and not rules.discovery.avoid_links.search(f"{path[:300]} {link.text[:300]}"):
+            rank = last if link.in_content else last + 1
         if rank is None or ranked.get(path, rank + 1) <= rank:
             continue
         if _suffix(path.split("?", 1)[0]) not in rules.discovery.skip_extensions:

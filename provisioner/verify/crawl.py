@@ -70,7 +70,7 @@ class Crawl:
         self.robots: RobotFileParser | None = None
         self.notes: list[str] = []
         self.page_requests = self.failures = self.chars = 0
-        self._follow(home.links, self.home_url, depth=1, rank=None)
+        self._follow(home.links, self.home_url, depth=1, unmatched="all")
 
     @property
     def done(self) -> bool:
@@ -99,14 +99,12 @@ class Crawl:
     # ----------------------------------------------------------------- frontier
 
     def _follow(self, links: tuple[Link, ...], page_url: str, depth: int,
-                rank: int | None) -> None:
-        """Queue a page's links; a page reached by a link to standards or services is a
-        list of services, whose every content link is worth a look."""
+                unmatched: str) -> None:
+        """Queue a page's links (see content.ranked_links for ``unmatched``)."""
         if depth > self.limits.max_depth:
             return
-        list_page = rank is not None and rank <= self.limits.list_rank
-        for link_rank, path in ranked_links(links, page_url, self.rules, list_page):
-            self._push(link_rank, depth, path)
+        for rank, path in ranked_links(links, page_url, self.rules, unmatched):
+            self._push(rank, depth, path)
 
     def _push(self, rank: int, depth: int, path: str) -> None:
         if path not in self.seen:
@@ -132,9 +130,11 @@ class Crawl:
             if target is not None:
                 self._push(rank, depth, target)
             return
-        page = read_published(text, self.rules)
+        page = read_published(text, self.rules, missing_items(self.pages, self.rules))
         self.pages[path] = page
-        self._follow(page.links, urljoin(self.site.base_url, path), depth + 1, rank)
+        list_page = rank <= self.limits.list_rank  # a page of services: all its content links
+        self._follow(page.links, urljoin(self.site.base_url, path), depth + 1,
+                     "content" if list_page else "none")
 
     async def _get(self, path: str, html: bool = False, limit: int | None = None
                    ) -> str | tuple[int, str] | None:
