@@ -35,7 +35,7 @@ from .model import CheckResult, Evidence, Publication, Status, result
 RULES_FILE = Path(__file__).resolve().parent.parent / "data" / "scoring.yml"
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 8x faster
 
-SKIP_TAGS = frozenset(("script", "style", "noscript", "template", "svg", "head"))
+SKIP_TAGS = ("script", "style", "noscript", "template", "svg")
 HEADING_RANKS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 LABEL_RANK = 7  # every other label (dt, th, strong, a "label:" line, a tab): the lowest rank
 ELEMENT_LABEL_TAGS = frozenset(("dt", "th", "summary"))
@@ -424,11 +424,13 @@ def _parse(html: str, rules: ScoringRules) -> etree._Element | None:
     try:
         if html.lstrip()[:5] == "<?xml":
             html = XML_DECLARATION.sub("", html, count=1)
-        root = etree.fromstring(html.replace(FORM_TOKEN, ""), parser)
+        if FORM_TOKEN in html:
+            html = html.replace(FORM_TOKEN, "")
+        root = etree.fromstring(html, parser)
     except (etree.XMLSyntaxError, ValueError):
         return None  # an empty document
     if root is not None:
-        etree.strip_elements(root, *(SKIP_TAGS - {"head"}), with_tail=False)
+        etree.strip_elements(root, *SKIP_TAGS, with_tail=False)
     return root
 
 
@@ -462,7 +464,7 @@ def _label_like(line: str) -> bool:
         and "@" not in line and DIGIT.search(line.lstrip("0123456789.() ")) is None
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _href_parts(href: str) -> tuple[str | None, str]:
     """A link's host (None if relative or unreadable) and its path's extension (the
     same menu links recur on every page: cached)."""
@@ -519,6 +521,7 @@ class _Reader:
         self.line_start = True
         self.document_link: etree._Element | None = None
         self.section = ""  # the last heading's text: what a document link is filed under
+        self.label_line: _Open | None = None  # a line that may be a label, if the line ends
 
     # ----------------------------------------------------------------- the walk
 
@@ -663,7 +666,10 @@ class _Reader:
         if component is None or (colon <= 0 and not _label_like(label)):
             return text
         self._open_label(component, LABEL_RANK, label, self._block_of(container))
-        return text[colon + 1:] if colon > 0 else ""
+        if colon > 0:
+            return text[colon + 1:]
+        self.label_line = self.open[-1] if self.open else None
+        return ""
 
     def _open_panel(self, element: etree._Element) -> None:
         """A tab panel or an accordion body named by the control that opens it."""
@@ -703,6 +709,10 @@ class _Reader:
             self._complaint_mention(text)
         if self.document_link is not None:
             return  # a document's link text is not content
+        if self.label_line is not None:
+            if not self.line_start and self.label_line in self.open:
+                self.open.remove(self.label_line)  # words opening a sentence, not a label
+            self.label_line = None
         if self.line_start and container.tag != "a" and self._inside_link(container) is None:
             text = self._line_label(text.lstrip(), container)
         newline = "\n" if self.line_start else ""

@@ -68,10 +68,12 @@ def test_sweep_reports_in_every_format(sweep_sites: Sites, tmp_path: Path) -> No
     assert {r["attempts"] for r in records} == {1}
     assert "does not answer" in " ".join(by_agency["s-hang"]["reasons"])
     assert by_agency["s-expired"]["cert"]["days_left"] < 0
-    assert by_agency["s-healthy"]["publication"] == {
+    healthy = by_agency["s-healthy"]["publication"]
+    assert {k: healthy[k] for k in ("score", "band", "components")} == {
         "score": 100.0, "band": "A", "components": dict.fromkeys(
             ("persyaratan", "prosedur", "waktu", "biaya", "produk", "pengaduan", "maklumat",
              "lapor"), True)}
+    assert set(healthy["evidence"]) == set(healthy["components"])  # page and snippet each
     assert any(r.startswith("https.content: nginx default page")
                for r in by_agency["s-default"]["reasons"])
 

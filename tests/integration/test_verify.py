@@ -424,8 +424,12 @@ def test_healthy_site_passes_everything(sites: Sites) -> None:
     assert document["agency"] == "v-healthy" and document["active"] is True
     assert document["url"] == f"https://{sites.fqdn('v-healthy')}/"
     assert set(statuses(document).values()) == {"pass"}, json.dumps(document["checks"], indent=1)
-    assert document["publication"] == {"score": 100.0, "components": dict.fromkeys(
-        (*ALL_SIX, "maklumat", "lapor"), True)}
+    publication = document["publication"]
+    assert set(publication) == {"score", "components", "evidence", "documents"}
+    assert (publication["score"], publication["components"]) == (100.0, dict.fromkeys(
+        (*ALL_SIX, "maklumat", "lapor"), True))
+    assert set(publication["evidence"]) == set(publication["components"])  # page + snippet each
+    assert all(0 < len(e["snippet"]) <= 160 for e in publication["evidence"].values())
     assert 58 <= document["cert"]["days_left"] <= 60
     assert "ns1" in detail(document, "dns.authoritative")
     assert "ns2" in detail(document, "dns.authoritative")

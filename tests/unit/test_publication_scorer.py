@@ -269,3 +269,192 @@ def test_a_broken_rules_file_is_an_input_error_naming_it(tmp_path, change) -> No
         load_rules(broken)
     (problem,) = caught.value.problems
     assert problem.file == broken and problem.field == "scoring rules"
+
+
+# =========================================================================== content, not labels
+# SERVICE_STANDARD.md "What counts as published", one rule at a time.
+
+RULE_CASES = [
+    # waktu: a completion duration; office hours are not one
+    ("office hours are no completion time", page(
+        "<h3>Waktu Pelayanan</h3><p>Senin-Kamis 08.00-15.30, Jumat 08.00-11.00</p>"), set()),
+    ("1 HK", page("<p>Waktu: 1 HK</p>"), {"waktu"}),
+    ("15 menit", page("<h3>Jangka waktu</h3><p>15 menit</p>"), {"waktu"}),
+    ("selesai saat itu juga", page("<h3>Waktu penyelesaian</h3><p>Selesai saat itu juga</p>"),
+     {"waktu"}),
+    ("sesuai antrean is no duration", page("<h3>Jangka waktu</h3><p>Sesuai antrean</p>"), set()),
+    # biaya: an amount or an explicit free statement
+    ("an amount", page("<h3>Biaya</h3><p>Rp 50.000</p>"), {"biaya"}),
+    ("nihil", page("<p>Biaya: Nihil</p>"), {"biaya"}),
+    ("tidak dipungut biaya", page("<h3>Tarif</h3><p>Tidak dipungut biaya</p>"), {"biaya"}),
+    ("Rp 0", page("<h3>Biaya/Tarif</h3><p>Rp 0,-</p>"), {"biaya"}),
+    ("a regulation named is no amount", page(
+        "<h3>Biaya</h3><p>Sesuai Peraturan Daerah tentang Retribusi</p>"), set()),
+    # persyaratan and prosedur: the requirements and the steps themselves
+    ("FC KTP, FC KK", page("<p>Persyaratan: FC KTP, FC KK</p>"), {"persyaratan"}),
+    ("steps with arrows", page("<p>Prosedur: loket -> verifikasi -> tanda tangan</p>"),
+     {"prosedur"}),
+    ("a numbered flow in text", page(
+        "<h3>Alur</h3><p>1. Pemohon datang 2. Berkas diperiksa 3. Surat terbit</p>"), {"prosedur"}),
+    ("see the counter is no requirement", page("<h3>Persyaratan</h3><p>Tanyakan ke petugas</p>"),
+     set()),
+    # pengaduan: a channel with its details, site-wide; a bare menu link is none
+    ("a bare Pengaduan menu link", page(
+        "<nav><a href='/pengaduan'>Pengaduan</a></nav><main><p>Selamat datang.</p>"
+        "<p><a href='/pengaduan'>Pengaduan</a></p></main>"), set()),
+    ("a complaints block in the footer", page(
+        "<main><p>Beranda</p></main><footer><h4>Pengaduan</h4><p>WA 0812-5555-1234</p></footer>"),
+     {"pengaduan"}),
+    ("a complaints widget in the sidebar", page(
+        "<aside class='sidebar'><h3>Layanan Pengaduan</h3><p>pengaduan@dinas.go.id</p></aside>"),
+     {"pengaduan"}),
+    ("a general address footer says nothing about complaints", page(
+        "<footer><p>Jl. Sudirman No. 1, Tanah Grogot. Telp. (0543) 21234</p></footer>"), set()),
+    ("a complaint sentence with a number", page(
+        "<footer><p>Meja pengaduan buka tiap hari kerja, telp. (0543) 27011.</p></footer>"),
+     {"pengaduan"}),
+    ("a complaint form with fields", page(
+        "<main><h1>Form Pengaduan</h1><form><input name='nama'><textarea name='isi'></textarea>"
+        "<input type='submit'></form></main>"), {"pengaduan"}),
+    ("a search box is no complaint form", page(
+        "<main><h1>Pengaduan</h1><form><input name='q'><input type='submit'></form></main>"),
+     set()),
+    # maklumat: the pledge itself
+    ("the pledge text", page(f"<h2>Maklumat Pelayanan</h2><p>{PLEDGE}</p>"), {"maklumat"}),
+    ("the pledge without its heading", page(f"<main><h2>Komitmen</h2><p>{PLEDGE}</p></main>"),
+     {"maklumat"}),
+    ("a teaser is no pledge", page(
+        "<h2>Maklumat Pelayanan</h2><p>Janji kami untuk Anda. <a href='/m'>Baca</a></p>"), set()),
+    ("the pledge in the footer does not count", page(
+        f"<main><p>Beranda</p></main><footer><p>{PLEDGE}</p></footer>"), set()),
+    # lapor: a link (an image banner too), or lapor.go.id / SMS 1708 written out
+    ("a LAPOR! image banner", page(
+        "<aside><a href='https://www.lapor.go.id/'><img src='/lapor.png' alt=''></a></aside>"),
+     {"lapor"}),
+    ("a link to a page under lapor.go.id", page(
+        "<a href='https://lapor.go.id/instansi/pemkab-paser'>Lapor</a>"), {"lapor"}),
+    ("SMS 1708 written out", page("<footer><p>Kirim SMS 1708</p></footer>"), {"lapor"}),
+    ("www.lapor.go.id written out", page("<p>Kunjungi www.lapor.go.id</p>"), {"lapor"}),
+    # layouts
+    ("label lines separated by line breaks", page(
+        "<p>Persyaratan: FC KTP<br>Waktu: 2 hari kerja<br>Biaya: Gratis<br>"
+        "Produk: Surat izin</p>"), {"persyaratan", "waktu", "biaya", "produk"}),
+    ("label list items", page(
+        "<ul><li><b>Biaya:</b> Gratis</li><li><b>Waktu Penyelesaian:</b> 1 hari</li></ul>"),
+     {"biaya", "waktu"}),
+    ("an accordion whose panels are collapsed", page(
+        "<div class='accordion-item'><h2 class='accordion-header'><button data-bs-target='#c1'>"
+        "Biaya</button></h2><div id='c1' class='collapse'><div class='accordion-body'>Gratis"
+        "</div></div></div>"), {"biaya"}),
+    ("tab panels named by their controls", page(
+        "<ul class='nav nav-tabs'><li><button data-bs-toggle='tab' data-bs-target='#t1'>"
+        "Jangka Waktu</button></li></ul><div class='tab-content'><div class='tab-pane' id='t1'>"
+        "<p>3 hari kerja</p></div></div>"), {"waktu"}),
+    ("details and summary", page("<details><summary>Produk</summary><p>Akta</p></details>"),
+     {"produk"}),
+    ("a heading alone in its wrapper, the text in the next one", page(
+        "<div class='w'><div><h3>Persyaratan</h3></div></div><div class='w'><ul><li>KTP</li>"
+        "<li>KK</li></ul></div>"), {"persyaratan"}),
+    ("cards", page("<div class='card'><div class='card-header'>Tarif</div>"
+                   "<div class='card-body'>Rp 15.000</div></div>"), {"biaya"}),
+    ("English labels", page(
+        "<h2>Requirements</h2><ul><li>ID card</li><li>Tax number</li></ul><h2>Procedure</h2>"
+        "<ol><li>Register</li><li>Submit</li></ol><h2>Service Time</h2><p>1 working day</p>"
+        "<h2>Fee</h2><p>Free of charge</p><h2>Output</h2><p>Licence</p><h2>Complaints</h2>"
+        "<p>Help desk, 1st floor</p><h2>Service Pledge</h2><p>We pledge to serve you.</p>"),
+     {"persyaratan", "prosedur", "waktu", "biaya", "produk", "pengaduan", "maklumat"}),
+    # words in prose are not a standard
+    ("a news paragraph mentioning the words", page(
+        "<main><h2>Jembatan Kandilo Dibangun</h2><p>Biaya pembangunan Rp 4,7 miliar; persyaratan "
+        "lelang diumumkan, pekerjaan selesai dalam waktu 150 hari.</p></main>"), set()),
+    ("a bold word opening a news paragraph", page(
+        "<p><strong>Biaya pembangunan</strong> jembatan mencapai Rp 4,7 miliar.</p>"), set()),
+    ("a news article under a look-alike heading", page(
+        "<h3>Biaya Pembangunan</h3><p>" + "Pemerintah kabupaten menganggarkan dana dari APBD "
+        "untuk jembatan ini dan pekerjaan akan diawasi konsultan. " * 4 + "Nilainya Rp 4,7 "
+        "miliar.</p>"), set()),
+    # only in a PDF or an image: not counted
+    ("a heading above a PDF link only", page(
+        "<h2>Persyaratan</h2><p><a href='/sp.pdf'>Unduh persyaratan (PDF)</a></p>"), set()),
+    ("a heading above an image only", page(
+        "<h2>Alur Pelayanan</h2><p><img src='/alur.png' alt='Alur pelayanan'></p>"), set()),
+]
+
+
+@pytest.mark.parametrize("html, expected", [c[1:] for c in RULE_CASES],
+                         ids=[c[0] for c in RULE_CASES])
+def test_content_not_labels(html: str, expected: set[str]) -> None:
+    assert found(html) == expected
+
+
+def test_standards_only_in_documents_are_named_in_a_warning() -> None:
+    home = analyse_page(page(
+        "<main><h2>Maklumat Pelayanan</h2><img src='/img/maklumat.jpg'><h2>Standar Pelayanan</h2>"
+        "<p><a href='/files/SP-KTP.pdf'>Unduh</a></p><img src='/img/kantor.jpg'></main>"), RULES)
+    assert home.documents == ("/img/maklumat.jpg", "/files/SP-KTP.pdf")
+    publication = score_publication({"/": home}, RULES)
+    assert publication.documents == ("/img/maklumat.jpg", "/files/SP-KTP.pdf")
+    warning = next(c for c in publication_checks(publication, RULES)
+                   if c.id == "publication.documents")
+    assert warning.status is Status.WARN
+    assert "/files/SP-KTP.pdf" in warning.detail and "maklumat" in warning.detail
+    assert publication.to_dict()["documents"] == ["/img/maklumat.jpg", "/files/SP-KTP.pdf"]
+
+
+def test_no_warning_when_everything_is_readable() -> None:
+    publication = score_publication({"/": analyse_page(SIX_H2.replace(
+        "</main>", f"<h2>Maklumat</h2><p>{PLEDGE}</p><a href='/sp.pdf'>Standar (PDF)</a></main>"),
+        RULES)}, RULES)
+    assert "publication.documents" not in {c.id for c in publication_checks(publication, RULES)}
+
+
+def test_evidence_snippets_are_at_most_160_characters() -> None:
+    long_list = "".join(f"<li>Fotokopi dokumen pendukung nomor {i}</li>" for i in range(40))
+    home = analyse_page(page(f"<h2>Persyaratan</h2><ul>{long_list}</ul>"), RULES)
+    assert home.found["persyaratan"].startswith("Persyaratan: Fotokopi dokumen")
+    assert len(home.found["persyaratan"]) == 160
+
+
+# =========================================================================== bounded input
+
+def test_a_224_kb_title_is_cut_before_any_pattern_sees_it() -> None:
+    title = "apache " * 32_000  # the default-page rule once took 25 s on this
+    home = analyse_page(page("<main><p>" + "Isi halaman. " * 20 + "</p></main>", title=title),
+                        RULES)
+    assert len(home.title) <= RULES.limits.title_chars
+    assert len(home.headline) <= 6 * (RULES.limits.title_chars + 3)
+    assert not_content_reason(home, RULES) is None
+
+
+def test_a_huge_heading_and_a_huge_label_line_name_nothing() -> None:
+    assert RULES.component_for("Biaya " * 50_000) is None
+    assert found(page("<h2>" + "Persyaratan " * 20_000 + "</h2><p>KTP</p>")) == set()
+    assert found(page("<p>" + "Biaya " * 20_000 + ": Gratis</p>")) == set()
+
+
+def test_5000_nested_elements_around_the_content_do_not_break_the_reading() -> None:
+    nested = "<div>" * 5000 + "<h2>Biaya</h2><p>Gratis</p>" + "</div>" * 5000
+    home = analyse_page(page("<p>" + "Selamat datang di situs kami. " * 10 + "</p>" + nested),
+                        RULES)
+    assert home.text_chars > 100  # the text before the nesting is read; libxml2 stops at 256
+
+
+def test_a_page_larger_than_the_limit_is_read_up_to_it() -> None:
+    filler = "<p>" + "isi " * 100 + "</p>"
+    html = page(filler * (RULES.limits.page_chars // len(filler) + 10)
+                + "<h2>Biaya</h2><p>Gratis</p>")
+    assert len(html) > RULES.limits.page_chars
+    assert found(html) == set()
+
+
+def test_the_number_of_elements_visited_is_bounded() -> None:
+    html = page("<span>x</span>" * (RULES.limits.elements + 10) + "<h2>Biaya</h2><p>Gratis</p>")
+    assert found(html) == set()
+    assert found(page("<span>x</span>" * 100 + "<h2>Biaya</h2><p>Gratis</p>")) == {"biaya"}
+
+
+def test_malformed_links_are_skipped() -> None:
+    home = analyse_page(page("<a href='http://[lapor'>LAPOR</a><a href='https://[x'>x</a>"
+                             "<a href='http://x:99999/'>y</a><a href='/layanan'>Layanan</a>"),
+                        RULES)
+    assert [p for _, p in ranked_links(home.links, "https://a.go.id/", RULES)] == ["/layanan"]
