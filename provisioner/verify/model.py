@@ -143,7 +143,7 @@ class Publication:
     def to_dict(self) -> dict[str, Any]:
         return {"score": self.score, "components": dict(self.components),
                 "evidence": {item: e.to_dict() for item, e in self.evidence.items()},
-                "documents": list(self.documents)}
+                "documents": list(self.documents), "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)

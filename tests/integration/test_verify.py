@@ -425,7 +425,7 @@ def test_healthy_site_passes_everything(sites: Sites) -> None:
     assert document["url"] == f"https://{sites.fqdn('v-healthy')}/"
     assert set(statuses(document).values()) == {"pass"}, json.dumps(document["checks"], indent=1)
     publication = document["publication"]
-    assert set(publication) == {"score", "components", "evidence", "documents"}
+    assert set(publication) == {"score", "components", "evidence", "documents", "notes"}
     assert (publication["score"], publication["components"]) == (100.0, dict.fromkeys(
         (*ALL_SIX, "maklumat", "lapor"), True))
     assert set(publication["evidence"]) == set(publication["components"])  # page + snippet each

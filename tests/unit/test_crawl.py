@@ -196,6 +196,7 @@ def test_a_100000_deep_json_file_is_ignored_with_a_note() -> None:
     publication, site = crawl(answers)
     assert "/standar-pelayanan.json" in site.requested
     assert any("standar-pelayanan.json: not read" in note for note in publication.notes)
+    assert publication.to_dict()["notes"] == list(publication.notes)
 
 
 def test_the_data_file_names_pages_to_read() -> None:
