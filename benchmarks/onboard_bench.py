@@ -45,7 +45,7 @@ from labkit import TimedRun, markdown_table
 
 from provisioner import onboard, tls  # labkit has put the repository on sys.path
 from provisioner.lab import Lab
-from provisioner.models import Inventory
+from provisioner.models import MAX_PARALLEL_ORDERS, Inventory
 from provisioner.registry import load_inventory
 
 SECTION = "onboard_bench"
@@ -433,7 +433,7 @@ def report(series: Mapping[str, Series], total: int, rounds: int, prefix: str,
         f"run: plan (SSH facts from both hosts, DNS preflight), dns (one signed update + wait "
         f"for ns1 and ns2), web (one Ansible run: every host's files in one transfer, "
         f"`nginx -t`, one reload per host), tls ({total} ACME orders, up to "
-        f"{tls.MAX_PARALLEL_ORDERS} at once, HTTP-01, then a second Ansible run to "
+        f"{MAX_PARALLEL_ORDERS} at once, HTTP-01, then a second Ansible run to "
         f"switch the vhosts to HTTPS and the served-serial check), verify (every site: DNS at "
         f"both nameservers, redirect, TLS, content). The re-run runs no Ansible and orders "
         f"nothing: its cost is start-up, the plan (facts) and verify.",
@@ -445,7 +445,7 @@ def report(series: Mapping[str, Series], total: int, rounds: int, prefix: str,
         projection(series, wall, cpu, cores, per_host_mb),
         "",
         SCALE_NOTES.format(per_host_mb=per_host_mb, forks=ANSIBLE_MAX_FORKS,
-                           orders=tls.MAX_PARALLEL_ORDERS, cores=cores,
+                           orders=MAX_PARALLEL_ORDERS, cores=cores,
                            registrations=LE_REGISTRATIONS_PER_IP_3H,
                            per_domain=LE_CERTS_PER_DOMAIN_WEEK,
                            orders_per_3h=LE_ORDERS_PER_3H),

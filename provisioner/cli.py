@@ -366,6 +366,21 @@ def _show_onboard_plan(oplan: onboarding.OnboardPlan) -> None:
         console.print(f"host {host} cannot be used: {visible(error)}", markup=False)
     for outcome in oplan.skipped:
         console.print(f"{outcome.agency}: {visible(outcome.detail)}", markup=False)
+    _show_rate_limits(oplan)
+
+
+def _show_rate_limits(oplan: onboarding.OnboardPlan) -> None:
+    """How much of each of the CA's limits the run would use; what waits for a later run."""
+    if oplan.budget is None or not (oplan.budget.usage or oplan.budget.deferred):
+        return
+    console.print("CA rate limits:", markup=False)
+    for usage in oplan.budget.usage:
+        console.print(f"  {visible(usage.line())}", markup=False)
+    for target in oplan.targets:
+        deferred = oplan.budget.deferred.get(target.key)
+        if deferred:
+            console.print(f"  {', '.join(target.agencies)}: {visible(deferred.reason)}",
+                          markup=False)
 
 
 def _onboard_progress(event: ansible.Progress) -> None:
@@ -941,6 +956,7 @@ def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar
                   title=f"certificates (renewing within {days} days)")
             for host, error in oplan.host_errors.items():
                 console.print(f"host {host} cannot be used: {error}", markup=False)
+            _show_rate_limits(oplan)
         if dry_run:
             if not table_output:
                 emit_json({"plan": oplan.to_dict(), "result": None})

@@ -123,12 +123,44 @@ class Nameserver:
     port: int = 53
 
 
+RATE_LIMIT_KINDS = (
+    "certificates_per_registered_domain",
+    "new_orders_per_account",
+    "failed_validations_per_hostname",
+)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """One limit of the CA: at most ``limit`` events of ``kind`` per key in ``hours``.
+
+    ``renewals_exempt``: a renewal (the same names again) may be ordered even when the
+    limit is reached (Let's Encrypt does so for certificates per registered domain)."""
+
+    kind: str  # one of RATE_LIMIT_KINDS
+    limit: int
+    hours: float
+    renewals_exempt: bool = False
+
+
+LETS_ENCRYPT_LIMITS: tuple[RateLimit, ...] = (
+    RateLimit("certificates_per_registered_domain", 50, 168, renewals_exempt=True),
+    RateLimit("new_orders_per_account", 300, 3),
+    RateLimit("failed_validations_per_hostname", 5, 1),
+)
+"""Let's Encrypt's published limits, the default of ``acme_rate_limits``."""
+
+MAX_PARALLEL_ORDERS = 4  # default of acme_max_parallel_orders
+
+
 @dataclass(frozen=True)
 class AcmeSettings:
     directory: str
     contact: str
     ca_bundle: Path | None  # trust for the ACME API's own TLS (Pebble's), None: system store
     revoke_on_offboard: bool
+    max_parallel_orders: int = MAX_PARALLEL_ORDERS
+    rate_limits: tuple[RateLimit, ...] = LETS_ENCRYPT_LIMITS
 
 
 @dataclass(frozen=True)

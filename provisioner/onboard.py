@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from . import ansible, site, tls
+from . import ansible, ratelimit, site, tls
 from . import verify as verifying
 from .dns import DnsClient
 from .dnsops import DnsPlan, apply_dns, plan_dns
@@ -64,6 +65,7 @@ class OnboardPlan:
     host_errors: Mapping[str, str]  # host -> why it cannot be used this run
     skipped: tuple[Outcome, ...]  # agencies in scope with nothing to onboard (external)
     timings: Mapping[str, float] = field(default_factory=dict)
+    budget: ratelimit.Budget | None = None  # the CA's rate limits (tls step only)
 
     @property
     def has_changes(self) -> bool:
@@ -77,7 +79,8 @@ class OnboardPlan:
                     "zone": self.dns.zone, "serial": self.dns.serial,
                     "owned_records": self.dns.owned_records, "safety": self.dns.safety},
                 "host_errors": dict(self.host_errors),
-                "skipped": [o.to_dict() for o in self.skipped]}
+                "skipped": [o.to_dict() for o in self.skipped],
+                "rate_limits": self.budget.to_dict() if self.budget else None}
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,15 @@ def vhost_change(agency: Agency, current_sha256: str | None, desired: bytes,
     return Change(agency.slug, "vhost", "update", agency.fqdn, new=(mode,))
 
 
-def cert_changes(target: tls.CertTarget, decision: tls.CertDecision) -> list[Change]:
-    action = {"order": "create", "renew": "update", "keep": "noop"}[decision.action]
+def cert_changes(target: tls.CertTarget, decision: tls.CertDecision,
+                 deferred: ratelimit.Deferred | None = None) -> list[Change]:
+    """The target's row per agency; a certificate the CA's limits leave for a later run
+    is a noop that says when it fits."""
+    action = "noop" if deferred else \
+        {"order": "create", "renew": "update", "keep": "noop"}[decision.action]
+    reason = f"{decision.reason}; {deferred.reason}" if deferred else decision.reason
     return [Change(slug, "cert", action, ", ".join(target.names), rdtype=target.challenge,
-                   reason=decision.reason) for slug in target.agencies]
+                   reason=reason) for slug in target.agencies]
 
 
 def decide_certs(targets: Sequence[tls.CertTarget], facts: Mapping[str, HostFacts],
@@ -170,6 +178,10 @@ def _dns_scope(agencies: Sequence[Agency] | None, selected: Sequence[Agency],
     if not host_errors:
         return None if agencies is None else list(agencies)
     return [a for a in selected if a.host not in host_errors]
+
+
+def _on_failed_host(target: tls.CertTarget, host_errors: Mapping[str, str]) -> bool:
+    return any(place.host in host_errors for place in target.installs)
 
 
 def _installed_cert(facts: HostFacts | None, place: tls.Install) -> tls.CertInfo | None:
@@ -260,11 +272,22 @@ class Session(LockedRun):
             changes = list(dns_plan.plan) if dns_plan else []
             if "web" in steps:
                 changes += self._web_changes(hosted, rendered, facts, installed, host_errors)
+            budget = None
             if "tls" in steps:
-                changes += [c for t in targets for c in cert_changes(t, decisions[t.key])]
+                budget = self.ledger.budget(tls.demands(
+                    [t for t in targets if not _on_failed_host(t, host_errors)], decisions,
+                    self.inventory.settings.acme))
+                changes += [c for t in targets for c in cert_changes(
+                    t, decisions[t.key], budget.deferred.get(t.key))]
         return OnboardPlan(agencies=hosted, steps=tuple(steps), dns=dns_plan, plan=Plan(changes),
                            targets=targets, decisions=decisions, tls_ready=installed,
-                           host_errors=host_errors, skipped=skipped, timings=dict(self.timings))
+                           host_errors=host_errors, skipped=skipped, timings=dict(self.timings),
+                           budget=budget)
+
+    @functools.cached_property
+    def ledger(self) -> ratelimit.Ledger:
+        """The CA's rate-limit ledger, read once per run (plan and apply see the same)."""
+        return tls.open_ledger(self.inventory)
 
     def _web_changes(self, hosted: Sequence[Agency], rendered: Mapping[str, Mapping[str, bytes]],
                      facts: Mapping[str, HostFacts], installed: Mapping[str, bool],
@@ -380,16 +403,21 @@ class Session(LockedRun):
 
     def _certificates(self, oplan: OnboardPlan, failed: set[str], reloads: dict[str, int],
                       progress: ansible.ProgressCallback | None) -> list[Outcome]:
+        deferred = oplan.budget.deferred if oplan.budget else {}
         wanted = [t for t in oplan.targets if oplan.decisions[t.key].action != "keep"
-                  and any(slug not in failed for slug in t.agencies)]
+                  and t.key not in deferred and any(slug not in failed for slug in t.agencies)]
         outcomes = [o for t in oplan.targets if oplan.decisions[t.key].action == "keep"
                     for o in tls.CertResult(t.key, "ok", oplan.decisions[t.key].reason,
                                             None, t).outcomes()]
+        outcomes += [Outcome(slug, "tls", "failed", deferred[t.key].reason)
+                     for t in oplan.targets if t.key in deferred
+                     for slug in t.agencies if slug not in failed]
         if not wanted:
             return outcomes
         for name in sorted({i.host for t in wanted for i in t.installs}):
             self._client(name)
-        results = tls.Issuer(self.inventory, self.clients, self.dns).obtain(wanted)
+        results = tls.Issuer(self.inventory, self.clients, self.dns,
+                             ledger=self.ledger).obtain(wanted)
         self.report(f"tls: {sum(r.status == 'changed' for r in results)} certificate(s) issued")
         issued = {slug for r in results if r.status == "changed" for slug in r.target.agencies}
         activate = [a for a in oplan.agencies if a.slug in issued and a.slug not in failed

@@ -23,12 +23,16 @@ from .models import (
     MANAGEMENT_COMPONENTS,
     RECORD_TYPES,
     ALERT_CERT_DAYS,
+    LETS_ENCRYPT_LIMITS,
+    MAX_PARALLEL_ORDERS,
+    RATE_LIMIT_KINDS,
     SMTP_SECURITY,
     TLS_MODES,
     AcmeSettings,
     Agency,
     AlertSettings,
     ComplaintChannel,
+    RateLimit,
     EmailSettings,
     Head,
     Host,
@@ -62,7 +66,8 @@ SETTINGS_KEYS = (
     "inventory_id", "zone", "dns_primary", "nameservers", "tsig_key_file",
     "acme_directory", "acme_contact", "tls_mode", "known_hosts_file",
     "record_ttl", "max_change_ratio", "acme_ca_bundle", "acme_revoke_on_offboard",
-    "trust_roots", "lab", "alerts", "verify_allow_private",
+    "trust_roots", "lab", "alerts", "verify_allow_private", "acme_max_parallel_orders",
+    "acme_rate_limits",
 )
 HOST_PATH_FIELDS = (
     "nginx_main_config", "nginx_sites_dir", "web_root", "acme_webroot", "tls_dir", "log_dir",
@@ -298,6 +303,12 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
         c.add(("max_change_ratio",), "must be a share between 0 and 1, e.g. 0.3")
     revoke = _bool(c, data, "acme_revoke_on_offboard", (), True)
+    parallel = data.get("acme_max_parallel_orders", MAX_PARALLEL_ORDERS)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 16:
+        c.add(("acme_max_parallel_orders",), "must be a number of orders from 1 to 16",
+              f"Let's Encrypt asks for few at once: {MAX_PARALLEL_ORDERS} is the default")
+        parallel = MAX_PARALLEL_ORDERS
+    rate_limits = _rate_limits(c, data.get("acme_rate_limits"))
     allow_private = _bool(c, data, "verify_allow_private", (), False)
     lab = _lab_settings(c, data.get("lab"), variables)
     alerts = _alert_settings(c, data.get("alerts"), variables, lab)
@@ -314,7 +325,8 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
         tsig_key_file=tsig,
         record_ttl=ttl,
         acme=AcmeSettings(directory=directory, contact=contact, ca_bundle=ca_bundle,
-                          revoke_on_offboard=revoke),
+                          revoke_on_offboard=revoke, max_parallel_orders=parallel,
+                          rate_limits=rate_limits),
         tls_mode=tls_mode,
         trust_roots=tuple(roots),
         known_hosts_file=known_hosts,
@@ -323,6 +335,39 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
         alerts=alerts,
         verify_allow_private=allow_private,
     ), []
+
+
+def _rate_limits(c: _Collector, data: Any) -> tuple[RateLimit, ...]:
+    """The CA's limits: Let's Encrypt's unless overridden; ``false`` turns one off."""
+    if data is None:
+        return LETS_ENCRYPT_LIMITS
+    prefix = ("acme_rate_limits",)
+    if not isinstance(data, dict):
+        c.add(prefix, "must be a mapping of limits",
+              f"keys: {', '.join(RATE_LIMIT_KINDS)}; each {{limit: N, hours: H}} or false")
+        return LETS_ENCRYPT_LIMITS
+    c.unknown_keys(data, RATE_LIMIT_KINDS, prefix)
+    limits = []
+    for default in LETS_ENCRYPT_LIMITS:
+        value = data.get(default.kind, {})
+        if value is False:
+            continue
+        keypath = (*prefix, default.kind)
+        if not isinstance(value, dict):
+            c.add(keypath, "must be {limit: N, hours: H} or false (no such limit)")
+            continue
+        c.unknown_keys(value, ("limit", "hours", "renewals_exempt"), keypath)
+        limit, hours = value.get("limit", default.limit), value.get("hours", default.hours)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            c.add((*keypath, "limit"), "must be a whole number of at least 1")
+            continue
+        if isinstance(hours, bool) or not isinstance(hours, (int, float)) \
+                or not 0 < hours <= 24 * 366:
+            c.add((*keypath, "hours"), "must be a number of hours (at most a year)")
+            continue
+        exempt = _bool(c, value, "renewals_exempt", keypath, default.renewals_exempt)
+        limits.append(RateLimit(default.kind, limit, float(hours), exempt))
+    return tuple(limits)
 
 
 def _check_secret_file(c: _Collector, path: Path, keypath: tuple, lab: LabSettings | None) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import email.utils
 import functools
 import http.client
 import json
@@ -45,18 +46,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from . import site
+from . import ratelimit, site
 from .dns import DnsClient, Expectation, Operation, UpdateBatch
 from .errors import AcmeError, DNSError, HostError, ProvisionerError
 from .hosts import HostClient, HostFacts, RemoteFile
-from .models import RENEW_DAYS, Agency, Host, Inventory, Nameserver, Settings
+from .models import RENEW_DAYS, AcmeSettings, Agency, Host, Inventory, Nameserver, Settings
 from .plan import Outcome
 from .secrets import read_secret_file
 
 ORDER_TIMEOUT = 90.0  # seconds for one order: validation, finalization, download
-POLL_FIRST, POLL_MAX = 0.05, 1.0  # seconds between polls, doubling
+# Seconds between polls of an authorization or order: the first after about a second,
+# growing by half each time, capped; a longer Retry-After from the CA wins.
+POLL_FIRST, POLL_GROWTH, POLL_MAX = 1.0, 1.5, 8.0
+# A CA that answers 429 or 503 with a Retry-After this short is asked again (a few times);
+# a longer wait ends the order with the time the CA gave.
+BUSY_WAIT_MAX, BUSY_RETRIES = 30.0, 3
 HTTP_PROBE_TIMEOUT = 5.0
-MAX_PARALLEL_ORDERS = 16
+HOST_PARALLEL = 16  # host round trips and HTTP probes at once
 USER_AGENT = "provisioner (regency agency hosting)"
 T = TypeVar("T")
 
@@ -121,6 +127,8 @@ def name_covered(name: str, cert_names: Iterable[str]) -> bool:
 class CertDecision:
     action: str  # "order" (none yet), "renew", "keep"
     reason: str
+    renewal: bool = False  # "renew" of a certificate that has every name already (the CA's
+    # rate limits may exempt it)
 
 
 def renewal_due(not_after: dt.datetime, now: dt.datetime, days: int = RENEW_DAYS) -> bool:
@@ -137,10 +145,10 @@ def decide(cert: CertInfo | None, names: Sequence[str], now: dt.datetime,
     if missing:
         return CertDecision("renew", f"does not cover {', '.join(missing)}")
     if cert.not_after <= now:
-        return CertDecision("renew", f"expired on {cert.not_after:%Y-%m-%d}")
+        return CertDecision("renew", f"expired on {cert.not_after:%Y-%m-%d}", renewal=True)
     if renewal_due(cert.not_after, now, days):
         return CertDecision("renew", f"expires in {cert.days_left(now):.0f} days "
-                                     f"(renewing within {days})")
+                                     f"(renewing within {days})", renewal=True)
     return CertDecision("keep", f"valid until {cert.not_after:%Y-%m-%d} "
                                 f"({cert.days_left(now):.0f} days left)")
 
@@ -317,8 +325,8 @@ class AcmeAccount:
 
     def _network(self) -> acme_client.ClientNetwork:
         verify: Any = str(self.acme.ca_bundle) if self.acme.ca_bundle else True
-        return acme_client.ClientNetwork(self.jwk, account=self._regr, alg=jose.ES256,
-                                         verify_ssl=verify, user_agent=USER_AGENT)
+        return PatientNetwork(self.jwk, account=self._regr, alg=jose.ES256,
+                              verify_ssl=verify, user_agent=USER_AGENT)
 
     def client(self) -> acme_client.ClientV2:
         """A registered client of its own for the calling thread."""
@@ -343,6 +351,72 @@ class AcmeAccount:
         _write_secret(self.registration_file, (json.dumps(
             {"directory": self.directory_url, "uri": regr.uri,
              "contact": list(regr.body.contact)}, indent=2) + "\n").encode())
+
+
+def retry_after_seconds(response: requests.Response,
+                        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
+                        ) -> float | None:
+    """Seconds a response's ``Retry-After`` asks to wait (delay-seconds or an HTTP date),
+    never negative; None when absent or unreadable.
+
+    Not ``ClientV2.retry_after``: it adds the seconds to the local time but returns an HTTP
+    date as naive UTC, and reads a zone offset as days."""
+    value = (response.headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value) if len(value) <= 9 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (when - now()).total_seconds())
+
+
+class PatientNetwork(acme_client.ClientNetwork):
+    """acme's network layer that honours ``Retry-After`` on refusals (429 rate limited,
+    503 busy): a short wait is slept and the request sent again (a POST with a fresh
+    nonce); a long one ends the call with the time the CA gave."""
+
+    sleep = staticmethod(time.sleep)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.refusal_wait: float | None = None
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any
+                      ) -> requests.Response:
+        response = super()._send_request(method, url, *args, **kwargs)
+        self.refusal_wait = retry_after_seconds(response) \
+            if response.status_code in (429, 503) else None
+        return response
+
+    def get(self, *args: Any, **kwargs: Any) -> requests.Response:
+        return self._patiently(super().get, *args, **kwargs)
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        return self._patiently(super().post, *args, **kwargs)
+
+    def _patiently(self, call: Callable[..., requests.Response], url: str, *args: Any,
+                   **kwargs: Any) -> requests.Response:
+        retries = 0
+        while True:
+            self.refusal_wait = None
+            try:
+                return call(url, *args, **kwargs)
+            except (messages.Error, acme_errors.ClientError) as exc:
+                wait = self.refusal_wait
+                if wait is None:
+                    raise
+                if wait > BUSY_WAIT_MAX or retries == BUSY_RETRIES:
+                    until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=wait)
+                    detail = exc.detail if isinstance(exc, messages.Error) else "busy"
+                    raise AcmeError(url, f"the CA refused ({detail}) and asks to retry after "
+                                         f"{until:%Y-%m-%d %H:%M:%S} UTC") from None
+                self.sleep(wait)
+                retries += 1
 
 
 @contextlib.contextmanager
@@ -467,11 +541,12 @@ class Issuer:
     """
 
     def __init__(self, inventory: Inventory, hosts: Mapping[str, HostClient], dns: DnsClient,
-                 account: AcmeAccount | None = None):
+                 account: AcmeAccount | None = None, ledger: ratelimit.Ledger | None = None):
         self.inventory = inventory
         self.hosts = hosts
         self.dns = dns
         self.account = account or AcmeAccount(inventory.settings, inventory.state_dir)
+        self.ledger = ledger or open_ledger(inventory)
 
     # ------------------------------------------------------------------ guardrails
 
@@ -520,10 +595,22 @@ class Issuer:
     # ------------------------------------------------------------------ orders
 
     def issue(self, targets: Sequence[CertTarget]) -> tuple[list[Issued], dict[str, str]]:
-        """Guard, order, validate and finalize concurrently: (issued, key -> problem)."""
+        """Guard, then order, validate and finalize at most ``acme_max_parallel_orders``
+        at a time: (issued, key -> problem)."""
         problems = self.guard(targets)
         wanted = [t for t in targets if t.key not in problems]
-        orders, failed = _split(_parallel(self._start_order, wanted), wanted)
+        size = self.account.acme.max_parallel_orders
+        issued: list[Issued] = []
+        for start in range(0, len(wanted), size):
+            done, failed = self._issue_batch(wanted[start:start + size])
+            issued += done
+            problems.update(failed)
+        return issued, problems
+
+    def _issue_batch(self, wanted: Sequence[CertTarget]) -> tuple[list[Issued], dict[str, str]]:
+        """Orders in flight together: one challenge write per host, one TXT update."""
+        problems: dict[str, str] = {}
+        orders, failed = _split(_parallel(self._start_order, wanted, len(wanted)), wanted)
         problems.update(failed)
         files = self._challenge_files({o.target: [(c[0].chall.encode("token"), c[2].encode())
                                                   for c in o.challenges]
@@ -533,7 +620,7 @@ class Issuer:
             problems.update(self._place(files, [o.target for o in orders]))
             problems.update(self._publish_txt(txt))
             ready = [o for o in orders if o.target.key not in problems]
-            issued, failed = _split(_parallel(self._finish_order, ready),
+            issued, failed = _split(_parallel(self._finish_order, ready, len(wanted)),
                                     [o.target for o in ready])
             problems.update(failed)
         finally:
@@ -547,6 +634,7 @@ class Issuer:
         with acme_call(", ".join(target.names)):
             csr = crypto_util.make_csr(key_pem(key), list(target.names))
             order = client.new_order(csr)
+            self.ledger.record_order(self.account.directory_url)
             wanted = challenges.HTTP01 if target.challenge == "http-01" else challenges.DNS01
             found = []
             for authz in order.authorizations:
@@ -568,29 +656,37 @@ class Issuer:
             for challb, response, _validation, _name in order.challenges:
                 client.answer_challenge(challb, response)
             for authzr in order.order.authorizations:
-                final = _poll(lambda a=authzr: client.poll(a)[0],
-                              lambda a: a.body.status not in (messages.STATUS_PENDING,
-                                                              messages.STATUS_PROCESSING),
-                              deadline)
+                final = poll(lambda a=authzr: client.poll(a),
+                             lambda a: a.body.status not in (messages.STATUS_PENDING,
+                                                             messages.STATUS_PROCESSING),
+                             deadline)
                 if final.body.status != messages.STATUS_VALID:
+                    self.ledger.record_failures([final.body.identifier.value])
                     raise acme_errors.ValidationError([final])
             fullchain = self._finalize(client, order.order, deadline)
         info = cert_info(fullchain)
+        self.ledger.record_certificate(target.names)
         return Issued(target=target, fullchain=fullchain, key=key_pem(order.key), info=info)
 
     @staticmethod
     def _finalize(client: acme_client.ClientV2, order: messages.OrderResource,
                   deadline: float) -> bytes:
-        """Finalize and download, polling fast (the library's own poll waits a whole second)."""
-        order = client.begin_finalization(order)
+        """Finalize, poll the order while it is processing (the responses' Retry-After
+        honoured), download."""
         nonce_url = client.directory["newNonce"]
 
-        def fetch() -> messages.Order:
-            return messages.Order.from_json(
-                client.net.post(order.uri, None, new_nonce_url=nonce_url).json())
+        def fetch(url: str, request: Any = None) -> tuple[messages.Order, requests.Response]:
+            response = client.net.post(url, request, new_nonce_url=nonce_url)
+            return messages.Order.from_json(response.json()), response
 
-        body = _poll(fetch, lambda b: b.status in (messages.STATUS_VALID, messages.STATUS_INVALID),
-                     deadline)
+        def finished(body: messages.Order) -> bool:
+            return body.status in (messages.STATUS_VALID, messages.STATUS_INVALID)
+
+        body, response = fetch(order.body.finalize, messages.CertificateRequest(
+            csr=x509.load_pem_x509_csr(order.csr_pem)))
+        if not finished(body):
+            body = poll(lambda: fetch(order.uri), finished, deadline,
+                        first_wait=max(POLL_FIRST, retry_after_seconds(response) or 0.0))
         if body.status == messages.STATUS_INVALID or body.certificate is None:
             raise acme_errors.IssuanceError(body.error or messages.Error(detail="order invalid"))
         return client.net.post(body.certificate, None, new_nonce_url=nonce_url).text.encode()
@@ -836,19 +932,41 @@ def _host_listing(target: CertTarget, place: Install, pem: str | None, now: dt.d
 # =========================================================================== helpers
 
 
-def _poll(fetch: Callable[[], T], done: Callable[[T], bool], deadline: float) -> T:
-    delay = POLL_FIRST
+def poll(fetch: Callable[[], tuple[T, requests.Response]], done: Callable[[T], bool],
+         deadline: float, *, first_wait: float = POLL_FIRST,
+         clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep) -> T:
+    """Fetch until ``done``: the first fetch after ``first_wait``, then after a wait that
+    grows from POLL_FIRST to POLL_MAX, or longer when the response's Retry-After says so;
+    a wait that would end past ``deadline`` (a ``clock`` time) raises a timeout."""
+    wait, step = first_wait, POLL_FIRST
     while True:
-        value = fetch()
+        if clock() + wait > deadline:
+            raise acme_errors.TimeoutError()
+        sleep(wait)
+        value, response = fetch()
         if done(value):
             return value
-        if time.monotonic() + delay > deadline:
-            raise acme_errors.TimeoutError()
-        time.sleep(delay)
-        delay = min(delay * 2, POLL_MAX)
+        step = min(step * POLL_GROWTH, POLL_MAX)
+        wait = max(step, retry_after_seconds(response) or 0.0)
 
 
-def _parallel(func: Callable[[Any], T], items: Sequence[Any]) -> list[T | ProvisionerError]:
+def open_ledger(inventory: Inventory, clock: ratelimit.Clock = ratelimit.utc_now
+                ) -> ratelimit.Ledger:
+    """The rate-limit ledger of the inventory's CA directory."""
+    acme = inventory.settings.acme
+    return ratelimit.Ledger(inventory.state_dir, acme.directory, acme.rate_limits, clock)
+
+
+def demands(targets: Sequence[CertTarget], decisions: Mapping[str, CertDecision],
+            acme: AcmeSettings) -> list[ratelimit.Demand]:
+    """What ordering each target that is not kept asks of the CA's limits."""
+    return [ratelimit.Demand(t.key, t.names, acme.directory, decisions[t.key].renewal)
+            for t in targets if decisions[t.key].action != "keep"]
+
+
+def _parallel(func: Callable[[Any], T], items: Sequence[Any],
+              workers: int = HOST_PARALLEL) -> list[T | ProvisionerError]:
     """``func`` over items in threads; a ProvisionerError is returned in its place."""
     def safe(item: Any) -> T | ProvisionerError:
         try:
@@ -858,7 +976,7 @@ def _parallel(func: Callable[[Any], T], items: Sequence[Any]) -> list[T | Provis
 
     if not items:
         return []
-    with ThreadPoolExecutor(max_workers=min(len(items), MAX_PARALLEL_ORDERS)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(items), workers)) as pool:
         return list(pool.map(safe, items))
 
 
