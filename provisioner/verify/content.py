@@ -134,7 +134,6 @@ class Discovery:
     max_depth: int
     max_total_chars: int
     max_failed_pages: int
-    list_rank: int
     user_agent: str
     robots_path: str
     robots_chars: int
@@ -145,6 +144,8 @@ class Discovery:
     data_schema: str
     data_chars: int
     link_patterns: tuple[re.Pattern, ...]
+    link_items: tuple[frozenset[str] | None, ...]  # per pattern: what its pages are for
+    list_ranks: frozenset[int]  # patterns whose pages list services
     generic_link_text: re.Pattern
     avoid_links: re.Pattern
     document_extensions: frozenset[str]
@@ -180,7 +181,7 @@ class ScoringRules:
     _class_memo: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
     _heading_memo: dict[str, str | None] = field(default_factory=dict, repr=False, compare=False)
     _generic_memo: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
-    _link_memo: dict[tuple[str, str], int | None] = field(default_factory=dict, repr=False,
+    _link_memo: dict[tuple[str, str], tuple[int, int | None] | None] = field(default_factory=dict, repr=False,
                                                           compare=False)
 
     @functools.cached_property
@@ -228,9 +229,10 @@ class ScoringRules:
             return None
         return _remember(self._heading_memo, heading, self._match_heading)
 
-    def link_rank(self, path: str, text: str) -> int | None:
-        """How likely a link leads to service standards (0 best), None if not at all. The
-        same menu links recur on every page of a site and across sites: memoised."""
+    def link_rank(self, path: str, text: str) -> tuple[int, int | None] | None:
+        """How likely a link leads to service standards (0 best), None if not at all; with
+        the rank it keeps once the items its first pattern is for are found (None: none).
+        The same menu links recur on every page of a site and across sites: memoised."""
         return _remember(self._link_memo, (path[:300], text[:300]), self._match_link)
 
     def says_nothing(self, link_text: str) -> bool:
@@ -242,10 +244,18 @@ class ScoringRules:
         host = host.lower().rstrip(".")
         return host == self.lapor_domain or host.endswith("." + self.lapor_domain)
 
-    def _match_link(self, link: tuple[str, str]) -> int | None:
+    def _match_link(self, link: tuple[str, str]) -> tuple[int, int | None] | None:
         path = link[0].replace("-", " ").replace("_", " ")
-        return next((i for i, p in enumerate(self.discovery.link_patterns)
-                     if p.search(link[1]) or p.search(path)), None)
+        ranks = [i for i, p in enumerate(self.discovery.link_patterns)
+                 if p.search(link[1]) or p.search(path)]
+        if not ranks:
+            return None
+        if self.discovery.link_items[ranks[0]] is None:
+            return ranks[0], ranks[0]
+        # "Maklumat Pelayanan" is the maklumat page; /layanan/penanganan-pengaduan a service
+        general = (i for i in ranks if self.discovery.link_items[i] is None
+                   and self.discovery.link_patterns[i].search(path))
+        return ranks[0], next(general, None)
 
     def _match_heading(self, heading: str) -> str | None:
         text = normalise_heading(heading, self.enumeration)
@@ -300,12 +310,15 @@ def _component_from(c: dict[str, Any]) -> ComponentRule:
 
 def _discovery_from(d: dict[str, Any]) -> Discovery:
     numbers = {k: int(d[k]) for k in (
-        "max_pages", "max_depth", "max_total_chars", "max_failed_pages", "list_rank", "robots_chars",
+        "max_pages", "max_depth", "max_total_chars", "max_failed_pages", "robots_chars",
         "sitemap_chars", "sitemap_entries", "data_chars")}
     return Discovery(
         **numbers, user_agent=str(d["user_agent"]), robots_path=d["robots_path"],
         sitemap_path=d["sitemap_path"], data_path=d["data_path"], data_schema=d["data_schema"],
-        link_patterns=tuple(re.compile(p, FLAGS) for p in d["link_patterns"]),
+        link_patterns=tuple(re.compile(p["pattern"], FLAGS) for p in d["link_patterns"]),
+        link_items=tuple(frozenset(p["items"]) if p.get("items") else None
+                         for p in d["link_patterns"]),
+        list_ranks=frozenset(i for i, p in enumerate(d["link_patterns"]) if p.get("lists")),
         generic_link_text=re.compile(d["generic_link_text"], FLAGS),
         avoid_links=re.compile(d["avoid_links"], FLAGS),
         document_extensions=frozenset(d["document_extensions"]),
@@ -1002,15 +1015,16 @@ def _relative_path(base_path: str, path: str, query: str) -> tuple[str, str]:
 
 
 def ranked_links(links: Iterable[Link], page_url: str, rules: ScoringRules,
-                 unmatched: str = "none") -> list[tuple[int, str]]:
-    """(rank, path) of the same-site pages worth reading among a page's links, best
-    first: ranked by link_patterns on the link's text (with the block around a "klik di
-    sini") and path; documents and other sites are left out. Links matching no pattern
+                 unmatched: str = "none") -> list[tuple[int, str, int | None]]:
+    """(rank, path, rank once its items are found) of the same-site pages worth reading
+    among a page's links, best first: ranked by link_patterns on the link's text (with
+    the block around a "klik di sini") and path; documents and other sites are left
+    out. Links matching no pattern
     come last (content before menus) when ``unmatched`` is "all" (the home page's menu
     is where a visitor starts) or "content" (the content of a list of services), and
     never when they look like news, galleries or logins (``avoid_links``)."""
     last = len(rules.discovery.link_patterns)
-    ranked: dict[str, int] = {}
+    ranked: dict[str, tuple[int, int | None]] = {}
     here = same_site_path(page_url, page_url)
     for link in links:
         if link.href.startswith(("mailto:", "tel:", "javascript:", "data:", "#")):
@@ -1021,12 +1035,13 @@ def ranked_links(links: Iterable[Link], page_url: str, rules: ScoringRules,
         rank = rules.link_rank(path, link.text)
         if rank is None and (unmatched == "all" or (unmatched == "content" and link.in_content)) \
                 and not rules.discovery.avoid_links.search(f"{path[:300]} {link.text[:300]}"):
-            rank = last if link.in_content else last + 1
-        if rank is None or ranked.get(path, rank + 1) <= rank:
+            rank = (last, last) if link.in_content else (last + 1, last + 1)
+        if rank is None or (path in ranked and ranked[path][0] <= rank[0]):
             continue
         if _suffix(path.split("?", 1)[0]) not in rules.discovery.skip_extensions:
             ranked[path] = rank
-    return sorted(((rank, path) for path, rank in ranked.items()), key=lambda r: r[0])
+    return sorted(((rank, path, then) for path, (rank, then) in ranked.items()),
+                  key=lambda r: r[0])
 
 
 def pages_from_data(text: str, base_url: str, rules: ScoringRules) -> list[str] | None:

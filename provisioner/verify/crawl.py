@@ -66,7 +66,8 @@ class Crawl:
         self.home_url = urljoin(site.base_url, home_path)
         self.pages: dict[str, Published] = {home_path: home}
         self.seen = {home_path}
-        self.frontier: list[tuple[int, int, int, str]] = []  # (rank, depth, order, path)
+        # (rank, depth, order, path, rank once the items the link is for are found)
+        self.frontier: list[tuple[int, int, int, str, int | None]] = []
         self.robots: RobotFileParser | None = None
         self.notes: list[str] = []
         self.page_requests = self.failures = self.chars = 0
@@ -93,7 +94,7 @@ class Crawl:
             if self.done or self.exhausted:
                 return
             for path in await source():
-                self._push(0, 1, path)
+                self._push(0, 1, path, 0)
             await self._drain()
 
     # ----------------------------------------------------------------- frontier
@@ -103,21 +104,31 @@ class Crawl:
         """Queue a page's links (see content.ranked_links for ``unmatched``)."""
         if depth > self.limits.max_depth:
             return
-        for rank, path in ranked_links(links, page_url, self.rules, unmatched):
-            self._push(rank, depth, path)
+        for rank, path, then in ranked_links(links, page_url, self.rules, unmatched):
+            self._push(rank, depth, path, then)
 
-    def _push(self, rank: int, depth: int, path: str) -> None:
+    def _push(self, rank: int, depth: int, path: str, then: int | None) -> None:
         if path not in self.seen:
             self.seen.add(path)
-            heapq.heappush(self.frontier, (rank, depth, len(self.seen), path))
+            heapq.heappush(self.frontier, (rank, depth, len(self.seen), path, then))
 
     async def _drain(self) -> None:
         while self.frontier and not self.done and not self.exhausted:
-            rank, depth, _, path = heapq.heappop(self.frontier)
+            rank, depth, order, path, then = heapq.heappop(self.frontier)
+            if rank != then and self._not_needed(rank):
+                if then is not None:  # "Penanganan pengaduan" under /layanan/: a service
+                    heapq.heappush(self.frontier, (then, depth, order, path, then))
+                continue
             if self.robots is None or self.robots.can_fetch(self.limits.user_agent, path):
                 await self._read(rank, depth, path)
             elif len(self.notes) < 5:
                 self.notes.append(f"robots.txt disallows {path[:200]}: not read")
+
+    def _not_needed(self, rank: int) -> bool:
+        """A link whose pages are for items already found (a maklumat page once the
+        pledge was read on the home page)."""
+        items = self.limits.link_items[rank] if rank < len(self.limits.link_items) else None
+        return items is not None and not items & missing_items(self.pages, self.rules)
 
     async def _read(self, rank: int, depth: int, path: str) -> None:
         """Read one page; a redirect within the site is followed as a link of the same rank."""
@@ -128,11 +139,11 @@ class Crawl:
         if isinstance(text, tuple):  # a redirect
             target = same_site_path(text[1], urljoin(self.site.base_url, path))
             if target is not None:
-                self._push(rank, depth, target)
+                self._push(rank, depth, target, rank)
             return
         page = read_published(text, self.rules, missing_items(self.pages, self.rules))
         self.pages[path] = page
-        list_page = rank <= self.limits.list_rank  # a page of services: all its content links
+        list_page = rank in self.limits.list_ranks  # a page of services: all its content links
         self._follow(page.links, urljoin(self.site.base_url, path), depth + 1,
                      "content" if list_page else "none")
 
@@ -189,7 +200,7 @@ class Crawl:
         if not isinstance(text, str):
             return []
         links = [Link(url, "") for url in sitemap_urls(text, self.limits.sitemap_entries)]
-        return [p for _, p in ranked_links(links, self.home_url, self.rules)]
+        return [p for _, p, _ in ranked_links(links, self.home_url, self.rules)]
 
 
 def sitemap_urls(text: str, limit: int) -> list[str]:

@@ -207,3 +207,16 @@ def test_the_data_file_names_pages_to_read() -> None:
                                            json.dumps(document)),
                "/layanan/x.html": html(WAKTU_ONLY)}
     assert crawl(answers)[0].evidence["waktu"].page == "/layanan/x.html"
+
+
+def test_a_page_for_items_already_found_is_not_read() -> None:
+    pledge = "Dengan ini kami menyatakan sanggup melayani sesuai standar."
+    answers = {"/": html(f"<main><h2>Maklumat Pelayanan</h2><p>{pledge}</p>"
+                         '<a href="/maklumat.html">Maklumat Pelayanan</a>'
+                         '<a href="/layanan/penanganan-pengaduan.html">Penanganan Pengaduan</a>'
+                         "<h2>Pengaduan</h2><p>Telepon 0543-21170, "
+                         '<a href="https://www.lapor.go.id">LAPOR!</a></p></main>'),
+               "/layanan/penanganan-pengaduan.html": html(WAKTU_ONLY)}
+    publication, site = crawl(answers)
+    assert "/maklumat.html" not in site.requested  # the pledge was read on the home page
+    assert publication.evidence["waktu"].page == "/layanan/penanganan-pengaduan.html"

@@ -221,7 +221,7 @@ def test_links_ranked_and_kept_on_site() -> None:
         "<a href='standar-pelayanan.pdf'>Standar pelayanan (PDF)</a>"
         "<a href='/berita/1'>Berita</a><a href='mailto:x@y.id'>pengaduan</a>"
         "<a href='/standar-pelayanan/'>Standar Pelayanan</a></main>"), RULES)
-    assert [p for _, p in ranked_links(home.links, "https://dinkes.example.go.id/", RULES)] == [
+    assert [p for _, p, _ in ranked_links(home.links, "https://dinkes.example.go.id/", RULES)] == [
         "/standar-pelayanan/", "/maklumat.html", "/layanan/ktp.html"]
 
 
@@ -457,4 +457,4 @@ def test_malformed_links_are_skipped() -> None:
     home = analyse_page(page("<a href='http://[lapor'>LAPOR</a><a href='https://[x'>x</a>"
                              "<a href='http://x:99999/'>y</a><a href='/layanan'>Layanan</a>"),
                         RULES)
-    assert [p for _, p in ranked_links(home.links, "https://a.go.id/", RULES)] == ["/layanan"]
+    assert [p for _, p, _ in ranked_links(home.links, "https://a.go.id/", RULES)] == ["/layanan"]
