@@ -13,12 +13,14 @@ Cancellation (Ctrl-C) is never swallowed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from urllib.parse import urlsplit
 
 from . import Target, VerifyContext, verify_target
 from .health import SiteStopped, SiteWatch, Stop
 from .model import CHECKS, NO_CERT, WEB_CHECKS, AgencyResult, CheckResult, Status, result, skipped
 
+LOG = logging.getLogger(__name__)
 MAX_REASON = 200  # characters of an exception's message kept in a reason
 DNS_CHECKS = tuple(c for c in CHECKS if c.startswith("dns."))
 STEPS = {  # the verifier's functions, innermost first wins: what the site was doing
@@ -62,6 +64,7 @@ async def _attempt(target: Target, ctx: VerifyContext, site: SiteWatch) -> Agenc
         site.stop = stopped.stop
         return stopped_result(target, ctx, stopped.stop, site.done or ())
     except Exception as exc:  # noqa: BLE001 - the point: one site never aborts the run
+        LOG.debug("verifying %s raised", target.url, exc_info=exc)  # for whoever debugs it
         site.stop = Stop(Status.ERROR, crash_reason(exc))  # the same again: not retried
         return stopped_result(target, ctx, site.stop, site.done or ())
     finally:

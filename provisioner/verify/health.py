@@ -5,8 +5,8 @@ per-address limit (many agencies share one web server, and a sweep must not floo
 and the run's "address health": when a site has held a slot for a whole step timeout,
 its endpoint (address and port) gets one quick re-probe (connect, send a line, wait for
 any byte or the close). When that finds the endpoint silent, every site queued on or
-talking to it gets that verdict at once, and later ones never wait: forty agencies on a
-dead shared host cost one timeout and a half, not forty. It also refuses, for sites
+talking to it gets that verdict at once, and later ones (for a minute) never wait: forty
+agencies on a dead shared host cost one timeout and a half, not forty. It also refuses, for sites
 that ask (external agencies), loopback, private and link-local addresses.
 
 The gate knows a site by the task verifying it (``SiteWatch``, registered by
@@ -27,6 +27,10 @@ from .model import CheckResult, Status
 
 Endpoint = tuple[str, int]  # (address, port)
 PROBE_LINE = b"HEAD / HTTP/1.0\r\n\r\n"  # any server answers something, or closes
+DOWN_FOR = 60.0  # seconds a silent endpoint's verdict is given without trying it again
+# The re-probe waits half a step timeout, but at least a second (up to the timeout): a
+# server busy for a moment must not be taken for a dead one.
+PROBE_FLOOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -136,11 +140,12 @@ class AddressGate:
     def __init__(self, per_address: int, timeout: float, allow_inward: bool = False,
                  probe_wait: float | None = None):
         self.per_address, self.timeout, self.allow_inward = per_address, timeout, allow_inward
-        self.probe_wait = probe_wait if probe_wait is not None else timeout / 2
+        self.probe_wait = probe_wait if probe_wait is not None else \
+            min(timeout, max(timeout / 2, PROBE_FLOOR))
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._watches: dict[asyncio.Task, SiteWatch] = {}
         self._on: dict[Endpoint, set[SiteWatch]] = defaultdict(set)
-        self._down: dict[Endpoint, str] = {}
+        self._down: dict[Endpoint, tuple[str, float]] = {}  # reason, monotonic time
         self._probing: set[Endpoint] = set()
         self._answered: dict[Endpoint, float] = {}  # monotonic time of the last good probe
         self._probes: set[asyncio.Task] = set()  # kept referenced while they run
@@ -200,8 +205,11 @@ class AddressGate:
                                                 "group_vars/all.yml allows it)"))
 
     def _raise_if_down(self, endpoint: Endpoint) -> None:
-        if endpoint in self._down:
-            raise SiteStopped(Stop(Status.ERROR, self._down[endpoint]))
+        """A long sweep gives a server found silent another chance after DOWN_FOR."""
+        down = self._down.get(endpoint)
+        if down is not None and time.monotonic() - down[1] < DOWN_FOR:
+            raise SiteStopped(Stop(Status.ERROR, down[0]))
+        self._down.pop(endpoint, None)
 
     # ------------------------------------------------------------------ health
 
@@ -227,6 +235,6 @@ class AddressGate:
             return
         reason = (f"{address}:{port} does not answer: a site on it got no answer within "
                   f"{self.timeout:g}s, and a re-probe: {silent}")
-        self._down[endpoint] = reason
+        self._down[endpoint] = (reason, time.monotonic())
         for site in list(self._on.get(endpoint, ())):
             site.halt(Stop(Status.ERROR, reason))

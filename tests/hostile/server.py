@@ -346,6 +346,7 @@ def _kinds() -> dict[str, Kind]:
         Kind("deep-json", deep_json),
         Kind("deep-nesting", answer(nested)),
         Kind("huge-title", answer(page(title="A" * 200_000))),
+        Kind("ordinary", answer(page())),  # nothing wrong: the control
         Kind("escapes", answer(title_escapes)),
         Kind("rogue-cert", answer(page()), tls="rogue"),
         Kind("wrong-name", answer(page()), tls="wrong-name"),
@@ -370,6 +371,7 @@ class KitSite:
     kind: Kind
     name: str  # the host name its certificate is for (and its URL's)
     address: str
+    also_for: tuple[str, ...] = ()  # more names its certificate is for
 
     @property
     def url(self) -> str:
@@ -431,7 +433,7 @@ class HostileKit:
 
     def _context(self, site: KitSite) -> ssl.SSLContext:
         tls = site.kind.tls
-        names = ["www.example.org"] if tls == "wrong-name" else [site.name]
+        names = ["www.example.org"] if tls == "wrong-name" else [site.name, *site.also_for]
         chain, key = self.authority.leaf_files(
             f"{site.kind.name}-{site.address}", names, expired=tls == "expired",
             rogue=tls == "rogue", subject=ESCAPES if tls == "rogue" else None)
@@ -448,7 +450,8 @@ class HostileKit:
                     TimeoutError, ssl.SSLError, asyncio.CancelledError):
                 pass  # the client gave up (what the kit is for), or the kit closes
             finally:
-                writer.transport.abort()
+                if not writer.transport.is_closing():
+                    writer.transport.abort()
 
         server = await asyncio.start_server(guarded, address, port, ssl=context,
                                             reuse_address=True, backlog=1024,
