@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import tldextract
 
 from .errors import ProvisionerError
-from .models import RateLimit
+from .models import LETS_ENCRYPT_LIMITS, RateLimit
 
 CERTIFICATES = "certificates_per_registered_domain"
 ORDERS = "new_orders_per_account"
@@ -226,7 +226,8 @@ class Ledger:
     """The events of one CA directory, kept in the state dir.
 
     Safe for the issuing threads of one run (a lock); runs are serialised by the
-    inventory lock. Events older than the longest window are dropped on write."""
+    inventory lock. Events older than the longest window (at least Let's Encrypt's, so
+    that limits turned on later start from the truth) are dropped on write."""
 
     def __init__(self, state_dir: Path, ca: str, limits: Sequence[RateLimit],
                  clock: Clock = utc_now):
@@ -276,7 +277,7 @@ class Ledger:
             raise _unreadable(self.path, exc) from None
 
     def _save(self, now: dt.datetime) -> None:
-        longest = max((limit.hours for limit in self.limits), default=0.0)
+        longest = max(limit.hours for limit in (*self.limits, *LETS_ENCRYPT_LIMITS))
         start = now - dt.timedelta(hours=longest)
         self._all = [(ca, e) for ca, e in self._all if e.at > start or ca != self.ca]
         text = json.dumps({"version": LEDGER_VERSION, "events": [

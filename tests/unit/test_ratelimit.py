@@ -187,6 +187,17 @@ def test_ledger_drops_events_past_the_longest_window_keeps_other_cas(tmp_path: P
     assert {item["ca"] for item in data["events"]} == {ACCOUNT, "https://other/dir"}
 
 
+def test_a_ledger_without_limits_still_keeps_a_week(tmp_path: Path):
+    clock = FakeClock()
+    ledger = ratelimit.Ledger(tmp_path, ACCOUNT, (), clock)
+    ledger.record_certificate((f"dinkes.{ZONE}",))
+    clock.advance(100 * HOUR)
+    ledger.record_order(ACCOUNT)
+    assert len(ledger.events) == 2
+    assert ratelimit.Ledger(tmp_path, ACCOUNT, LETS_ENCRYPT_LIMITS, clock).budget(
+        [demand("x")]).usage[0].used == 1
+
+
 def test_ledger_budget_uses_its_clock(tmp_path: Path):
     clock = FakeClock()
     ledger = ratelimit.Ledger(tmp_path, ACCOUNT, [RateLimit(CERTIFICATES, 1, 24)], clock)
