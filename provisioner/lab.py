@@ -21,6 +21,7 @@ import datetime
 import ipaddress
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -46,14 +47,24 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .dns import TsigKey, load_tsig_key
-from .errors import LabError
-from .hosts import host_agent
+from .errors import HostError, LabError
+from .hosts import HostClient, host_agent
 from .models import Host, Inventory, LabSettings, Settings
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "lab"
 PEBBLE_BINARY = "/usr/bin/pebble"
 NAMED_BINARY = "/usr/sbin/named"
 SSHD_BINARY = "/usr/sbin/sshd"
+UNSHARE_BINARY = "/usr/bin/unshare"
+NSENTER_BINARY = "/usr/bin/nsenter"
+SHELL = "/bin/sh"
+NGINX_WORKER_USER = "www-data"
+# What a production-shaped host's mount namespace covers: each of these paths is a lab
+# folder inside it (the machine's own stay untouched). /var/lib/nginx holds nginx's
+# temp files, /etc/sudoers.d the sudo user's drop-in, /home its ~/.ssh, /run the pid files.
+NAMESPACE_MOUNTS = ("/etc/nginx", "/etc/sudoers.d", "/var/www", "/var/log/nginx",
+                    "/var/lib/nginx", "/home", "/run")
+SUDOERS_DROP_IN = "provisioner-lab"
 PEBBLE_MANAGEMENT_PORT = 15000
 READY_TIMEOUT = 20.0  # seconds a server may take to answer its probe after start
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
@@ -110,6 +121,27 @@ class HostPaths:
     @property
     def sshd_log(self) -> Path:
         return self.dir / "sshd.log"
+
+    # A production-shaped host: the folders its mount namespace puts over the system's.
+
+    @property
+    def fs_dir(self) -> Path:
+        """``fs/etc/nginx`` is the host's /etc/nginx, and so on for NAMESPACE_MOUNTS."""
+        return self.dir / "fs"
+
+    @property
+    def namespace_script(self) -> Path:
+        return self.dir / "namespace.sh"
+
+    def outside(self, path: Path) -> Path:
+        """Where a path inside the host's namespace lives on this machine."""
+        path = Path(path)
+        for mount in NAMESPACE_MOUNTS:
+            if path.is_relative_to(mount):
+                return self.fs_dir / path.relative_to("/")
+        raise LabError(self.dir.name, f"{path} is outside the folders the lab mounts "
+                                      f"({', '.join(NAMESPACE_MOUNTS)})",
+                       hint="a production-shaped lab host keeps its files under those paths")
 
 
 @dataclass(frozen=True)
@@ -303,28 +335,43 @@ def named_secondary_conf(settings: Settings, paths: LabPaths, key_name: str) -> 
     )
 
 
-def nginx_conf(host: Host, hp: HostPaths) -> str:
+def nginx_conf(host: Host, hp: HostPaths, production: bool = False) -> str:
+    """The main config; a production-shaped host's uses Debian's paths (its namespace)."""
     return render(
         "nginx.conf.j2",
         host=host.name,
         address=host.public_ipv4,
-        pid_file=hp.nginx_pid,
-        log_dir=host.log_dir,
-        temp_dir=hp.temp_dir,
+        # web1/web2 serve from the state dir, which is 0700 (registry.py): workers other
+        # than root could not reach it. The production-shaped host serves from its mounts.
+        user=NGINX_WORKER_USER if production else "root",
+        pid_file="/run/nginx.pid" if production else hp.nginx_pid,
+        log_dir="/var/log/nginx" if production else host.log_dir,
+        temp_dir="/var/lib/nginx" if production else hp.temp_dir,
         sites_dir=host.nginx_sites_dir,
     )
 
 
-def sshd_config(host: Host, hp: HostPaths) -> str:
+def sshd_config(host: Host, hp: HostPaths, production: bool = False) -> str:
     return render(
         "sshd_config.j2",
         host=host.name,
         address=host.ssh_address,
         port=host.ssh_port,
+        user=host.ssh_user,
         host_key=hp.host_key,
-        pid_file=hp.sshd_pid,
-        authorized_keys=hp.authorized_keys,
+        pid_file="/run/sshd.pid" if production else hp.sshd_pid,
+        authorized_keys=".ssh/authorized_keys" if production else hp.authorized_keys,
     )
+
+
+def namespace_script(host: Host, hp: HostPaths) -> str:
+    return render("namespace.sh.j2", host=host.name,
+                  mounts=[(mount, hp.outside(Path(mount))) for mount in NAMESPACE_MOUNTS])
+
+
+def sudoers_drop_in(user: str) -> str:
+    return f"# provisioner lab: {user} becomes root without a password, as on the hosts.\n" \
+           f"{user} ALL=(ALL:ALL) NOPASSWD: ALL\n"
 
 
 def pebble_config(lab: LabSettings, paths: LabPaths) -> str:
@@ -416,6 +463,22 @@ def ensure_ssh_key(path: Path, comment: str) -> str:
     line = f"{public} {comment}\n"
     write_file(path.with_name(path.name + ".pub"), line, 0o644)
     return line.strip()
+
+
+def ensure_system_user(name: str) -> None:
+    """Create the unprivileged login user of a production-shaped host if missing."""
+    try:
+        pwd.getpwnam(name)
+        return
+    except KeyError:
+        pass
+    # No password at all ("*"): a locked one ("!") would keep sshd from letting it in.
+    done = subprocess.run(["useradd", "--system", "--home-dir", f"/home/{name}",
+                           "--no-create-home", "--password", "*", "--shell", "/bin/sh", name],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise LabError("user", f"cannot create the user {name}: {done.stderr.strip()}",
+                       hint="the lab runs as root and needs useradd (Debian's passwd package)")
 
 
 def _name(common_name: str) -> x509.Name:
@@ -608,6 +671,26 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def namespace_members(pid: int) -> list[int]:
+    """Every other live process in the mount namespace of ``pid`` (none when it shares
+    this process's namespace: that is the machine's, not a lab host's)."""
+    try:
+        namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+        if namespace == os.readlink("/proc/self/ns/mnt"):
+            return []
+    except OSError:
+        return []
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != pid:
+            try:
+                if os.readlink(entry / "ns" / "mnt") == namespace:
+                    members.append(int(entry.name))
+            except OSError:
+                continue
+    return members
+
+
 def terminate(pids: Iterable[int], timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM, wait, then SIGKILL what is left; reap the ones that are our children."""
     pids = [p for p in pids if _alive(p)]
@@ -712,6 +795,13 @@ class ServerSpec:
     probe: Callable[[float], Probe] = field(compare=False)  # timeout -> result
     env: dict[str, str] = field(default_factory=dict, compare=False)
     extra_logs: tuple[Path, ...] = ()
+    program: str | None = None  # what the process runs once started, when not argv[0]
+    stage: int = 1  # started after every server of a lower stage answers
+    namespace: bool = False  # holds a mount namespace: stopping it stops all inside
+
+    @property
+    def executable(self) -> str:
+        return self.program or self.argv[0]
 
 
 @dataclass(frozen=True)
@@ -786,7 +876,12 @@ class Lab:
         self.settings = inventory.settings
         self.lab = _require_lab(self.settings)
         self.paths = LabPaths(self.lab.dir)
-        self.hosts = [h for h in inventory.hosts.values() if h.lab]
+        for name in self.lab.production_hosts:
+            if name not in inventory.hosts:
+                raise LabError(name, "lab.production_hosts names a host hosts.yml does not have",
+                               hint="name hosts of the inventory")
+        self.hosts = [h for h in inventory.hosts.values()
+                      if h.lab or h.name in self.lab.production_hosts]
         if self.settings.primary.address != self.lab.ns1:
             raise LabError("ns1", f"dns_primary is {self.settings.primary.address} but the lab's "
                                   f"ns1 is {self.lab.ns1}",
@@ -798,6 +893,14 @@ class Lab:
             _loopback_ipv4(host.public_ipv4, host.name)
 
     # ------------------------------------------------------------------ description
+
+    def production(self, host: Host) -> bool:
+        """A production-shaped host: its own mount namespace, Debian's paths, a sudo user."""
+        return host.name in self.lab.production_hosts
+
+    def local(self, host: Host, path: Path) -> Path:
+        """Where one of a host's paths lives on this machine (the lab's side of a mount)."""
+        return self.paths.host(host).outside(path) if self.production(host) else Path(path)
 
     @property
     def acme_ca_file(self) -> Path:
@@ -837,33 +940,10 @@ class Lab:
                 marker=str(conf),
                 probe=lambda t, a=address, p=port: probe_dns(a, p, zone, t),
                 extra_logs=(self.paths.ns_dir(name) / "named.log",),
+                stage=0 if name == "ns1" else 1,  # ns2 transfers from ns1 as it starts
             ))
-        for host in self.hosts:
-            hp = self.paths.host(host)
-            specs.append(ServerSpec(
-                name=f"{host.name}-sshd",
-                role=f"{host.name} OpenSSH",
-                address=f"{host.ssh_address}:{host.ssh_port}",
-                argv=(SSHD_BINARY, "-D", "-e", "-f", str(hp.sshd_config)),
-                cwd=hp.dir,
-                log=hp.sshd_log,
-                marker=str(hp.sshd_config),
-                probe=lambda t, a=host.ssh_address, p=host.ssh_port: probe_ssh(a, p, t),
-            ))
-        for host in self.hosts:
-            error_log = host.log_dir / "error.log"
-            specs.append(ServerSpec(
-                name=f"{host.name}-nginx",
-                role=f"{host.name} nginx",
-                address=f"{host.public_ipv4}:80,443",
-                argv=(host.nginx_binary, "-c", str(host.nginx_main_config), "-e", str(error_log),
-                      "-g", "daemon off;"),
-                cwd=self.paths.host(host).dir,
-                log=self.paths.host(host).dir / "nginx.out",
-                marker=str(host.nginx_main_config),
-                probe=lambda t, a=host.public_ipv4: probe_tcp(a, (80, 443), t),
-                extra_logs=(error_log,),
-            ))
+        specs += [self._sshd_spec(host) for host in self.hosts]
+        specs += [self._nginx_spec(host) for host in self.hosts]
         specs.append(ServerSpec(
             name="acme",
             role="ACME CA (Pebble)",
@@ -877,6 +957,56 @@ class Lab:
             env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
         ))
         return specs
+
+    def _sshd_spec(self, host: Host) -> ServerSpec:
+        """sshd; on a production-shaped host it starts the mount namespace and holds it."""
+        hp = self.paths.host(host)
+        argv: tuple[str, ...] = (SSHD_BINARY, "-D", "-e", "-f", str(hp.sshd_config))
+        if self.production(host):
+            argv = (UNSHARE_BINARY, "--mount", "--propagation", "private", "--", SHELL,
+                    str(hp.namespace_script), *argv)
+        return ServerSpec(
+            name=f"{host.name}-sshd",
+            role=f"{host.name} OpenSSH",
+            address=f"{host.ssh_address}:{host.ssh_port}",
+            argv=argv,
+            cwd=hp.dir,
+            log=hp.sshd_log,
+            marker=str(hp.sshd_config),
+            probe=lambda t, a=host.ssh_address, p=host.ssh_port: probe_ssh(a, p, t),
+            program=SSHD_BINARY,
+            namespace=self.production(host),
+        )
+
+    def _nginx_spec(self, host: Host) -> ServerSpec:
+        """nginx; on a production-shaped host it joins the namespace sshd holds and runs
+        from /etc/nginx/nginx.conf there (``-p``, a prefix its config never uses, makes
+        the command line this lab's own)."""
+        hp = self.paths.host(host)
+        error_log = host.log_dir / "error.log"
+        argv: tuple[str, ...] = (host.nginx_binary, "-c", str(host.nginx_main_config),
+                                 "-e", str(error_log), "-g", "daemon off;")
+        marker, stage = str(host.nginx_main_config), 1
+        if self.production(host):
+            holder = self.running_pid(self._sshd_spec(host))
+            marker, stage = f"{hp.dir}/", 2
+            argv = (NSENTER_BINARY, f"--mount=/proc/{holder or 0}/ns/mnt", "--",
+                    host.nginx_binary, "-p", f"{hp.dir}/", "-c", str(host.nginx_main_config),
+                    "-g", "daemon off;")
+            error_log = hp.outside(Path("/var/log/nginx/error.log"))
+        return ServerSpec(
+            name=f"{host.name}-nginx",
+            role=f"{host.name} nginx",
+            address=f"{host.public_ipv4}:80,443",
+            argv=argv,
+            cwd=hp.dir,
+            log=hp.dir / "nginx.out",
+            marker=marker,
+            probe=lambda t, a=host.public_ipv4: probe_tcp(a, (80, 443), t),
+            extra_logs=(error_log,),
+            program=host.nginx_binary,
+            stage=stage,
+        )
 
     def ansible_env(self) -> dict[str, str]:
         """Environment for ansible(-runner) against the lab hosts.
@@ -934,21 +1064,51 @@ class Lab:
         known: dict[str, list[str]] = {}
         for host in self.hosts:
             hp = self.paths.host(host)
-            for d in (hp.ssh_dir, hp.run_dir, hp.temp_dir, host.nginx_main_config.parent,
-                      host.nginx_sites_dir, host.web_root, host.acme_webroot, host.tls_dir,
-                      host.log_dir):
+            for d in (hp.ssh_dir, hp.run_dir, hp.temp_dir):
                 d.mkdir(parents=True, exist_ok=True)
+            for d in (host.nginx_main_config.parent, host.nginx_sites_dir, host.web_root,
+                      host.acme_webroot, host.tls_dir, host.log_dir):
+                self.local(host, d).mkdir(parents=True, exist_ok=True)
             if host.ssh_key_file not in client_keys:
                 client_keys[host.ssh_key_file] = ensure_ssh_key(host.ssh_key_file,
                                                                 "provisioner-lab")
             write_file(hp.authorized_keys, client_keys[host.ssh_key_file] + "\n")
+            if self.production(host):
+                self._prepare_namespace(host, hp)
             host_public = ensure_ssh_key(hp.host_key, f"{host.name}-lab-host")
             known[host.name] = known_hosts_lines(host.ssh_address, host.ssh_port, host_public)
-            write_file(hp.sshd_config, sshd_config(host, hp))
-            write_file(host.nginx_main_config, nginx_conf(host, hp))
+            write_file(hp.sshd_config, sshd_config(host, hp, self.production(host)))
+            write_file(self.local(host, host.nginx_main_config),
+                       nginx_conf(host, hp, self.production(host)))
         known_hosts = self.settings.known_hosts_file
         existing = known_hosts.read_text() if known_hosts.exists() else ""
         write_file(known_hosts, merge_known_hosts(existing, known))
+
+    def _prepare_namespace(self, host: Host, hp: HostPaths) -> None:
+        """The folders a production-shaped host's namespace mounts, what Debian puts in
+        them (mime.types, sshd's privilege separation dir), the sudo user and its
+        drop-in, and the script that mounts them."""
+        for mount in NAMESPACE_MOUNTS:
+            hp.outside(Path(mount)).mkdir(parents=True, exist_ok=True)
+        hp.outside(Path("/run/sshd")).mkdir(mode=0o755, exist_ok=True)
+        mime_types = Path("/etc/nginx/mime.types")
+        write_file(hp.outside(mime_types), mime_types.read_bytes())
+        if host.ssh_user != "root":
+            ensure_system_user(host.ssh_user)
+            write_file(hp.outside(Path("/etc/sudoers.d") / SUDOERS_DROP_IN),
+                       sudoers_drop_in(host.ssh_user), 0o440)
+            self._prepare_home(host, hp)
+        write_file(hp.namespace_script, namespace_script(host, hp), 0o755)
+
+    def _prepare_home(self, host: Host, hp: HostPaths) -> None:
+        """The sudo user's home in the namespace, with its ~/.ssh/authorized_keys (sshd
+        reads it as that user: the lab dir itself may be closed to other users)."""
+        user = pwd.getpwnam(host.ssh_user)
+        home = hp.outside(Path("/home") / host.ssh_user)
+        for d in (home, home / ".ssh"):
+            d.mkdir(mode=0o700, exist_ok=True)
+            os.chown(d, user.pw_uid, user.pw_gid)
+        write_file(home / ".ssh" / "authorized_keys", hp.authorized_keys.read_text())
 
     def _prepare_pebble(self) -> None:
         p = self.paths
@@ -980,7 +1140,7 @@ class Lab:
         cmdline = process_cmdline(pid)
         exe = process_exe(pid)
         if cmdline and spec.marker in cmdline and exe \
-                and os.path.realpath(exe) == os.path.realpath(spec.argv[0]):
+                and os.path.realpath(exe) == os.path.realpath(spec.executable):
             return pid
         return None
 
@@ -1048,6 +1208,8 @@ class Lab:
             if pid is not None:
                 pids.append(pid)
                 pids += _descendants(pid)  # sshd connections, nginx workers
+                if spec.namespace:  # whatever else runs in it: its mounts go with the last
+                    pids += namespace_members(pid)
                 results.append(ServerResult(spec.name, spec.role, spec.address, pid, "stopped"))
             elif pid_file.exists():
                 results.append(ServerResult(spec.name, spec.role, spec.address,
@@ -1120,9 +1282,12 @@ class Lab:
         started = time.monotonic()
         self.prepare()
         added = self._ensure_addresses()
-        specs = self.servers()
-        results = self._start(specs[:1])  # ns2 transfers from ns1 as soon as it starts
-        results += self._start(specs[1:])
+        results = []
+        for stage in sorted({spec.stage for spec in self.servers()}):
+            # Specs again at every stage: a later one names an earlier one's PID.
+            results += self._start([s for s in self.servers() if s.stage == stage])
+        order = [s.name for s in self.servers()]
+        results.sort(key=lambda result: order.index(result.name))
         self.refresh_trust_roots()
         return UpReport(self.paths.dir, tuple(results), tuple(added),
                         round(time.monotonic() - started, 2))
@@ -1151,15 +1316,16 @@ class Lab:
     def reset(self) -> ResetReport:
         """Wipe provisioned sites, agency records and installed certificates; keep keys."""
         for host in self.hosts:
-            for d in (host.nginx_sites_dir, host.web_root, host.acme_webroot, host.tls_dir):
+            for d in self._wiped_dirs(host):
                 if not d.resolve().is_relative_to(self.paths.dir.resolve()):
                     raise LabError(host.name, f"{d} is outside the lab dir {self.paths.dir}",
                                    hint="lab reset only wipes folders inside lab.dir")
         self.prepare()
         sites, removed = [], 0
         for host in self.hosts:
-            sites += [f"{host.name}:{p.name}" for p in sorted(host.nginx_sites_dir.iterdir())]
-            for d in (host.nginx_sites_dir, host.web_root, host.acme_webroot, host.tls_dir):
+            sites_dir = self.local(host, host.nginx_sites_dir)
+            sites += [f"{host.name}:{p.name}" for p in sorted(sites_dir.iterdir())]
+            for d in self._wiped_dirs(host):
                 removed += _empty_dir(d)
         specs = {s.name: s for s in self.servers()}
         dns_specs = [specs["ns1"], specs["ns2"]]
@@ -1181,12 +1347,24 @@ class Lab:
         return ResetReport(self.paths.dir, tuple(sites), removed, serial, tuple(was_running),
                            tuple(reloaded))
 
+    def _wiped_dirs(self, host: Host) -> list[Path]:
+        return [self.local(host, d) for d in (host.nginx_sites_dir, host.web_root,
+                                              host.acme_webroot, host.tls_dir)]
+
     def reload_nginx(self, host: Host, timeout: float = STOP_TIMEOUT) -> None:
         """Reload a lab host's nginx exactly as the product does on a web host: return
-        once no old worker takes connections; a config nginx kept out is an error."""
-        spec = next(s for s in self.servers() if s.name == f"{host.name}-nginx")
+        once no old worker takes connections; a config nginx kept out is an error.
+        A production-shaped host is reloaded over SSH (its nginx is in its namespace)."""
+        spec = self._nginx_spec(host)
         if self.running_pid(spec) is None:
             raise LabError(spec.name, "not running", hint="run 'provisioner lab up'")
+        if self.production(host):
+            try:
+                with HostClient(host, self.settings.known_hosts_file) as client:
+                    client.reload_nginx()
+            except HostError as exc:
+                raise self._failure(spec, f"reload failed: {exc}") from None
+            return
         nginx = host_agent().Nginx(str(host.nginx_binary), str(host.nginx_main_config))
         ok, output = nginx.reload(settle=timeout)
         if not ok:

@@ -170,6 +170,10 @@ class LabSettings:
     ns2: str
     acme: str
     acme_port: int
+    pdns: str | None = None  # a PowerDNS primary of the same zone (the second DNS flavour)
+    # Hosts the lab runs production-shaped: their own mount namespace, where the
+    # inventory's /etc/nginx, /var/www, ... paths are lab folders.
+    production_hosts: tuple[str, ...] = ()
 
 
 SMTP_SECURITY = ("starttls", "tls")  # STARTTLS on a plain port, or TLS from the first byte

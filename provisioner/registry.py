@@ -75,7 +75,7 @@ HOST_PATH_FIELDS = (
 HOST_KEYS = (
     "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
     "ansible_python_interpreter", "public_ipv4", "public_ipv6", "host_fqdn", "nginx_binary",
-    "lab", *HOST_PATH_FIELDS,
+    "ansible_become", "lab", *HOST_PATH_FIELDS,
 )
 
 
@@ -402,17 +402,25 @@ def _lab_settings(c: _Collector, data: Any, variables: dict[str, str]) -> LabSet
     if not isinstance(data, dict):
         c.add(prefix, "must be a mapping")
         return None
-    c.unknown_keys(data, ("dir", "ns1", "ns2", "acme", "acme_port"), prefix)
+    c.unknown_keys(data, ("dir", "ns1", "ns2", "acme", "acme_port", "pdns",
+                          "production_hosts"), prefix)
     lab_dir = _safe_path(c, data, "dir", variables, prefix)
     ips = {key: _ip(c, data, key, prefix, 4) for key in ("ns1", "ns2", "acme")}
-    for key, value in ips.items():
+    pdns = _ip(c, data, "pdns", prefix, 4, required=False)
+    for key, value in {**ips, "pdns": pdns}.items():
         if value and not ipaddress.ip_address(value).is_loopback:
             c.add((*prefix, key), "the lab only runs on loopback (127.0.0.0/8)")
             return None
     port = _port(c, data, "acme_port", prefix, 14000)
+    production_hosts = data.get("production_hosts", [])
+    if not isinstance(production_hosts, list) \
+            or not all(isinstance(h, str) and LABEL_RE.match(h) for h in production_hosts):
+        c.add((*prefix, "production_hosts"), "must be a list of host names")
+        production_hosts = []
     if lab_dir and all(ips.values()):
         return LabSettings(dir=lab_dir, ns1=ips["ns1"], ns2=ips["ns2"], acme=ips["acme"],
-                           acme_port=port)
+                           acme_port=port, pdns=pdns,
+                           production_hosts=tuple(production_hosts))
     return None
 
 
@@ -601,6 +609,9 @@ def _host(c: _Collector, name: str, data: dict, keypath: tuple,
     paths = {key: _safe_path(c, data, key, variables, keypath) for key in HOST_PATH_FIELDS}
     port = _port(c, data, "ansible_port", keypath, 22)
     lab = _bool(c, data, "lab", keypath, False)
+    if not _bool(c, data, "ansible_become", keypath, user != "root") and user != "root":
+        c.add((*keypath, "ansible_become"), f"must be true: {user} is not root",
+              hint="the host agent and the playbooks run as root through sudo")
     if len(c.problems) > before:
         return None
     return Host(

@@ -11,6 +11,7 @@ import base64
 import datetime
 import json
 import os
+import pwd
 import secrets
 import socket
 import ssl
@@ -52,6 +53,27 @@ pytestmark = pytest.mark.integration
 
 def web1(lab: TestLab) -> Host:
     return lab.inventory.hosts["web1"]
+
+
+def web3(lab: TestLab) -> Host:
+    """The production-shaped host: own mount namespace, Debian's paths, a sudo user."""
+    return lab.inventory.hosts["web3"]
+
+
+def run_on(lab: TestLab, host: Host, command: str) -> tuple[int, str, str]:
+    """A command over SSH as the host's login user: (exit status, stdout, stderr)."""
+    with ssh_client(lab, host=host) as ssh:
+        _, stdout, stderr = ssh.exec_command(command, timeout=30)
+        out, err = stdout.read().decode(), stderr.read().decode()
+        return stdout.channel.recv_exit_status(), out, err
+
+
+def worker_users(master: int) -> set[str]:
+    """The users nginx's workers under ``master`` run as."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    uids = {Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]
+            for pid in children}
+    return {pwd.getpwuid(int(uid)).pw_name for uid in uids}
 
 
 def ns_addresses(lab: TestLab) -> tuple[str, str]:
@@ -214,8 +236,9 @@ def test_tsig_key_file_is_private_and_in_bind_format(lab: TestLab):
 # --------------------------------------------------------------------------- SSH
 
 
-def ssh_client(lab: TestLab, known_hosts: Path | None = None) -> paramiko.SSHClient:
-    host = web1(lab)
+def ssh_client(lab: TestLab, known_hosts: Path | None = None,
+               host: Host | None = None) -> paramiko.SSHClient:
+    host = host or web1(lab)
     ssh = paramiko.SSHClient()
     ssh.load_host_keys(str(known_hosts or lab.inventory.settings.known_hosts_file))
     ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -264,6 +287,60 @@ def test_ssh_password_login_is_off(lab: TestLab):
         assert "password" not in info.value.allowed_types
     finally:
         transport.close()
+
+
+# --------------------------------------------------------------------------- web3
+
+
+def test_web3_logs_in_only_as_deploy_who_becomes_root_without_a_password(lab: TestLab):
+    host = web3(lab)
+    assert host.ssh_user == "deploy"
+    status, out, err = run_on(lab, host, "id -un; sudo -n id -un")
+    assert status == 0, err
+    assert out.split() == ["deploy", "root"]
+    as_root = Host(**{**host.__dict__, "ssh_user": "root"})
+    with pytest.raises(paramiko.AuthenticationException):
+        ssh_client(lab, host=as_root)
+
+
+def test_web3_runs_nginx_from_debians_paths_and_the_machine_keeps_its_own(lab: TestLab):
+    host = web3(lab)
+    machine_conf = Path("/etc/nginx/nginx.conf").read_bytes()
+    status, out, err = run_on(lab, host, "sudo -n nginx -t 2>&1; cat /run/nginx.pid; "
+                                         "ls /etc/nginx/sites-enabled /var/www/agencies "
+                                         "/var/log/nginx/agencies /etc/nginx/tls >/dev/null "
+                                         "&& echo paths-ok; grep -c 'provisioner lab' "
+                                         "/etc/nginx/nginx.conf")
+    assert status == 0, out + err
+    lines = out.splitlines()
+    assert "configuration file /etc/nginx/nginx.conf test is successful" in out
+    master = int(lines[-3])
+    assert "paths-ok" == lines[-2] and int(lines[-1]) == 1  # the lab's config, seen as /etc
+    assert lab.lab.running_pid(next(s for s in lab.lab.servers()
+                                    if s.name == "web3-nginx")) == master
+    assert worker_users(master) == {"www-data"}
+    assert os.readlink(f"/proc/{master}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    assert Path("/etc/nginx/nginx.conf").read_bytes() == machine_conf
+    assert b"provisioner lab" not in machine_conf
+
+
+def test_a_vhost_written_on_web3_is_served_after_reload(lab: TestLab):
+    host = web3(lab)
+    name = f"{unique('lab-web3')}.{lab.inventory.settings.zone}"
+    root = lab.lab.local(host, host.web_root / name)
+    conf = lab.lab.local(host, host.nginx_sites_dir / f"{name}.conf")
+    root.mkdir(parents=True)
+    (root / "index.html").write_text(f"hello from {name}\n")
+    conf.write_text(f"server {{\n  listen {host.public_ipv4}:80;\n  server_name {name};\n"
+                    f"  root {host.web_root / name};\n}}\n")
+    try:
+        nginx_reload(lab, host)
+        assert wait_for(lambda: served(host.public_ipv4, name, "/", f"hello from {name}"))
+    finally:
+        conf.unlink(missing_ok=True)
+        nginx_reload(lab, host)
+        (root / "index.html").unlink(missing_ok=True)
+        root.rmdir()
 
 
 # --------------------------------------------------------------------------- nginx
@@ -414,7 +491,8 @@ def test_status_json_reports_every_server_healthy(lab: TestLab, cli):
     data = json.loads(result.stdout)
     assert data["healthy"] is True
     names = {s["name"] for s in data["servers"]}
-    assert names == {"ns1", "ns2", "web1-sshd", "web2-sshd", "web1-nginx", "web2-nginx", "acme"}
+    assert names == {"ns1", "ns2", "web1-sshd", "web2-sshd", "web3-sshd", "web1-nginx",
+                     "web2-nginx", "web3-nginx", "acme"}
     assert all(s["healthy"] and s["running"] and s["pid"] for s in data["servers"])
     addresses = {s["address"].split(":")[0] for s in data["servers"]}
     assert all(a.startswith(lab.prefix + ".") for a in addresses)
@@ -457,6 +535,19 @@ def lab_processes(lab_dir: Path) -> list[str]:
     return found
 
 
+def in_namespace(namespace: str) -> list[int]:
+    """Live processes in a mount namespace ("mnt:[N]")."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "ns" / "mnt") == namespace \
+                    and process_cmdline(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def lo_addresses() -> set[str]:
     out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True,
                          text=True, check=True).stdout
@@ -489,7 +580,7 @@ def test_initial_zone_holds_only_soa_ns_glue_and_web_hosts(scratch: TestLab):
     found = {(name.to_text(), dns.rdatatype.to_text(rdataset.rdtype))
              for name, rdataset in transfer.iterate_rdatasets()}
     assert found == {("@", "SOA"), ("@", "NS"), ("ns1", "A"), ("ns2", "A"), ("web1", "A"),
-                     ("web2", "A")}
+                     ("web2", "A"), ("web3", "A")}
     assert answers(scratch.lab.lab.ns2, f"web2.{zone}", "A") == \
         [scratch.inventory.hosts["web2"].public_ipv4]
     assert answers(scratch.lab.lab.ns2, f"ns2.{zone}", "A") == [scratch.lab.lab.ns2]
@@ -510,13 +601,23 @@ def test_reset_wipes_sites_records_and_certificates_but_keeps_keys(scratch: Test
     (host.acme_webroot / "token").write_text("token")
     add_a_record(scratch, f"dinkes.{zone}", host.public_ipv4)
     nginx_reload(scratch, host)
+    prod = inv.hosts["web3"]
+    web3_folders = [scratch.lab.local(prod, d) for d in (prod.nginx_sites_dir, prod.web_root,
+                                                          prod.tls_dir, prod.acme_webroot)]
+    (web3_folders[0] / "dpupr.conf").write_text(
+        f"server {{ listen {prod.public_ipv4}:80; server_name dpupr.{zone}; return 200; }}\n")
+    (web3_folders[1] / "dpupr").mkdir()
+    (web3_folders[2] / "dpupr.pem").write_text("cert")
+    nginx_reload(scratch, prod)
     assert wait_for(lambda: answers(scratch.lab.lab.ns2, f"dinkes.{zone}", "A"))
 
     result = scratch_cli(scratch, "lab", "reset", "--format", "json")
     assert result.exit_code == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
-    assert report["sites_removed"] == ["web1:dinkes.conf"]
-    for folder in (host.nginx_sites_dir, host.web_root, host.tls_dir, host.acme_webroot):
+    assert report["sites_removed"] == ["web1:dinkes.conf", "web3:dpupr.conf"]
+    assert report["reloaded"] == ["web1", "web2", "web3"]
+    for folder in (host.nginx_sites_dir, host.web_root, host.tls_dir, host.acme_webroot,
+                   *web3_folders):
         assert list(folder.iterdir()) == []
     for server in (scratch.lab.lab.ns1, scratch.lab.lab.ns2):
         assert answers(server, f"dinkes.{zone}", "A") == []
@@ -563,6 +664,13 @@ def test_down_leaves_no_process_and_no_address_behind(scratch: TestLab):
         capture_output=True, text=True, timeout=30)
     assert master.returncode == 0, master.stderr
     assert control.is_socket()
+    # A process web3's deploy user left behind, outside sshd's tree but in its namespace.
+    prod = scratch.inventory.hosts["web3"]
+    status, _out, err = run_on(scratch, prod, "setsid sleep 600 </dev/null >/dev/null 2>&1 &")
+    assert status == 0, err
+    sshd = scratch.lab.running_pid(next(s for s in scratch.lab.servers()
+                                        if s.name == "web3-sshd"))
+    namespace = os.readlink(f"/proc/{sshd}/ns/mnt")
 
     result = scratch_cli(scratch, "lab", "down", "--format", "json", subprocess=True)
     assert result.exit_code == 0, result.stderr
@@ -572,6 +680,7 @@ def test_down_leaves_no_process_and_no_address_behind(scratch: TestLab):
     assert sorted(report["addresses_removed"]) == sorted(scratch.lab.addresses())
 
     assert wait_for(lambda: not lab_processes(lab_dir), timeout=3), lab_processes(lab_dir)
+    assert wait_for(lambda: not in_namespace(namespace), timeout=3), in_namespace(namespace)
     assert lo_addresses().isdisjoint(scratch.lab.addresses())
     assert not list((lab_dir / "run").glob("*.pid"))
     status = scratch_cli(scratch, "lab", "status", "--format", "json")

@@ -14,6 +14,7 @@ from pathlib import Path
 import dns.rdatatype
 import dns.zone
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -22,6 +23,7 @@ from provisioner.dns import parse_tsig_key
 from provisioner.errors import LabError
 from provisioner.models import Inventory
 from provisioner.registry import load_inventory
+from provisioner.scaffold import render_inventory
 
 SAMPLE = Path(__file__).resolve().parents[2] / "inventory"
 
@@ -56,6 +58,7 @@ def test_zone_holds_only_soa_ns_glue_and_web_hosts(inventory: Inventory):
         ("ns2.paserkab.go.id.", "A", "127.0.0.11"),
         ("web1.paserkab.go.id.", "A", "127.0.0.20"),
         ("web2.paserkab.go.id.", "A", "127.0.0.21"),
+        ("web3.paserkab.go.id.", "A", "127.0.0.22"),
     }
     soa = zone.get_rdataset("paserkab.go.id.", "SOA")[0]
     assert soa.serial == 2024010101
@@ -284,15 +287,58 @@ def test_lab_refuses_a_primary_that_is_not_ns1(inventory: Inventory):
 
 def test_servers_and_addresses(lab: L.Lab):
     assert [s.name for s in lab.servers()] == [
-        "ns1", "ns2", "web1-sshd", "web2-sshd", "web1-nginx", "web2-nginx", "acme"]
+        "ns1", "ns2", "web1-sshd", "web2-sshd", "web3-sshd", "web1-nginx", "web2-nginx",
+        "web3-nginx", "acme"]
     assert lab.addresses() == ["127.0.0.10", "127.0.0.11", "127.0.0.20", "127.0.0.21",
-                               "127.0.0.30"]
+                               "127.0.0.22", "127.0.0.30"]
     pebble = lab.servers()[-1]
     assert pebble.env == {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
     assert pebble.argv[-2:] == ("-dnsserver", "127.0.0.10:53")
     # Every server is recognised by a config path unique to this lab.
-    assert len({s.marker for s in lab.servers()}) == 7
+    assert len({s.marker for s in lab.servers()}) == 9
     assert all(s.marker.startswith(str(lab.paths.dir) + "/") for s in lab.servers())
+
+
+def test_the_production_shaped_host_runs_in_its_own_mount_namespace(lab: L.Lab):
+    web3 = lab.inventory.hosts["web3"]
+    hp = lab.paths.host(web3)
+    specs = {s.name: s for s in lab.servers()}
+    sshd, nginx = specs["web3-sshd"], specs["web3-nginx"]
+    assert sshd.argv[:5] == (L.UNSHARE_BINARY, "--mount", "--propagation", "private", "--")
+    assert sshd.namespace and sshd.executable == L.SSHD_BINARY
+    # nginx joins sshd's namespace after it (no PID yet: /proc/0 names none) and reads
+    # the production path, not a lab one.
+    assert nginx.stage > sshd.stage and nginx.argv[0] == L.NSENTER_BINARY
+    assert nginx.argv[1] == "--mount=/proc/0/ns/mnt"
+    assert ("-c", "/etc/nginx/nginx.conf") == nginx.argv[nginx.argv.index("-c"):][:2]
+    script = L.namespace_script(web3, hp)
+    for mount in L.NAMESPACE_MOUNTS:
+        assert f"mount --bind '{hp.fs_dir}{mount}' '{mount}'" in script
+    assert script.rstrip().endswith('exec "$@"')
+    # Every inventory path of web3 is a lab folder on this machine.
+    assert lab.local(web3, web3.web_root) == hp.fs_dir / "var/www/agencies"
+    assert lab.local(web3, web3.nginx_sites_dir) == hp.fs_dir / "etc/nginx/sites-enabled"
+    web1 = lab.inventory.hosts["web1"]
+    assert lab.local(web1, web1.web_root) == web1.web_root
+    with pytest.raises(LabError, match="outside the folders the lab mounts"):
+        hp.outside(Path("/srv/www"))
+
+
+def test_production_shaped_configs_use_debian_paths_and_a_sudo_user(lab: L.Lab):
+    web3 = lab.inventory.hosts["web3"]
+    hp = lab.paths.host(web3)
+    nginx = L.nginx_conf(web3, hp, production=True)
+    for line in ("user www-data;", "pid /run/nginx.pid;", "error_log /var/log/nginx/error.log;",
+                 "include /etc/nginx/sites-enabled/*.conf;",
+                 "client_body_temp_path /var/lib/nginx/client_body;"):
+        assert line in nginx
+    sshd = L.sshd_config(web3, hp, production=True)
+    assert "PermitRootLogin no" in sshd and "AllowUsers deploy" in sshd
+    assert "AuthorizedKeysFile .ssh/authorized_keys" in sshd
+    assert "PidFile /run/sshd.pid" in sshd
+    assert "PermitRootLogin prohibit-password" in L.sshd_config(
+        lab.inventory.hosts["web1"], lab.paths.host(lab.inventory.hosts["web1"]))
+    assert L.sudoers_drop_in("deploy").splitlines()[-1] == "deploy ALL=(ALL:ALL) NOPASSWD: ALL"
 
 
 def test_ansible_env_points_into_the_lab(lab: L.Lab):
@@ -313,3 +359,16 @@ def test_write_file_sets_the_mode_and_reports_changes(tmp_path: Path):
 def test_process_cmdline_of_a_missing_process_is_none():
     assert L.process_cmdline(2 ** 22 + 1) is None
     assert "pytest" in (L.process_cmdline(__import__("os").getpid()) or "")
+
+
+def test_the_production_shaped_host_is_what_init_writes_but_its_address_and_sudo_user():
+    def webservers(text: str) -> dict:
+        return yaml.safe_load(text)["all"]["children"]["webservers"]
+
+    written = webservers(render_inventory("paserkab.go.id")["hosts.yml"])
+    sample = webservers((SAMPLE / "hosts.yml").read_text())["children"]["sudo_login"]
+    expected = {key: value.replace("192.0.2.20", "127.0.0.22").replace("web1.", "web3.")
+                for key, value in written["hosts"]["web1"].items()}
+    assert sample["hosts"]["web3"] == expected
+    assert sample["vars"] == {**written["vars"], "ansible_user": "deploy",
+                              "ansible_become": True}
