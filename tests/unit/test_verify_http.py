@@ -404,9 +404,15 @@ def certs(tmp_path_factory) -> Certs:
 
 
 def test_a_trusted_site_costs_one_handshake_for_every_page(certs: Certs) -> None:
-    responses, served, handshake = get_all([OK, OK], ("/", "/a.html"), tls=certs.server,
-                                           contexts=make_contexts((certs.ca,)))
+    names: list[str | None] = []
+    certs.server.sni_callback = lambda _socket, name, _context: names.append(name)
+    try:
+        responses, served, handshake = get_all([OK, OK], ("/", "/a.html"), tls=certs.server,
+                                               contexts=make_contexts((certs.ca,)))
+    finally:
+        certs.server.sni_callback = None
     assert [r.status for r in responses] == [200, 200] and served.connections == 1
+    assert names == [NAME]  # the agency name as SNI, though the URL names the address
     assert handshake.verified and NAME in handshake.cert.names
     assert handshake.version in ("TLSv1.2", "TLSv1.3")
 
