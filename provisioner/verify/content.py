@@ -791,12 +791,16 @@ class _Reader:
         self.links.append(Link(href, text, not self.in_chrome))
 
     def _embedded(self, element: etree._Element) -> None:
-        """An image (or an embedded PDF): never content; a document when it is a standard."""
+        """An image (or an embedded PDF): never content; a document when it is a standard.
+        A page embedded in a frame is shown to every visitor: a link, named by the
+        heading above it."""
         source = (element.get("src") or element.get("data") or "").strip()[:2000]
         if not source:
             return
         if element.tag != "img" and _suffix(self._path(source)) \
                 not in self.rules.discovery.document_extensions:
+            if element.tag == "iframe" and len(self.links) < self.limits.links:
+                self.links.append(Link(source, self.section[:200], not self.in_chrome))
             return
         alt = collapse((element.get("alt") or element.get("title") or "")[:200])
         if element.getparent() is not None and element.getparent() is self.document_link:

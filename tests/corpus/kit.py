@@ -113,9 +113,6 @@ class CorpusSite:
             response = await self.get(target)
         return target, response
 
-    def close(self) -> None:
-        pass
-
 
 @dataclass(frozen=True)
 class Verdict:

@@ -288,6 +288,8 @@ RULE_CASES = [
     ("nihil", page("<p>Biaya: Nihil</p>"), {"biaya"}),
     ("tidak dipungut biaya", page("<h3>Tarif</h3><p>Tidak dipungut biaya</p>"), {"biaya"}),
     ("Rp 0", page("<h3>Biaya/Tarif</h3><p>Rp 0,-</p>"), {"biaya"}),
+    ("'Tidak ada' as the whole answer", page("<table><tr><td>Biaya</td><td>Tidak ada</td></tr>"
+                                             "</table>"), {"biaya"}),
     ("a regulation named is no amount", page(
         "<h3>Biaya</h3><p>Sesuai Peraturan Daerah tentang Retribusi</p>"), set()),
     # persyaratan and prosedur: the requirements and the steps themselves
@@ -307,6 +309,9 @@ RULE_CASES = [
      {"pengaduan"}),
     ("a complaints widget in the sidebar", page(
         "<aside class='sidebar'><h3>Layanan Pengaduan</h3><p>pengaduan@dinas.go.id</p></aside>"),
+     {"pengaduan"}),
+    ("a social-media account for complaints", page(
+        "<aside><h2>Saluran Pengaduan</h2><p>Instagram @kec.muarakomam</p></aside>"),
      {"pengaduan"}),
     ("a general address footer says nothing about complaints", page(
         "<footer><p>Jl. Sudirman No. 1, Tanah Grogot. Telp. (0543) 21234</p></footer>"), set()),
