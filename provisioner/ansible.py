@@ -22,8 +22,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,6 +291,7 @@ def run_playbook(inventory: Inventory, playbook: str, *, hosts: Sequence[str],
         return True
 
     started = time.monotonic()
+    handlers = _signal_handlers()
     try:
         runner = ansible_runner.run(
             private_data_dir=str(dirs.private_data),
@@ -307,8 +310,22 @@ def run_playbook(inventory: Inventory, playbook: str, *, hosts: Sequence[str],
         )
     except Exception as exc:  # ansible-runner raises its own and OS errors alike
         raise ExternalError("ansible", playbook, f"ansible-runner could not run: {exc}") from None
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    if runner.status == "canceled":  # Ctrl-C (or SIGTERM) stopped the playbook
+        raise KeyboardInterrupt
     return parse_events(events, runner.status, runner.rc, _tail(runner),
                         round(time.monotonic() - started, 3))
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """SIGINT's and SIGTERM's handlers: ansible-runner replaces them (in the main thread)
+    with its own cancel flag and never puts them back, so a Ctrl-C after the first
+    playbook (during verification) would be ignored. They are restored after each run."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
 
 
 def running_playbooks(inventory: Inventory) -> list[int]:

@@ -114,6 +114,7 @@ class SiteFacts:
     vhost_sha256: str | None
     deployed: Mapping[str, str] | None  # path -> sha256 we generated last time
     current: Mapping[str, str]  # path -> sha256 on the host now
+    error: str | None = None  # why this agency's files cannot be read (its own problem)
 
     def plan(self, rendered: Mapping[str, bytes]) -> list[site.FileChange]:
         """What a deploy of ``rendered`` would do to the files (site.py's rules)."""
@@ -319,17 +320,18 @@ class HostClient:
                     "vhost_path": str(site.vhost_path(a, h)),
                     "paths": sorted(rendered_paths.get(a.slug, ()))} for a in agencies]
         cert_files = sorted({str(site.cert_paths(a, h, settings).fullchain) for a in agencies})
-        raw = self.call("facts", manifest_path=site.MANIFEST_PATH, agencies=entries,
-                        certs=cert_files)
-        sites = {slug: SiteFacts(slug, f["vhost_sha256"], f["deployed"], f["current"])
+        raw = self.call("facts", manifest_path=site.MANIFEST_PATH, web_root=str(h.web_root),
+                        agencies=entries, certs=cert_files)
+        sites = {slug: SiteFacts(slug, f.get("vhost_sha256"), f.get("deployed"),
+                                 f.get("current", {}), f.get("error"))
                  for slug, f in raw["agencies"].items()}
         certs = {Path(path): pem for path, pem in raw["certs"].items()}
         return HostFacts(host=h.name, sites=sites, certs=certs)
 
     def certificates(self, fullchains: Iterable[Path]) -> dict[Path, str | None]:
         """The leaf certificate (PEM) at each path, None when absent (one round trip)."""
-        raw = self.call("facts", manifest_path=site.MANIFEST_PATH, agencies=[],
-                        certs=sorted({str(p) for p in fullchains}))
+        raw = self.call("facts", manifest_path=site.MANIFEST_PATH, web_root=str(self.host.web_root),
+                        agencies=[], certs=sorted({str(p) for p in fullchains}))
         return {Path(path): pem for path, pem in raw["certs"].items()}
 
     def write_files(self, files: Sequence[RemoteFile]) -> None:

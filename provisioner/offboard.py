@@ -5,7 +5,8 @@ run that fails or is killed leaves a consistent state and a re-run finishes the 
 
 1. archive: the site folder and vhost are fetched in one round trip and written to
    ``<archive_dir>/<slug>-<UTC time>.tar.gz`` (0600, written atomically, its sha256 in
-   ``<name>.sha256`` beside it, a manifest inside: agency, host, paths, file modes,
+   ``<name>.sha256`` beside it, a manifest inside: agency, host, paths, file modes
+   (masked: files at most 0644, folders 0755, never setuid/setgid/sticky),
    certificate serial, DNS records); the file is read back and every member compared
    with the hashes the host reported. An archive that already holds everything the
    host has is reused: a re-run never archives a half-removed site over a whole one;
@@ -21,7 +22,8 @@ run that fails or is killed leaves a consistent state and a re-run finishes the 
    that keeps every comment: the file stays, and the status is the last thing set.
 
 Restore verifies the archive against its checksum, writes the files back byte for byte
-(content, mode, mtime), sets ``status: active`` and onboards the agency (DNS record,
+(content, masked mode, mtime: an old archive that recorded a setuid file does not bring
+back a setuid-root program), sets ``status: active`` and onboards the agency (DNS record,
 vhost, a new certificate, verification). The vhost is generated again by onboarding (the
 archived one names certificate files that no longer exist); the result says whether it
 came out identical to the archived one.
@@ -53,7 +55,7 @@ from .audit import AuditEntry, AuditLog, current_operator
 from .dns import DEFAULT_PROPAGATION_TIMEOUT, DnsClient, PropagationTimeout
 from .dnsops import DnsPlan, apply_dns, plan_dns
 from .errors import ProvisionerError, SafetyError, UsageError
-from .hosts import HostClient, SiteFile, SiteSnapshot
+from .hosts import HostClient, SiteFile, SiteSnapshot, host_agent
 from .models import Agency, Host, Inventory
 from .plan import Change, Outcome, Plan
 from .registry import load_inventory
@@ -160,8 +162,15 @@ def parse_checksum(text: str, name: str) -> str | None:
     return None
 
 
+def archived_mode(mode: int, *, folder: bool = False) -> int:
+    """The mode an archive records and a restore sets (the host agent's one rule)."""
+    agent = host_agent()
+    return agent.dir_mode(mode) if folder else agent.file_mode(mode)
+
+
 def _file_entry(f: SiteFile) -> dict[str, Any]:
-    return {"sha256": f.sha256, "mode": f.mode, "size": f.size, "mtime": f.mtime}
+    return {"sha256": f.sha256, "mode": archived_mode(f.mode), "size": f.size,
+            "mtime": f.mtime}
 
 
 def make_manifest(agency: Agency, host: Host, snapshot: SiteSnapshot,
@@ -176,7 +185,8 @@ def make_manifest(agency: Agency, host: Host, snapshot: SiteSnapshot,
         "created_at": when.isoformat(timespec="seconds"), "operator": current_operator(),
         "command": command,
         "files": {rel: _file_entry(f) for rel, f in sorted(snapshot.files.items())},
-        "dirs": dict(sorted(snapshot.dirs.items())),
+        "dirs": {rel: archived_mode(mode, folder=True)
+                 for rel, mode in sorted(snapshot.dirs.items())},
         "skipped": list(snapshot.skipped),
         "vhost": _file_entry(snapshot.vhost) if snapshot.vhost else None,
         "cert": None if cert is None else {
@@ -237,7 +247,8 @@ def covers(manifest: Mapping[str, Any], snapshot: SiteSnapshot) -> bool:
     archived = manifest["files"]
     for rel, current in snapshot.files.items():
         entry = archived.get(rel)
-        if entry is None or (entry["sha256"], entry["mode"]) != (current.sha256, current.mode):
+        if entry is None or (entry["sha256"], entry["mode"]) != (current.sha256,
+                                                                 archived_mode(current.mode)):
             return False
     vhost = manifest["vhost"]
     return snapshot.vhost is None or (vhost is not None
@@ -447,7 +458,7 @@ def restore_actions(manifest_files: Mapping[str, Mapping[str, Any]],
         elif current.sha256 != entry["sha256"]:
             actions[rel] = "conflict"
         else:
-            actions[rel] = "noop" if current.mode == entry["mode"] else "update"
+            actions[rel] = "noop" if current.mode == archived_mode(entry["mode"]) else "update"
     return actions
 
 
@@ -833,12 +844,9 @@ class Restoring(_LockedRun):
             return RunResult(tuple(outcomes), rplan.archive.path, RESTORE_STEPS)
         inventory = load_inventory(self.inventory.root, self.inventory.state_dir)
         agency = inventory.agencies[slug]
-        with onboarding.Session(inventory, self.report) as session:
-            oplan = session.plan([agency])
-            result = session.apply(oplan, progress=progress)
+        with onboarding.Session(inventory, self.report, audit_as=self.command) as session:
+            result = session.apply(session.plan([agency]), progress=progress)
         outcomes += [o for o in result.outcomes if o.agency == slug]
-        if self.command is not None:
-            self.audit(onboarding.audit_entries(self.command, oplan.plan, result.outcomes))
         if not result.failed:
             run("vhost", lambda: self._compare_vhost(rplan, agency))
         return RunResult(tuple(outcomes), rplan.archive.path, RESTORE_STEPS)

@@ -228,12 +228,16 @@ class Session(LockedRun):
 
     ``command`` (the command line) makes it a mutating session: it holds the
     inventory's lock from plan to apply and appends every change to the audit log.
-    Without it the session only reads (``provisioner plan``).
+    Without it the session only reads (``provisioner plan``). ``audit_as`` audits the
+    changes under that command line without taking the lock (a run that already holds
+    it: restore).
     """
 
     def __init__(self, inventory: Inventory, report: Report = _quiet, *,
-                 command: str | None = None, break_lock: bool = False):
+                 command: str | None = None, break_lock: bool = False,
+                 audit_as: str | None = None):
         super().__init__(inventory, report, command=command, break_lock=break_lock)
+        self.audit_command = audit_as or command
         self.clients: dict[str, HostClient] = {}
         self.timings: dict[str, float] = {}
 
@@ -244,6 +248,29 @@ class Session(LockedRun):
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - start
+
+    @contextlib.contextmanager
+    def _audited(self, step: str, oplan: OnboardPlan, outcomes: list[Outcome]
+                 ) -> Iterator[None]:
+        """Time one step and append its audit records as it ends, in ``finally``: a crash
+        or Ctrl-C in a later step cannot leave this step's changes unrecorded, and one in
+        this step records its planned changes as interrupted (they may have happened)."""
+        first = len(outcomes)
+        interrupted: BaseException | None = None
+        with self._phase(step):
+            try:
+                yield
+            except BaseException as exc:
+                interrupted = exc
+                raise
+            finally:
+                if self.audit_command is not None:
+                    done = outcomes[first:]
+                    entries = audit_entries(self.audit_command, oplan.plan, done)
+                    if interrupted is not None:
+                        entries += interrupted_entries(self.audit_command, oplan.plan, step,
+                                                       done, interrupted)
+                    AuditLog(self.inventory.state_dir).record(*entries)
 
     # ------------------------------------------------------------------ plan
 
@@ -297,6 +324,10 @@ class Session(LockedRun):
             if agency.host in host_errors:
                 continue
             site_facts = facts[agency.host].sites.get(agency.slug)
+            if site_facts is not None and site_facts.error:  # its own problem: others go on
+                changes.append(Change(agency.slug, "site", "conflict", agency.fqdn,
+                                      reason=site_facts.error))
+                continue
             host = self.inventory.hosts[agency.host]
             vhost = site.render_vhost(agency, host, self.inventory.settings,
                                       tls_ready=installed.get(agency.slug, False))
@@ -347,31 +378,30 @@ class Session(LockedRun):
         outcomes: list[Outcome] = list(oplan.skipped)
         reloads: dict[str, int] = {}
         failed: set[str] = set()
-        for host, error in oplan.host_errors.items():
-            for agency in (a for a in oplan.agencies if a.host == host):
-                outcomes.append(Outcome(agency.slug, "web", "failed", f"host {host}: {error}"))
-                failed.add(agency.slug)
 
         def record(new: Sequence[Outcome]) -> None:
             outcomes.extend(new)
             failed.update(o.agency for o in new if o.status == "failed")
 
+        with self._audited("plan", oplan, outcomes):
+            record([Outcome(agency.slug, "web", "failed", f"host {host}: {error}")
+                    for host, error in oplan.host_errors.items()
+                    for agency in oplan.agencies if agency.host == host])
+            record([Outcome(change.agency, "web", "failed", change.reason) for change in oplan.plan
+                    if change.kind == "site" and change.action == "conflict"])
         if oplan.dns is not None:
-            with self._phase("dns"):
+            with self._audited("dns", oplan, outcomes):
                 record(self._apply_dns(oplan, force))
         if "web" in oplan.steps:
-            with self._phase("web"):
+            with self._audited("web", oplan, outcomes):
                 record(self._deploy(oplan, [a for a in oplan.agencies if a.slug not in failed],
                                     oplan.tls_ready, reloads, progress, only_if_planned=True))
         if "tls" in oplan.steps:
-            with self._phase("tls"):
+            with self._audited("tls", oplan, outcomes):
                 record(self._certificates(oplan, failed, reloads, progress))
         if "verify" in oplan.steps:
-            with self._phase("verify"):
+            with self._audited("verify", oplan, outcomes):
                 record(self.verify([a for a in oplan.agencies if a.slug not in failed]))
-        if self.command is not None:
-            AuditLog(self.inventory.state_dir).record(
-                *audit_entries(self.command, oplan.plan, outcomes))
         return OnboardResult(oplan, tuple(outcomes), reloads, dict(self.timings))
 
     def _apply_dns(self, oplan: OnboardPlan, force: bool) -> list[Outcome]:
@@ -484,6 +514,19 @@ def audit_entries(command: str, plan: Plan, outcomes: Sequence[Outcome]) -> list
                            change=o.kind, result="failed", reason=o.detail)
                 for o in outcomes if o.status == "failed" and (o.agency, o.kind) not in explained]
     return entries
+
+
+def interrupted_entries(command: str, plan: Plan, step: str, outcomes: Sequence[Outcome],
+                        exc: BaseException) -> list[AuditEntry]:
+    """The planned changes of a step that was interrupted before it reported them."""
+    reported = {(o.agency, o.kind) for o in outcomes}
+    reason = (f"interrupted ({type(exc).__name__}) before its result was known: the change "
+              "may have been made; re-run to converge")
+    return [AuditEntry(command=command, agency=c.agency, kind=c.kind, action=c.action,
+                       change={"name": c.name, "type": c.rdtype, "old": list(c.old),
+                               "new": list(c.new)}, result="failed", reason=reason)
+            for c in plan if c.mutating and STEP_OF_KIND.get(c.kind, c.kind) == step
+            and (c.agency, step) not in reported]
 
 
 def _verify_outcome(result: verifying.AgencyResult) -> Outcome:

@@ -15,9 +15,11 @@ already checked: a hostile value raises ``RenderError`` and is never written.
 from __future__ import annotations
 
 import functools
+import errno
 import hashlib
 import ipaddress
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -293,17 +295,75 @@ def _plan_obsolete(path: str, generated: str, current: str) -> FileChange:
 
 
 def write_files(files: dict[str, bytes], directory: Path) -> list[Path]:
-    """Write rendered files under ``directory`` (created as needed); return the paths."""
+    """Write rendered files under ``directory`` (created as needed); return the paths.
+
+    ``directory`` may be in a folder other users write to (``-o /tmp/dinkes``), so nothing
+    is written through a symlink: ``directory`` and every folder below it must be a real
+    folder owned by whoever runs this (another user's is refused, RenderError), each one
+    opened with O_NOFOLLOW relative to its parent; files go to an O_EXCL temp file
+    renamed within their folder (the host agent's primitives)."""
+    agent = _agent()
     written = []
-    for rel, data in sorted(files.items()):
-        target = directory / _safe_relative(rel)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        except OSError as exc:
-            raise RenderError(f"cannot write {target}: {exc.strerror or exc}") from None
-        written.append(target)
+    root_fd = _own_folder(agent, directory)
+    try:
+        for rel, data in sorted(files.items()):
+            path = _safe_relative(rel)
+            target = directory / path
+            try:
+                parent = _own_subfolder(agent, root_fd, directory, path.parts[:-1])
+                try:
+                    agent.write_at(parent, path.name, data, 0o644)
+                finally:
+                    os.close(parent)
+            except OSError as exc:
+                raise RenderError(f"cannot write {target}: {_why(exc)}") from None
+            written.append(target)
+    finally:
+        os.close(root_fd)
     return written
+
+
+def _agent():
+    from .hosts import host_agent  # hosts imports this module
+
+    return host_agent()
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return "a symlink or a file is in the way (refusing to follow it)"
+    return exc.strerror or str(exc)
+
+
+def _own_folder(agent, directory: Path) -> int:
+    """Descriptor of ``directory`` (created 0755 when missing): a real folder of ours."""
+    directory = Path(os.path.abspath(directory))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with agent.folder(str(directory.parent)) as parent:
+            return _own_subfolder(agent, parent, directory.parent, (directory.name,))
+    except OSError as exc:
+        raise RenderError(f"cannot write to {directory}: {_why(exc)}",
+                          hint="choose a folder of your own") from None
+
+
+def _own_subfolder(agent, dir_fd: int, where: Path, parts: tuple[str, ...]) -> int:
+    """Descriptor of ``parts`` below ``dir_fd``, each folder created or checked to be ours."""
+    fd = os.dup(dir_fd)
+    try:
+        for name in parts:
+            child = agent.open_below(fd, [name], create=True)
+            os.close(fd)
+            fd = child
+            where = where / name
+            owner = os.fstat(fd).st_uid
+            if owner != os.geteuid():
+                raise RenderError(f"refusing to write into {where}: it belongs to another "
+                                  f"user (uid {owner})", hint="choose a folder of your own")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _safe_relative(rel: str) -> PurePosixPath:

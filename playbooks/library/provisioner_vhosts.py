@@ -23,6 +23,7 @@ once more and nginx is reloaded once, and not at all when nothing changed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import io
@@ -103,101 +104,256 @@ ACCEPTING_WORKER = b"nginx: worker process"  # a retiring worker's title adds "i
 
 
 # =========================================================================== files
+#
+# Folders below a trusted folder (the web root, the sites dir, the TLS dir: named by the
+# controller) are never trusted: an agency writes into its site, and a symlink it plants
+# (before a run or during one) must not redirect root's reads or writes. So every path
+# below a trusted folder is walked one component at a time, each opened with O_NOFOLLOW
+# relative to its parent's descriptor; files are created O_EXCL under a temp name and
+# renamed within their folder's descriptor; modes and times are set on descriptors.
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO an agency planted must not hang the agent.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
 
 def sha256_hex(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def file_sha256(path):
-    """sha256 of a regular file, None when it does not exist (or is not a regular file)."""
-    try:
-        with open(path, "rb", opener=_nofollow) as handle:
-            if not _is_regular(handle.fileno()):
-                return None
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: handle.read(1 << 16), b""):
-                digest.update(chunk)
-            return digest.hexdigest()
-    except OSError as exc:
-        return _absent(exc)
+def file_mode(mode):
+    """The mode a site file gets on the host: at most rw-r--r--, never setuid/setgid/sticky."""
+    return int(mode) & FILE_MODE
 
 
-def read_bytes(path):
-    """Content of a regular file, None when missing."""
+def dir_mode(mode):
+    """The mode a site folder gets on the host: at most rwxr-xr-x, never setgid/sticky."""
+    return int(mode) & DIR_MODE
+
+
+def split_rel(rel):
+    """The components of a relative path without '..' (ValueError otherwise); [] for '.'."""
+    norm = posixpath.normpath(rel) if rel else ""
+    if not rel or rel.startswith("/") or norm.startswith("..") or "\x00" in rel \
+            or norm != rel.rstrip("/"):
+        raise ValueError("not a safe relative path: %r" % rel)
+    return [] if norm == "." else norm.split("/")
+
+
+def _below(path, root):
+    """(folders below ``root``, file name) of ``path``; ValueError when it is not below."""
+    parts = split_rel(os.path.relpath(path, root))
+    if not parts:
+        raise ValueError("%s is not below %s" % (path, root))
+    return parts[:-1], parts[-1]
+
+
+def open_below(dir_fd, parts, create=False):
+    """A new descriptor of the folder ``parts`` below ``dir_fd``, never through a symlink
+    (ELOOP/ENOTDIR instead); missing folders are created (0755) when ``create``."""
+    fd = os.dup(dir_fd)
     try:
-        with open(path, "rb", opener=_nofollow) as handle:
-            return handle.read() if _is_regular(handle.fileno()) else None
-    except OSError as exc:
-        return _absent(exc)
+        for name in parts:
+            try:
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(name, DIR_MODE, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def below(dir_fd, parts, create=False):
+    fd = open_below(dir_fd, parts, create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def open_folder(root, parts=(), create=False):
+    """A new descriptor of ``root``/``parts``: ``root`` is trusted (a folder the controller
+    named, symlinks in its path resolved once), ``parts`` are walked without following."""
+    if create:
+        os.makedirs(root, mode=DIR_MODE, exist_ok=True)
+    root_fd = os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return open_below(root_fd, parts, create)
+    finally:
+        os.close(root_fd)
+
+
+@contextlib.contextmanager
+def folder(root, parts=(), create=False):
+    fd = open_folder(root, parts, create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _absent(exc):
-    """Missing, or a symlink (ELOOP): not a file we generated. Anything else is an error."""
+    """Missing, or a symlink (ELOOP) on the way: not a file we generated. Anything else
+    is an error."""
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
         return None
     raise exc
 
 
-def _nofollow(path, flags):
-    return os.open(path, flags | os.O_NOFOLLOW)
+def open_file_at(dir_fd, name):
+    """(descriptor, stat) of the regular file ``name`` in ``dir_fd``; None when missing,
+    a symlink or not a regular file."""
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        return _absent(exc)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None
+    return fd, info
 
 
-def _is_regular(fd):
-    return stat.S_ISREG(os.fstat(fd).st_mode)
+def read_at(dir_fd, name):
+    """(content, stat) of the regular file ``name`` in ``dir_fd``; None when missing, a
+    symlink or not a regular file."""
+    found = open_file_at(dir_fd, name)
+    if found is None:
+        return None
+    fd, info = found
+    try:
+        return _read_all(fd), info
+    finally:
+        os.close(fd)
 
 
-def inside(path, folder):
-    """True when ``path`` (after resolving symlinks) is ``folder`` or below it."""
-    real, base = os.path.realpath(path), os.path.realpath(folder)
-    return real == base or real.startswith(base.rstrip("/") + "/")
+def _read_all(fd):
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
-def strictly_inside(path, folder):
-    """True when ``path`` is below ``folder`` (not ``folder`` itself) and not a symlink."""
-    return inside(path, folder) and not os.path.islink(path) and \
-        os.path.realpath(path) != os.path.realpath(folder)
+def read_below(dir_fd, rel):
+    """(content, stat) of the regular file at ``rel`` below ``dir_fd``, None when absent
+    (or reached through a symlink)."""
+    parts = split_rel(rel)
+    try:
+        with below(dir_fd, parts[:-1]) as parent:
+            return read_at(parent, parts[-1])
+    except OSError as exc:
+        return _absent(exc)
 
 
-def safe_join(folder, rel):
-    """``folder/rel`` for a relative path without '..'; ValueError otherwise."""
-    norm = posixpath.normpath(rel)
-    if not rel or rel.startswith("/") or norm.startswith("..") or "\x00" in rel \
-            or norm != rel.rstrip("/"):
-        raise ValueError("not a safe relative path: %r" % rel)
-    return os.path.join(folder, norm)
+def read_file(path, root=None):
+    """(content, stat) of the regular file ``path`` below the trusted ``root`` (default:
+    its own folder); None when absent."""
+    parents, name = _below(path, root or os.path.dirname(path))
+    try:
+        with folder(root or os.path.dirname(path), parents) as parent:
+            return read_at(parent, name)
+    except OSError as exc:
+        return _absent(exc)
+
+
+def read_bytes(path, root=None):
+    """Content of a regular file, None when missing."""
+    found = read_file(path, root)
+    return found[0] if found else None
+
+
+def write_at(dir_fd, name, data, mode=FILE_MODE, mtime=None):
+    """Write ``name`` in the folder ``dir_fd``: a new temp file (O_EXCL: never an existing
+    file or a planted symlink), mode and mtime set on its descriptor, fsync, then renamed
+    over ``name`` within the folder (a symlink there is replaced, never followed)."""
+    tmp = ".%s.%s.provisioner-tmp" % (name[:100], os.urandom(6).hex())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        unlink_at(dir_fd, tmp)
+        raise
 
 
 def write_atomic(path, data, mode=FILE_MODE, root=None):
-    """Write via a temp file + rename; parents are created and must stay inside ``root``."""
-    parent = os.path.dirname(path)
-    os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
-    if root is not None and not inside(parent, root):
-        raise ValueError("%s leaves %s (symlinked folder?)" % (path, root))
-    tmp = os.path.join(parent, ".%s.provisioner-tmp" % os.path.basename(path))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write ``path`` via an O_EXCL temp file + rename; the folders between the trusted
+    ``root`` (default: its own folder) and the file are created, never followed."""
+    parents, name = _below(path, root or os.path.dirname(path))
+    with folder(root or os.path.dirname(path), parents, create=True) as parent:
+        write_at(parent, name, data, mode)
 
 
-def remove_file(path):
+def unlink_at(dir_fd, name):
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
         return True
     except FileNotFoundError:
         return False
 
 
+def remove_file(path, root=None):
+    """Remove ``path`` (folders below ``root`` never followed); False when absent."""
+    parents, name = _below(path, root or os.path.dirname(path))
+    try:
+        with folder(root or os.path.dirname(path), parents) as parent:
+            return unlink_at(parent, name)
+    except OSError as exc:
+        return bool(_absent(exc))
+
+
+def inside(path, folder_path):
+    """True when ``path`` (after resolving symlinks) is ``folder_path`` or below it."""
+    real, base = os.path.realpath(path), os.path.realpath(folder_path)
+    return real == base or real.startswith(base.rstrip("/") + "/")
+
+
+def strictly_inside(path, folder_path):
+    """True when ``path`` is below ``folder_path`` (not itself) and not a symlink."""
+    return inside(path, folder_path) and not os.path.islink(path) and \
+        os.path.realpath(path) != os.path.realpath(folder_path)
+
+
+def site_parts(site_dir, web_root):
+    """The folders from the web root down to a site; ValueError unless strictly below."""
+    try:
+        parts = split_rel(os.path.relpath(site_dir, web_root)) if site_dir else []
+    except ValueError:
+        parts = []
+    if not parts:
+        raise ValueError("site folder %s is not inside %s" % (site_dir, web_root))
+    return parts
+
+
 # =========================================================================== site files
 
 def parse_manifest(data):
-    """The path -> sha256 map of a deployed manifest; None when absent or not one of ours."""
+    """The path -> sha256 map of a deployed manifest; None when absent or not one of ours.
+
+    A manifest of ours that names a path leaving the site (edited by hand: "../x") is a
+    ValueError, so that this agency fails with that reason and no other."""
     if data is None:
         return None
     try:
@@ -208,6 +364,14 @@ def parse_manifest(data):
             return None
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+    for rel in files:
+        try:
+            if not split_rel(rel):
+                raise ValueError(rel)
+        except ValueError:
+            raise ValueError("the deployed manifest names a path outside the site: %r (edited "
+                             "by hand? remove the manifest and deploy again)" % rel[:100]) \
+                from None
     return dict(files)
 
 
@@ -240,41 +404,51 @@ def plan_site_files(new_hashes, deployed, current, manifest_path):
     return plan
 
 
-def site_state(site_dir, paths, manifest_path):
-    """(deployed manifest, current hashes) of one site: the facts a plan needs."""
-    deployed = parse_manifest(read_bytes(safe_join(site_dir, manifest_path)))
-    wanted = set(paths) | set(deployed or {})
+def site_state_at(site_fd, paths, manifest_path):
+    """(deployed manifest, current hashes) of the site open at ``site_fd``."""
+    found = read_below(site_fd, manifest_path)
+    deployed = parse_manifest(found[0] if found else None)
     current = {}
-    for rel in sorted(wanted):
-        digest = file_sha256(safe_join(site_dir, rel))
-        if digest is not None:
-            current[rel] = digest
+    for rel in sorted(set(paths) | set(deployed or {})):
+        found = read_below(site_fd, rel)
+        if found is not None:
+            current[rel] = sha256_hex(found[0])
     return deployed, current
 
 
-def apply_site_files(site_dir, files, manifest_path):
+def site_state(site_dir, web_root, paths, manifest_path):
+    """(deployed manifest, current hashes) of one site: the facts a plan needs."""
+    try:
+        with folder(web_root, site_parts(site_dir, web_root)) as site_fd:
+            return site_state_at(site_fd, paths, manifest_path)
+    except OSError as exc:
+        _absent(exc)
+        return None, {}
+
+
+def apply_site_files(site_fd, files, manifest_path):
     """Write one agency's site files by the plan; the manifest is written last."""
     new_hashes = {rel: sha256_hex(data) for rel, data in files.items()}
-    deployed, current = site_state(site_dir, files, manifest_path)
+    deployed, current = site_state_at(site_fd, files, manifest_path)
     plan = plan_site_files(new_hashes, deployed, current, manifest_path)
     report = {"created": [], "updated": [], "removed": [], "kept_edited": [], "unchanged": 0}
     ordered = sorted(plan, key=lambda rel: (rel == manifest_path, rel))
     for rel in ordered:
         action, _reason = plan[rel]
-        target = safe_join(site_dir, rel)
+        parts = split_rel(rel)
         if action in ("create", "update"):
-            write_atomic(target, files[rel], root=site_dir)
+            with below(site_fd, parts[:-1], create=True) as parent:
+                write_at(parent, parts[-1], files[rel])
             report["created" if action == "create" else "updated"].append(rel)
         elif action == "remove":
-            if inside(os.path.dirname(target), site_dir):
-                remove_file(target)
+            with below(site_fd, parts[:-1]) as parent:
+                unlink_at(parent, parts[-1])
             report["removed"].append(rel)
         elif action == "keep-edited":
             report["kept_edited"].append(rel)
         else:
             report["unchanged"] += 1
     return report
-
 
 # =========================================================================== nginx
 
@@ -495,7 +669,7 @@ def read_bundle(data):
         for member in tar.getmembers():
             if not member.isfile():
                 raise ValueError("bundle member %r is not a regular file" % member.name)
-            safe_join("/", member.name)
+            split_rel(member.name)
             members[member.name] = tar.extractfile(member).read()
     spec = json.loads(members.pop("bundle.json"))
     if spec.get("schema") != BUNDLE_SCHEMA:
@@ -511,15 +685,15 @@ def apply_bundle(bundle, web_root, sites_dir, rejected_dir, nginx, now=None):
     for entry in spec["agencies"]:
         slug = entry["slug"]
         site_dir, vhost_path = entry["site_dir"], entry["vhost_path"]
-        if not strictly_inside(site_dir, web_root):
-            raise ValueError("%s: site folder %s is not inside %s" % (slug, site_dir, web_root))
+        parts = site_parts(site_dir, web_root)
         if os.path.dirname(vhost_path) != sites_dir.rstrip("/"):
             raise ValueError("%s: vhost %s is not in %s" % (slug, vhost_path, sites_dir))
         prefix = "sites/%s/" % slug
         files = {name[len(prefix):]: data for name, data in members.items()
                  if name.startswith(prefix)}
         try:
-            agencies[slug] = {"files": apply_site_files(site_dir, files, manifest_path)}
+            with folder(web_root, parts, create=True) as site_fd:
+                agencies[slug] = {"files": apply_site_files(site_fd, files, manifest_path)}
         except (OSError, ValueError) as exc:
             agencies[slug] = {"files": None, "error": "site files: %s" % exc}
             continue
@@ -551,6 +725,9 @@ def _agency_status(result):
 
 # =========================================================================== offboarding and restore
 
+MAX_DEPTH = 64  # folders deeper in a site are listed as skipped, not archived
+
+
 def _entry(data, info, with_content):
     entry = {"sha256": sha256_hex(data), "mode": stat.S_IMODE(info.st_mode),
              "size": len(data), "mtime": info.st_mtime}
@@ -559,38 +736,62 @@ def _entry(data, info, with_content):
     return entry
 
 
-def _read_with_stat(path):
-    """(content, stat) of a regular file without following a symlink; None when absent."""
+def _walk_site(dir_fd, prefix, with_content, files, dirs, skipped):
+    """Take every regular file below ``dir_fd`` (folders opened with O_NOFOLLOW)."""
+    for name in sorted(os.listdir(dir_fd)):
+        rel = prefix + name
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        if stat.S_ISDIR(info.st_mode) and rel.count("/") < MAX_DEPTH:
+            try:
+                child = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:  # swapped for a symlink meanwhile
+                _absent(exc)
+                skipped.append(rel)
+                continue
+            try:
+                dirs[rel] = stat.S_IMODE(os.fstat(child).st_mode)
+                _walk_site(child, rel + "/", with_content, files, dirs, skipped)
+            finally:
+                os.close(child)
+            continue
+        found = read_at(dir_fd, name) if stat.S_ISREG(info.st_mode) else None
+        if found is None:
+            skipped.append(rel)
+        else:
+            files[rel] = _entry(found[0], found[1], with_content)
+
+
+def _open_site(web_root, parts, create=False):
+    """The site folder's descriptor; a site folder that is a symlink is a ValueError."""
     try:
-        with open(path, "rb", opener=_nofollow) as handle:
-            info = os.fstat(handle.fileno())
-            return (handle.read(), info) if stat.S_ISREG(info.st_mode) else None
+        return open_folder(web_root, parts, create)
     except OSError as exc:
-        return _absent(exc)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ValueError("site folder %s is a symlink or not a folder"
+                             % os.path.join(web_root, *parts)) from None
+        raise
 
 
 def site_snapshot(site_dir, web_root, vhost_path, with_content):
     """Every regular file of a site (hash, mode, size, mtime; content when asked), its
     folders' modes, what could not be taken (symlinks, devices), and its vhost."""
-    if not strictly_inside(site_dir, web_root) and os.path.lexists(site_dir):
-        raise ValueError("site folder %s is not inside %s" % (site_dir, web_root))
+    parts = site_parts(site_dir, web_root)
     files, dirs, skipped = {}, {}, []
-    for parent, subdirs, names in os.walk(site_dir):  # never follows symlinked folders
-        for name in sorted(subdirs) + sorted(names):
-            path = os.path.join(parent, name)
-            rel = os.path.relpath(path, site_dir)
-            info = os.lstat(path)
-            if stat.S_ISDIR(info.st_mode):
-                dirs[rel] = stat.S_IMODE(info.st_mode)
-                continue
-            found = _read_with_stat(path) if stat.S_ISREG(info.st_mode) else None
-            if found is None:
-                skipped.append(rel)
-            else:
-                files[rel] = _entry(found[0], found[1], with_content)
-    vhost = _read_with_stat(vhost_path)
-    return {"exists": os.path.isdir(site_dir), "files": files, "dirs": dirs,
-            "skipped": skipped,
+    exists = True
+    try:
+        site_fd = _open_site(web_root, parts)
+    except FileNotFoundError:
+        exists = False
+    else:
+        try:
+            _walk_site(site_fd, "", with_content, files, dirs, skipped)
+        finally:
+            os.close(site_fd)
+    vhost = read_file(vhost_path)
+    return {"exists": exists, "files": files, "dirs": dirs, "skipped": skipped,
             "vhost": _entry(vhost[0], vhost[1], with_content) if vhost else None}
 
 
@@ -599,7 +800,7 @@ def remove_vhost(nginx, vhost_path, sites_dir):
     is put back as it was and nothing is reloaded; otherwise one reload."""
     if os.path.dirname(vhost_path) != sites_dir.rstrip("/"):
         raise ValueError("vhost %s is not in %s" % (vhost_path, sites_dir))
-    found = _read_with_stat(vhost_path)
+    found = read_file(vhost_path)
     if found is None:
         return {"removed": False, "reloaded": False, "error": None}
     old, info = found
@@ -615,7 +816,8 @@ def remove_vhost(nginx, vhost_path, sites_dir):
 
 
 def remove_tree(path, root):
-    """Delete a folder and everything in it; it must be strictly inside ``root``."""
+    """Delete a folder and everything in it; it must be strictly inside ``root``
+    (``shutil.rmtree`` works on descriptors and never follows a symlink)."""
     if not os.path.lexists(path):
         return {"removed": False, "entries": 0}
     if not strictly_inside(path, root) or not os.path.isdir(path):
@@ -626,48 +828,107 @@ def remove_tree(path, root):
 
 
 def restore_site(site_dir, web_root, files, dirs):
-    """Put archived files back (content, mode, mtime) and set folder modes.
+    """Put archived files back (content, mtime) and set folder modes. Modes are masked
+    (``file_mode``, ``dir_mode``): an archive never brings back a setuid, setgid or
+    writable-by-others entry, whatever it recorded.
 
     A file on the host whose content differs from the archive is never overwritten:
     then nothing is written at all and the differing paths are returned."""
-    if not strictly_inside(site_dir, web_root) and os.path.lexists(site_dir):
-        raise ValueError("site folder %s is not inside %s" % (site_dir, web_root))
-    wanted = {}
-    for item in files:
-        data = base64.b64decode(item["data"])
-        wanted[item["path"]] = (safe_join(site_dir, item["path"]), data, item)
-    for path in [target for target, _d, _i in wanted.values()] + \
-            [safe_join(site_dir, rel) for rel in dirs]:
-        if not inside(path, site_dir):
-            raise ValueError("%s leaves %s (symlinked folder?)" % (path, site_dir))
-    conflicts = sorted(rel for rel, (target, data, _item) in wanted.items()
-                       if file_sha256(target) not in (None, sha256_hex(data))
-                       or (os.path.lexists(target) and not os.path.isfile(target)))
+    parts = site_parts(site_dir, web_root)
+    wanted = {item["path"]: (split_rel(item["path"]), base64.b64decode(item["data"]), item)
+              for item in files}
+    folders = {rel: split_rel(rel) for rel in dirs}
+    if not all(p for p, _d, _i in wanted.values()) or not all(folders.values()):
+        raise ValueError("a restored path must be below the site folder")
+    conflicts = _restore_conflicts(web_root, parts, wanted, folders)
     if conflicts:
         return {"written": 0, "unchanged": 0, "conflicts": conflicts}
-    os.makedirs(site_dir, mode=DIR_MODE, exist_ok=True)
-    for rel in sorted(dirs):
-        os.makedirs(safe_join(site_dir, rel), mode=DIR_MODE, exist_ok=True)
-    written = 0
-    for rel, (target, data, item) in sorted(wanted.items()):
-        if file_sha256(target) != sha256_hex(data):
-            write_atomic(target, data, mode=int(item["mode"]), root=site_dir)
-            written += 1
-        os.chmod(target, int(item["mode"]))
-        os.utime(target, (item["mtime"], item["mtime"]))
-    for rel in sorted(dirs, key=lambda r: r.count("/"), reverse=True):
-        os.chmod(safe_join(site_dir, rel), int(dirs[rel]))
+    site_fd = _open_site(web_root, parts, create=True)
+    try:
+        for rel in sorted(folders):
+            os.close(open_below(site_fd, folders[rel], create=True))
+        written = sum(_restore_file(site_fd, path, data, item)
+                      for _rel, (path, data, item) in sorted(wanted.items()))
+        for rel in sorted(dirs, key=lambda r: r.count("/"), reverse=True):
+            with below(site_fd, folders[rel]) as fd:
+                os.fchmod(fd, dir_mode(dirs[rel]))
+    finally:
+        os.close(site_fd)
     return {"written": written, "unchanged": len(wanted) - written, "conflicts": []}
+
+
+def _restore_conflicts(web_root, parts, wanted, folders):
+    """The archived paths whose host copy differs (other content, not a regular file);
+    ValueError when a path goes through a symlink."""
+    try:
+        site_fd = _open_site(web_root, parts)
+    except FileNotFoundError:
+        return []
+    conflicts = []
+    try:
+        for rel in folders:
+            _probe(site_fd, folders[rel] + ["."], rel)
+        for rel, (path, data, _item) in sorted(wanted.items()):
+            if _probe(site_fd, path, rel) not in (None, data):
+                conflicts.append(rel)
+    finally:
+        os.close(site_fd)
+    return conflicts
+
+
+def _probe(site_fd, path, rel):
+    """Content of the file at ``path`` (None: absent, False: not a regular file)."""
+    try:
+        with below(site_fd, path[:-1]) as parent:
+            if path[-1] == ".":
+                return None
+            try:
+                info = os.stat(path[-1], dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            found = read_at(parent, path[-1]) if stat.S_ISREG(info.st_mode) else None
+            return found[0] if found else False
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ValueError("%s leaves the site (symlinked folder?)" % rel) from None
+        raise
+
+
+def _restore_file(site_fd, path, data, item):
+    """Write one archived file back unless identical; its (masked) mode and mtime are set
+    on its descriptor either way. True when written."""
+    mode, mtime = file_mode(item["mode"]), float(item["mtime"])
+    with below(site_fd, path[:-1], create=True) as parent:
+        found = open_file_at(parent, path[-1])
+        if found is not None:
+            fd, _info = found
+            try:
+                if _read_all(fd) == data:
+                    os.fchmod(fd, mode)
+                    os.utime(fd, (mtime, mtime))
+                    return False
+            finally:
+                os.close(fd)
+        write_at(parent, path[-1], data, mode, mtime)
+        return True
 
 
 # =========================================================================== requests from hosts.py
 
 def op_facts(request):
-    """Vhost, deployed manifest, current file hashes and certificate of each agency."""
+    """Vhost, deployed manifest, current file hashes and certificate of each agency; an
+    agency whose facts cannot be read (a manifest edited by hand) gets its ``error``."""
     manifest_path = request["manifest_path"]
     agencies = {}
     for entry in request["agencies"]:
-        deployed, current = site_state(entry["site_dir"], entry.get("paths", ()), manifest_path)
+        try:
+            deployed, current = site_state(entry["site_dir"], request["web_root"],
+                                           entry.get("paths", ()), manifest_path)
+        except (OSError, ValueError) as exc:
+            agencies[entry["slug"]] = {"error": "%s: %s" % (entry["site_dir"], exc)}
+            continue
         vhost = read_bytes(entry["vhost_path"])
         agencies[entry["slug"]] = {
             "vhost_sha256": sha256_hex(vhost) if vhost is not None else None,
@@ -809,6 +1070,23 @@ def main():
         module.fail_json(msg="failed: %s (the other agencies were applied)" % ", ".join(failed),
                          changed=changed, **result)
     module.exit_json(changed=changed, **result)
+
+
+# =========================================================================== doctor
+
+MAX_MAIN_CONFIG = 1 << 20  # bytes of the main nginx config sent back to 'provisioner doctor'
+
+
+def op_doctor_facts(request):
+    """For 'provisioner doctor' (reads only): the main nginx config's text (None when it
+    is missing or a symlink) and this host's clock."""
+    data = read_bytes(request["nginx_main_config"])
+    return {"main_config": None if data is None
+            else data[:MAX_MAIN_CONFIG].decode("utf-8", "replace"),
+            "time": time.time()}
+
+
+OPERATIONS["doctor_facts"] = op_doctor_facts
 
 
 if __name__ == "__main__":

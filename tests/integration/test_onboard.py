@@ -265,6 +265,36 @@ def test_killed_midway_then_rerun_converges(olab: TestLab):
         assert done.returncode == 0, done.stderr
 
 
+def test_ctrl_c_in_a_later_step_keeps_the_audit_records_of_the_steps_before(olab: TestLab):
+    olab.lab.reset()
+    audit = olab.state_dir / "audit.jsonl"
+    known = audit.read_text(encoding="utf-8").count("\n") if audit.exists() else 0
+    argv = [sys.executable, "-m", "provisioner", "--inventory", str(olab.inventory_dir),
+            "--state-dir", str(olab.state_dir), "onboard", "dinkes", "--yes"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "tls:" not in seen and time.monotonic() < deadline:  # ordered; HTTPS vhost next
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen += line
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=120)
+    assert "tls:" in seen, seen
+    assert process.returncode == 130, seen + rest  # interrupted before the end of the run
+
+    entries = [json.loads(line) for line in
+               audit.read_text(encoding="utf-8").splitlines()[known:]]
+    done = {(e["kind"], e["result"]) for e in entries if e["agency"] == "dinkes"}
+    assert {("dns", "changed"), ("site", "changed"), ("vhost", "changed")} <= done, entries
+    # The certificate was ordered: recorded as done, or as interrupted (it may be done).
+    cert = [e for e in entries if e["agency"] == "dinkes" and e["kind"] == "cert"]
+    assert cert and all(e["result"] == "changed" or "interrupted" in e["reason"] for e in cert)
+    code, out = onboard_json(olab, "dinkes")  # and a re-run converges
+    assert code == 0, out["outcomes"]
+
+
 def test_wildcard_mode(olab: TestLab):
     olab.lab.reset()
     settings_file = olab.inventory_dir / "group_vars/all.yml"

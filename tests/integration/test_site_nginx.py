@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -32,6 +33,7 @@ from .nginx_sandbox import (
 )
 
 GIXY = Path(sys.executable).with_name("gixy")
+NOBODY = 65534  # a user that owns neither the web root nor the file it links to
 INVENTORY = load_inventory(SAMPLE_INVENTORY, Path("/nonexistent/provisioner-state"))
 
 # variant: (tls_ready, tls_mode, public_ipv6)
@@ -193,3 +195,30 @@ def test_https_refuses_tls_1_1(served_with_tls):
     agency, host, cert = served_with_tls
     with pytest.raises(ssl.SSLError):
         https_get(host, agency, cert, "/", maximum_version=ssl.TLSVersion.TLSv1_1)
+
+
+def test_a_symlink_an_agency_planted_to_another_users_file_is_not_served(served_with_tls):
+    """The agency's content user (here: nobody) links to a file it does not own."""
+    agency, host, cert = served_with_tls
+    site_dir = site.site_dir(agency, host)
+    secret = site_dir.parent.parent / "rahasia.txt"  # outside the web root, owned by root
+    secret.write_text("kata sandi basis data\n")
+    secret.chmod(0o644)
+    planted = {"bocor.txt": secret, "layanan/bocor.txt": secret}
+    own = site_dir / "milik-sendiri.txt"
+    own.write_text("halaman biasa\n")
+    os.chown(own, NOBODY, NOBODY)
+    planted["tautan-sendiri.txt"] = own
+    for name, target in planted.items():
+        (site_dir / name).symlink_to(target)
+        os.lchown(site_dir / name, NOBODY, NOBODY)
+
+    answers = {name: https_get(host, agency, cert, "/" + name) for name in planted}
+
+    for name in ("bocor.txt", "layanan/bocor.txt"):
+        head, body = answers[name][1], answers[name][2]
+        assert head.split()[1] in ("403", "404"), (name, head)
+        assert "kata sandi" not in body
+    head, body = answers["tautan-sendiri.txt"][1:]
+    assert head.startswith("http/1.1 200") and body == "halaman biasa\n"
+    assert https_get(host, agency, cert, "/")[1].startswith("http/1.1 200")

@@ -145,6 +145,20 @@ def test_archive_round_trip_keeps_bytes_modes_and_times(tmp_path):
     assert not any("PRIVATE KEY" in name for name in names)
 
 
+def test_an_archive_never_records_setuid_setgid_or_writable_modes(tmp_path):
+    snap = snapshot(modes={"index.html": 0o4755, "berkas/laporan.pdf": 0o2666})
+    snap = dataclasses.replace(snap, dirs={"layanan": 0o1777, "berkas": 0o2750})
+    manifest = manifest_of(snap, tmp_path)
+
+    archived = offboard.read_archive(offboard.build_archive(manifest, FILES, VHOST),
+                                     tmp_path / "a.tar.gz")
+
+    assert archived.manifest["files"]["index.html"]["mode"] == 0o644
+    assert archived.manifest["files"]["berkas/laporan.pdf"]["mode"] == 0o644
+    assert archived.manifest["dirs"] == {"berkas": 0o750, "layanan": 0o755}
+    assert archived.covers(snap)  # the host's own modes are what the archive masks
+
+
 def _retar(data: bytes, change) -> bytes:
     """The archive with its members passed through ``change(name, bytes) -> (name, bytes)``."""
     out = io.BytesIO()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -471,3 +472,68 @@ def test_cli_render_of_an_unknown_agency_is_a_usage_error(tmp_path):
                                       str(STATE), "render", "nope", "-o", str(tmp_path)])
     assert result.exit_code == 2
     assert "unknown agency nope" in result.output
+
+
+# --------------------------------------------------------------------------- render -o in a shared folder
+#
+# ``render -o /tmp/dinkes`` as root: another local user (here uid 65534) may have planted
+# symlinks or the folder itself there first.
+
+OTHER_USER = 65534
+
+
+def _render(out: Path):
+    return CliRunner().invoke(app, ["--inventory", str(REPO / "inventory"), "--state-dir",
+                                    str(STATE), "render", "dinkes", "-o", str(out)])
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "passwd").write_bytes(b"root:x:0:0\n")
+    return victim
+
+
+def test_render_replaces_a_planted_file_symlink_instead_of_following_it(tmp_path):
+    out, victim = tmp_path / "out", _victim(tmp_path)
+    (out / "site").mkdir(parents=True)
+    (out / "site" / "index.html").symlink_to(victim / "passwd")
+
+    result = _render(out)
+
+    assert result.exit_code == 0, result.output
+    assert (victim / "passwd").read_bytes() == b"root:x:0:0\n"
+    assert not (out / "site" / "index.html").is_symlink()
+    assert b"<html" in (out / "site" / "index.html").read_bytes()
+
+
+def test_render_refuses_a_planted_folder_symlink_in_one_line(tmp_path):
+    out, victim = tmp_path / "out", _victim(tmp_path)
+    out.mkdir()
+    (out / "nginx").symlink_to(victim)
+
+    result = _render(out)
+
+    assert result.exit_code == 2
+    assert "symlink" in result.output and len(result.output.strip().splitlines()) <= 2
+    assert sorted(p.name for p in victim.iterdir()) == ["passwd"]
+
+
+def test_render_refuses_a_folder_that_belongs_to_another_user(tmp_path):
+    out = tmp_path / "dinkes"
+    out.mkdir()
+    os.chown(out, OTHER_USER, OTHER_USER)
+
+    result = _render(out)
+
+    assert result.exit_code == 2
+    assert f"belongs to another user (uid {OTHER_USER})" in result.output
+    assert list(out.iterdir()) == []
+
+
+def test_render_refuses_an_output_folder_that_is_a_symlink(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "dinkes").symlink_to(tmp_path / "elsewhere")
+
+    assert _render(tmp_path / "dinkes").exit_code == 2
+    assert list((tmp_path / "elsewhere").iterdir()) == []

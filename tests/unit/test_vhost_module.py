@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -328,6 +329,148 @@ def test_a_symlinked_subfolder_cannot_redirect_writes(host: Host, tmp_path: Path
 
     assert result["agencies"]["a"]["status"] == "failed"
     assert list(target.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- symlinks and races
+#
+# An agency writes into its own site folder. Each test plants what a hostile agency
+# could (a symlink, a hard link), some of them at the worst moment: ``race`` swaps a
+# folder for a symlink to a folder outside just before the agent opens a given file.
+
+
+@pytest.fixture
+def race(monkeypatch):
+    """race(folder, outside, when): swap ``folder`` for a symlink to ``outside`` the first
+    time anything opens a name ``when(name)`` holds for (the attacker wins the race)."""
+    real_open = os.open
+
+    def arm(folder: Path, outside: Path, when):
+        fired = []
+
+        def racing_open(path, flags, *args, **kwargs):
+            if not fired and when(os.path.basename(path)):
+                fired.append(path)
+                folder.rename(folder.with_name(folder.name + ".real"))
+                folder.symlink_to(outside)
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", racing_open)
+        return fired
+    return arm
+
+
+def test_a_folder_swapped_for_a_symlink_mid_write_cannot_redirect_root(host: Host, tmp_path,
+                                                                       race):
+    host.apply([host.bundle("a", page("a"))])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    fired = race(host.web_root / "a" / "layanan", outside,
+                 lambda name: name.startswith(".a.html."))  # the temp file of layanan/a.html
+
+    result = host.apply([host.bundle("a", page("a", 2))])
+
+    assert fired, "the race never happened"
+    assert list(outside.iterdir()) == []
+    assert result["agencies"]["a"]["files"]["updated"] == ["index.html", "layanan/a.html",
+                                                          site.MANIFEST_PATH]
+    assert (host.web_root / "a" / "layanan.real" / "a.html").read_bytes() == b"a layanan v2"
+
+
+def test_a_hard_link_planted_at_a_temp_name_is_never_written_through(host: Host, tmp_path):
+    host.apply([host.bundle("a", page("a"))])
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"not the agency's")
+    site_dir = host.web_root / "a"
+    for name in (".index.html.provisioner-tmp", ".index.html.tmp"):  # any guessable name
+        os.link(victim, site_dir / name)
+
+    host.apply([host.bundle("a", page("a", 2))])
+
+    assert victim.read_bytes() == b"not the agency's"
+    assert (site_dir / "index.html").read_bytes() == b"<h1>a v2</h1>"
+
+
+def test_a_fifo_in_a_site_does_not_hang_the_agent(host: Host):
+    host.apply([host.bundle("a", page("a"))])
+    (host.web_root / "a" / "index.html").unlink()
+    os.mkfifo(host.web_root / "a" / "index.html")
+
+    state = module.site_state(str(host.web_root / "a"), str(host.web_root), ["index.html"],
+                              site.MANIFEST_PATH)
+    snap = module.site_snapshot(str(host.web_root / "a"), str(host.web_root),
+                                str(host.sites_dir / "a.conf"), True)
+
+    assert "index.html" not in state[1]
+    assert "index.html" in snap["skipped"]
+
+
+def test_a_manifest_naming_a_path_outside_the_site_fails_that_agency_only(host: Host):
+    host.apply([host.bundle("a", page("a")), host.bundle("b", page("b"))])
+    (host.web_root / "a" / site.MANIFEST_PATH).write_text(json.dumps(
+        {"schema": site.MANIFEST_SCHEMA, "agency": "a", "files": {"../x": "0" * 64}}))
+    request = {"manifest_path": site.MANIFEST_PATH, "web_root": str(host.web_root), "certs": [],
+               "agencies": [{"slug": slug, "site_dir": str(host.web_root / slug),
+                             "vhost_path": str(host.sites_dir / f"{slug}.conf"),
+                             "paths": ["index.html"]} for slug in ("a", "b")]}
+
+    facts = module.op_facts(request)["agencies"]
+    result = host.apply([host.bundle("a", page("a", 2)), host.bundle("b", page("b", 2))])
+
+    assert "'../x'" in facts["a"]["error"] and "manifest" in facts["a"]["error"]
+    assert facts["b"]["current"]["index.html"] == hashlib.sha256(b"<h1>b v1</h1>").hexdigest()
+    assert result["agencies"]["a"]["status"] == "failed"
+    assert "'../x'" in result["agencies"]["a"]["reason"]
+    assert result["agencies"]["b"]["status"] == "changed"
+
+
+def _restore_tree(tmp_path: Path, mode: int, folder_mode: int):
+    """A site archived with one file of ``mode`` in a folder of ``folder_mode``."""
+    site_dir = tmp_path / "www" / "dinkes"
+    (site_dir / "bin").mkdir(parents=True)
+    (site_dir / "bin" / "tool").write_bytes(b"\x7fELF pretend")
+    os.chmod(site_dir / "bin" / "tool", mode)
+    os.chmod(site_dir / "bin", folder_mode)
+    snap = module.site_snapshot(str(site_dir), str(tmp_path / "www"), str(tmp_path / "x.conf"),
+                                True)
+    files = [{"path": rel, **f} for rel, f in snap["files"].items()]
+    return site_dir, files, snap["dirs"]
+
+
+@pytest.mark.parametrize("removed_first", [True, False])
+def test_restore_never_brings_back_setuid_setgid_or_writable_modes(tmp_path, removed_first):
+    site_dir, files, dirs = _restore_tree(tmp_path, 0o6777, 0o3777)
+    assert files[0]["mode"] == 0o6777 and dirs["bin"] == 0o3777  # what the archive recorded
+    if removed_first:
+        module.remove_tree(str(site_dir), str(tmp_path / "www"))
+
+    module.restore_site(str(site_dir), str(tmp_path / "www"), files, dirs)
+
+    assert stat.S_IMODE((site_dir / "bin" / "tool").stat().st_mode) == 0o644
+    assert stat.S_IMODE((site_dir / "bin").stat().st_mode) == 0o755
+    assert (site_dir / "bin" / "tool").stat().st_mtime == files[0]["mtime"]
+
+
+def test_restore_sets_modes_and_times_on_the_file_not_through_a_symlink(tmp_path, monkeypatch):
+    site_dir, files, dirs = _restore_tree(tmp_path, 0o640, 0o755)
+    module.remove_tree(str(site_dir), str(tmp_path / "www"))
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"x")
+    victim.chmod(0o600)
+    os.utime(victim, (1000, 1000))
+    real_replace = os.replace
+
+    def racing_replace(src, dst, **kwargs):  # the agency swaps the new file for a symlink
+        real_replace(src, dst, **kwargs)
+        where = f"/proc/self/fd/{kwargs['dst_dir_fd']}" if "dst_dir_fd" in kwargs else ""
+        target = Path(where, dst)
+        target.unlink()
+        target.symlink_to(victim)
+
+    monkeypatch.setattr(os, "replace", racing_replace)
+    module.restore_site(str(site_dir), str(tmp_path / "www"), files, dirs)
+
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert victim.stat().st_mtime == 1000
 
 
 # --------------------------------------------------------------------------- same rules as site.py
