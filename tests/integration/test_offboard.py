@@ -8,9 +8,11 @@ order and say where they build on an earlier one's state.
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import socket
 import ssl
+import stat
 import tarfile
 from pathlib import Path
 
@@ -236,3 +238,28 @@ def test_nothing_printed_or_logged_holds_a_secret(olab: FaultLab, tmp_path: Path
     for archive in (olab.lab.state_dir / "archives").glob("*.tar.gz"):
         held = offboard.load_archive(archive)
         assert not any(b"PRIVATE KEY" in data for data in held.files.values())
+
+
+def test_a_setuid_file_in_a_site_never_comes_back_setuid(olab: FaultLab):
+    """An agency-owned program of mode 4755 (in a setgid folder), offboarded and restored
+    by root: the archive records, and the restore sets, plain 0644 and 0755."""
+    site_dir, _vhost, _cert = paths(olab, NEIGHBOUR)
+    tool = site_dir / "unduh" / "alat"
+    tool.parent.mkdir()
+    tool.parent.chmod(0o2775)
+    tool.write_bytes(b"#!/bin/sh\nid\n")
+    tool.chmod(0o4755)
+    os.chown(tool, 65534, 65534)  # the agency's content user
+
+    code, out = olab.json("offboard", NEIGHBOUR, "--yes")
+    assert code == 0, out["result"]
+    archive = Path(out["result"]["archive"])
+    manifest = offboard.load_archive(archive).manifest
+    assert manifest["files"]["unduh/alat"]["mode"] == 0o644
+    assert manifest["dirs"]["unduh"] == 0o755
+    code, out = olab.json("restore", str(archive), "--yes")
+
+    assert code == 0, out["result"]
+    assert stat.S_IMODE(tool.stat().st_mode) == 0o644
+    assert stat.S_IMODE(tool.parent.stat().st_mode) == 0o755
+    assert tool.stat().st_uid in (0, 65534) and tool.read_bytes() == b"#!/bin/sh\nid\n"
