@@ -55,6 +55,7 @@ CHROME_ATTRIBUTES = etree.XPath("//@role|//@class|//@id")
 PANEL_HINTS = ("aria-controls", "data-bs-target", "data-target", "data-toggle",
                "data-bs-toggle", "role=\"tab\"", "role='tab'")
 SPACES = re.compile(r"\s+")
+JOINED = re.compile(r" (?:dan|serta|&|and) |,| ?/ ?")  # "waktu dan biaya", "syarat/prosedur"
 LEADING_TEXT_CHARS = 2000
 MEMO_SIZE = 20_000  # remembered labels, class names and links, each, per rule set
 FORM_TOKEN = "\ue001"  # a complaint form with fields, as the pengaduan pattern reads it
@@ -179,7 +180,7 @@ class ScoringRules:
     discovery: Discovery
     markers: dict[str, str] = field(default_factory=dict)  # marker value -> component id
     _class_memo: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
-    _heading_memo: dict[str, str | None] = field(default_factory=dict, repr=False, compare=False)
+    _heading_memo: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
     _generic_memo: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
     _link_memo: dict[tuple[str, str], tuple[int, int | None] | None] = field(default_factory=dict, repr=False,
                                                           compare=False)
@@ -224,10 +225,16 @@ class ScoringRules:
         return any(self.exclude_class.search(name) for name in names.split())
 
     def component_for(self, heading: str) -> str | None:
-        """The component a label names, if any (labels repeat across sites: memoised)."""
+        """The component a label names, if it names one."""
+        components = self.components_for(heading)
+        return components[0] if len(components) == 1 else None
+
+    def components_for(self, heading: str) -> tuple[str, ...]:
+        """The components a label names: one ("Jangka Waktu"), several joined ("Waktu dan
+        Biaya"), or none (labels repeat across sites: memoised)."""
         if len(heading) > 2 * self.max_heading_chars:
-            return None
-        return _remember(self._heading_memo, heading, self._match_heading)
+            return ()
+        return _remember(self._heading_memo, heading, self._match_headings)
 
     def link_rank(self, path: str, text: str) -> tuple[int, int | None] | None:
         """How likely a link leads to service standards (0 best), None if not at all; with
@@ -257,10 +264,17 @@ class ScoringRules:
                    and self.discovery.link_patterns[i].search(path))
         return ranks[0], next(general, None)
 
-    def _match_heading(self, heading: str) -> str | None:
+    def _match_headings(self, heading: str) -> tuple[str, ...]:
         text = normalise_heading(heading, self.enumeration)
         if not text or len(text) > self.max_heading_chars:
-            return None
+            return ()
+        one = self._match_one(text)
+        if one:
+            return (one,)
+        parts = [self._match_one(part.strip()) for part in JOINED.split(text) if part.strip()]
+        return tuple(dict.fromkeys(parts)) if len(parts) > 1 and all(parts) else ()
+
+    def _match_one(self, text: str) -> str | None:
         return next((rule.id for rule in self.components if rule.headings.fullmatch(text)), None)
 
 
@@ -467,6 +481,7 @@ def _bounded_text(element: etree._Element | None, limit: int) -> str:
 
 
 LINE_LABEL_WORDS = 5
+MAX_PRE_LINES = 500
 DIGIT = re.compile(r"\d")
 
 
@@ -497,7 +512,7 @@ class _Open:
     """A label being read: what it names and the content gathered under it so far."""
 
     __slots__ = ("component", "rank", "label", "scope", "chrome", "extend", "text", "size",
-                 "chars", "items", "documents")
+                 "chars", "items", "documents", "picture")
 
     def __init__(self, component: str, rank: int, label: str, scope: etree._Element,
                  chrome: bool, extend: bool):
@@ -506,6 +521,7 @@ class _Open:
         self.text: list[str] = []
         self.size = self.chars = self.items = 0
         self.documents: list[str] = []
+        self.picture: str | None = None  # the image the label is drawn as
 
 
 class _Reader:
@@ -534,7 +550,8 @@ class _Reader:
         self.line_start = True
         self.document_link: etree._Element | None = None
         self.section = ""  # the last heading's text: what a document link is filed under
-        self.label_line: _Open | None = None  # a line that may be a label, if the line ends
+        self.label_line: list[_Open] = []  # a line that may be a label, if the line ends
+        self.in_pre = 0  # inside <pre>: its newlines end lines
 
     # ----------------------------------------------------------------- the walk
 
@@ -582,6 +599,8 @@ class _Reader:
                     o.items += 1
             elif tag == "form":
                 self._form(element)
+            elif tag == "pre":
+                self.in_pre += 1
         elif tag in SPECIAL_TAGS:
             if tag == "a":
                 self._link(element)
@@ -597,7 +616,7 @@ class _Reader:
         if marker:
             component = self.rules.markers.get(marker.strip().lower())
             if component:
-                self._open_label(component, LABEL_RANK, marker, element, extend=False)
+                self._open_label((component,), LABEL_RANK, marker, element, extend=False)
         if tag in LABEL_RANKS:
             self._element_label(element, LABEL_RANKS[tag])
             return True
@@ -611,6 +630,8 @@ class _Reader:
     def _end(self, element: etree._Element, tag: str) -> None:
         if tag in BLOCK_TAGS or tag == "br":
             self.line_start = True
+            if tag == "pre":
+                self.in_pre -= 1
         if self.open:
             self._scope_ended(element)
         if element is self.document_link:
@@ -631,14 +652,17 @@ class _Reader:
         """h1-h6, dt, th, summary: the whole element is a label, of a component or not
         ("<h3>Biaya: Gratis</h3>" is a label and its content)."""
         text = _bounded_text(element, 2 * self.rules.max_heading_chars + 1)
+        if not text.strip():  # a heading made of an image: its text is the image's
+            image = next(element.iter("img"), None)
+            text = (image.get("alt") or "")[:200] if image is not None else ""
         colon = text.find(":", 0, self.rules.max_heading_chars)
         label, rest = (text[:colon], text[colon + 1:]) if colon > 0 else (text, "")
-        component = self.rules.component_for(label)
-        if component is None and rest:
-            label, rest, component = text, "", self.rules.component_for(text)
+        components = self.rules.components_for(label)
+        if not components and rest:
+            label, rest, components = text, "", self.rules.components_for(text)
         parent = element.getparent()
-        if component:
-            self._open_label(component, rank, label, element if parent is None else parent)
+        if components:
+            self._open_label(components, rank, label, element if parent is None else parent)
             self._main(label)
             self.line_start = False
             self._text(rest, element)
@@ -656,8 +680,8 @@ class _Reader:
         """strong/b at the start of a line: a label when it names a component and ends with
         ":" or stands alone on its line ("<b>Biaya:</b> Gratis", "<b>Produk</b><br>...")."""
         text = _bounded_text(element, 2 * self.rules.max_heading_chars + 1)
-        component = self.rules.component_for(text)
-        if component is None:
+        components = self.rules.components_for(text)
+        if not components:
             return False
         tail = (element.tail or "").lstrip()
         following = element.getnext()
@@ -665,7 +689,7 @@ class _Reader:
                               or following.tag in BLOCK_TAGS)
         if not (text.rstrip().endswith(":") or tail[:1] in (":", "-", "–", "=") or alone):
             return False
-        self._open_label(component, LABEL_RANK, text, self._block_of(element))
+        self._open_label(components, LABEL_RANK, text, self._block_of(element))
         self.line_start = False
         return True
 
@@ -675,13 +699,13 @@ class _Reader:
         head = text[:self.rules.max_heading_chars + 1]
         colon = head.find(":")
         label = head[:colon] if colon > 0 else text
-        component = self.rules.component_for(label)
-        if component is None or (colon <= 0 and not _label_like(label)):
+        components = self.rules.components_for(label)
+        if not components or (colon <= 0 and not _label_like(label)):
             return text
-        self._open_label(component, LABEL_RANK, label, self._block_of(container))
+        self._open_label(components, LABEL_RANK, label, self._block_of(container))
         if colon > 0:
             return text[colon + 1:]
-        self.label_line = self.open[-1] if self.open else None
+        self.label_line = [o for o in self.open if o.component in components]
         return ""
 
     def _open_panel(self, element: etree._Element) -> None:
@@ -689,13 +713,13 @@ class _Reader:
         ident = element.get("id")
         component = self.panels.get(ident) if ident else None
         if component:
-            self._open_label(component, LABEL_RANK, component, element, extend=False)
+            self._open_label((component,), LABEL_RANK, component, element, extend=False)
 
-    def _open_label(self, component: str, rank: int, label: str, scope: etree._Element,
-                    extend: bool = True) -> None:
+    def _open_label(self, components: tuple[str, ...], rank: int, label: str,
+                    scope: etree._Element, extend: bool = True) -> None:
         self._close(lambda o: o.chrome == self.in_chrome)
-        if component in self.wanted:
-            self.open.append(_Open(component, rank, label, scope, self.in_chrome, extend))
+        self.open += [_Open(c, rank, label, scope, self.in_chrome, extend)
+                      for c in components if c in self.wanted]
 
     def _block_of(self, element: etree._Element) -> etree._Element:
         node = element
@@ -713,7 +737,17 @@ class _Reader:
         return [o for o in self.open if o.chrome == chrome]
 
     def _text(self, text: str, container: etree._Element) -> None:
-        """A run of text (never blank): a label line, content, the main text."""
+        """A run of text (never blank); in a <pre>, each of its lines."""
+        if self.in_pre and "\n" in text.strip():
+            for line in text.split("\n")[:MAX_PRE_LINES]:
+                self.line_start = True
+                if line.strip():
+                    self._text_line(line, container)
+            return
+        self._text_line(text, container)
+
+    def _text_line(self, text: str, container: etree._Element) -> None:
+        """A run of text on one line: a label line, content, the main text."""
         if "1708" in text or ".go.id" in text:
             self._lapor_text(text)
         if "pengaduan" not in self.found and len(text) <= self.limits.value_chars \
@@ -722,10 +756,10 @@ class _Reader:
             self._complaint_mention(text)
         if self.document_link is not None:
             return  # a document's link text is not content
-        if self.label_line is not None:
-            if not self.line_start and self.label_line in self.open:
-                self.open.remove(self.label_line)  # words opening a sentence, not a label
-            self.label_line = None
+        if self.label_line:
+            if not self.line_start:  # words opening a sentence, not a label
+                self.open = [o for o in self.open if o not in self.label_line]
+            self.label_line = []
         if self.line_start and container.tag != "a" and self._inside_link(container) is None:
             text = self._line_label(text.lstrip(), container)
         newline = "\n" if self.line_start else ""
@@ -805,7 +839,24 @@ class _Reader:
         alt = collapse((element.get("alt") or element.get("title") or "")[:200])
         if element.getparent() is not None and element.getparent() is self.document_link:
             return
+        if alt and self.line_start and element.tag == "img" \
+                and self._image_label(element, source, alt):
+            return
         self._document(source, alt)
+
+    def _image_label(self, image: etree._Element, source: str, alt: str) -> bool:
+        """An image whose text names a component, at the start of a line and not the
+        awaited content of an open label: a label ("Persyaratan" drawn as an icon above
+        the list), as a visitor reads it; the image itself if nothing readable follows."""
+        components = self.rules.components_for(alt)
+        if not components or not _label_like(alt) or self._inside_link(image) is not None \
+                or any(o.chars == 0 for o in self._receiving()):
+            return False
+        self._open_label(components, LABEL_RANK, alt, self._block_of(image))
+        for o in self.open:
+            if o.component in components:
+                o.picture = source
+        return True
 
     @staticmethod
     def _path(url: str) -> str:
@@ -869,8 +920,9 @@ class _Reader:
             and not (rule.not_prose and o.items < 2 and self._prose(value))
         if shown:
             self._found_text(o.component, o.label, value)
-        elif o.documents:
-            self.documents.extend(d for d in o.documents if d not in self.documents)
+        elif o.documents or o.picture:
+            pictures = [o.picture] if o.picture else []
+            self.documents.extend(d for d in [*pictures, *o.documents] if d not in self.documents)
             del self.documents[self.limits.documents:]
 
     def _prose(self, value: str) -> bool:

@@ -360,6 +360,17 @@ RULE_CASES = [
     ("a heading alone in its wrapper, the text in the next one", page(
         "<div class='w'><div><h3>Persyaratan</h3></div></div><div class='w'><ul><li>KTP</li>"
         "<li>KK</li></ul></div>"), {"persyaratan"}),
+    ("a heading naming two components", page(
+        "<h2>Waktu dan Biaya</h2><p>3 hari kerja, tanpa biaya.</p>"), {"waktu", "biaya"}),
+    ("terms and conditions name no component", page(
+        "<h2>Syarat dan Ketentuan</h2><ul><li>Data pribadi dijaga</li><li>Foto KTP</li></ul>"),
+     set()),
+    ("label lines in a pre block", page(
+        "<pre>PERSYARATAN : FC KTP\nWAKTU       : 1 HARI KERJA\nBIAYA       : GRATIS</pre>"),
+     {"persyaratan", "waktu", "biaya"}),
+    ("an icon image as the label, text under it", page(
+        "<p><img src='/i/syarat.png' alt='Persyaratan'></p><ul><li>KTP</li><li>KK</li></ul>"),
+     {"persyaratan"}),
     ("cards", page("<div class='card'><div class='card-header'>Tarif</div>"
                    "<div class='card-body'>Rp 15.000</div></div>"), {"biaya"}),
     ("English labels", page(
@@ -404,6 +415,12 @@ def test_standards_only_in_documents_are_named_in_a_warning() -> None:
     assert warning.status is Status.WARN
     assert "/files/SP-KTP.pdf" in warning.detail and "maklumat" in warning.detail
     assert publication.to_dict()["documents"] == ["/img/maklumat.jpg", "/files/SP-KTP.pdf"]
+
+
+def test_an_image_naming_a_component_with_nothing_readable_is_a_document() -> None:
+    home = analyse_page(page("<main><p><img src='/alur.png' alt='Alur Pelayanan'></p></main>"),
+                        RULES)
+    assert (home.found, home.documents) == ({}, ("/alur.png",))
 
 
 def test_no_warning_when_everything_is_readable() -> None:
