@@ -563,13 +563,22 @@ class DnsClient:
         """Send the whole batch as one signed update; prerequisites make it all-or-nothing."""
         self._send_update(update_message(batch), "update")
 
-    def _send_update(self, message: dns.update.UpdateMessage, kind: str) -> None:
+    def update_rcode(self, batch: UpdateBatch, kind: str = "preflight") -> str:
+        """Send the batch signed and return the server's rcode, whatever it is ('provisioner
+        doctor' sends one whose prerequisite fails: it changes nothing, and a prerequisite
+        failure shows the server verified the key). TSIG and network failures raise."""
+        return self._signed_rcode(update_message(batch), kind)
+
+    def _signed_rcode(self, message: dns.update.UpdateMessage, kind: str) -> str:
         with self._errors(self.primary, self.zone):
             message.use_tsig(self.key.dnspython_key())
             self.sent[kind] += 1
             response = dns.query.tcp(message, self.primary.address, timeout=self.timeout,
                                      port=self.primary.port)
-        rcode = dns.rcode.to_text(response.rcode())
+        return dns.rcode.to_text(response.rcode())
+
+    def _send_update(self, message: dns.update.UpdateMessage, kind: str) -> None:
+        rcode = self._signed_rcode(message, kind)
         if rcode == "NOERROR":
             return
         label = server_label(self.primary)

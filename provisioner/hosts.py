@@ -307,6 +307,12 @@ class HostClient:
                          free_bytes=raw["free_bytes"],
                          problems=tuple(preflight_problems(raw, h.nginx_binary, min_free_bytes)))
 
+    def doctor_facts(self) -> tuple[str | None, float]:
+        """(the main nginx config's text, None when missing; the host's clock as a Unix
+        time) for 'provisioner doctor', in one round trip."""
+        raw = self.call("doctor_facts", nginx_main_config=str(self.host.nginx_main_config))
+        return raw["main_config"], float(raw["time"])
+
     def facts(self, agencies: Sequence[Agency], settings: Settings,
               rendered_paths: Mapping[str, Iterable[str]] | None = None) -> HostFacts:
         """Everything ``plan`` needs from this host, for its agencies, in one round trip.

@@ -161,6 +161,7 @@ class AcmeSettings:
     revoke_on_offboard: bool
     max_parallel_orders: int = MAX_PARALLEL_ORDERS
     rate_limits: tuple[RateLimit, ...] = LETS_ENCRYPT_LIMITS
+    caa_identity: str | None = None  # the CA's CAA domain; None: letsencrypt.org for its URLs
 
 
 @dataclass(frozen=True)

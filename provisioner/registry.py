@@ -67,7 +67,7 @@ SETTINGS_KEYS = (
     "acme_directory", "acme_contact", "tls_mode", "known_hosts_file",
     "record_ttl", "max_change_ratio", "acme_ca_bundle", "acme_revoke_on_offboard",
     "trust_roots", "lab", "alerts", "verify_allow_private", "acme_max_parallel_orders",
-    "acme_rate_limits",
+    "acme_rate_limits", "acme_caa_identity",
 )
 HOST_PATH_FIELDS = (
     "nginx_main_config", "nginx_sites_dir", "web_root", "acme_webroot", "tls_dir", "log_dir",
@@ -309,6 +309,7 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
               f"Let's Encrypt asks for few at once: {MAX_PARALLEL_ORDERS} is the default")
         parallel = MAX_PARALLEL_ORDERS
     rate_limits = _rate_limits(c, data.get("acme_rate_limits"))
+    caa_identity = _hostname(c, data, "acme_caa_identity", (), required=False)
     allow_private = _bool(c, data, "verify_allow_private", (), False)
     lab = _lab_settings(c, data.get("lab"), variables)
     alerts = _alert_settings(c, data.get("alerts"), variables, lab)
@@ -326,7 +327,7 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
         record_ttl=ttl,
         acme=AcmeSettings(directory=directory, contact=contact, ca_bundle=ca_bundle,
                           revoke_on_offboard=revoke, max_parallel_orders=parallel,
-                          rate_limits=rate_limits),
+                          rate_limits=rate_limits, caa_identity=caa_identity),
         tls_mode=tls_mode,
         trust_roots=tuple(roots),
         known_hosts_file=known_hosts,

@@ -324,9 +324,7 @@ class AcmeAccount:
         return self._jwk
 
     def _network(self) -> acme_client.ClientNetwork:
-        verify: Any = str(self.acme.ca_bundle) if self.acme.ca_bundle else True
-        return PatientNetwork(self.jwk, account=self._regr, alg=jose.ES256,
-                              verify_ssl=verify, user_agent=USER_AGENT)
+        return acme_network(self.acme, self.jwk, self._regr)
 
     def client(self) -> acme_client.ClientV2:
         """A registered client of its own for the calling thread."""
@@ -351,6 +349,46 @@ class AcmeAccount:
         _write_secret(self.registration_file, (json.dumps(
             {"directory": self.directory_url, "uri": regr.uri,
              "contact": list(regr.body.contact)}, indent=2) + "\n").encode())
+
+
+def acme_network(acme: AcmeSettings, jwk: jose.JWKEC | None = None,
+                 account: messages.RegistrationResource | None = None) -> PatientNetwork:
+    verify: Any = str(acme.ca_bundle) if acme.ca_bundle else True
+    return PatientNetwork(jwk, account=account, alg=jose.ES256, verify_ssl=verify,
+                          user_agent=USER_AGENT)
+
+
+def fetch_directory(acme: AcmeSettings, net: PatientNetwork | None = None
+                    ) -> messages.Directory:
+    """The CA's directory (an AcmeError when it does not answer or lacks a resource)."""
+    with acme_call(acme.directory):
+        directory = acme_client.ClientV2.get_directory(acme.directory,
+                                                       net or acme_network(acme))
+        for resource in ("newNonce", "newAccount", "newOrder"):
+            try:
+                directory[resource]
+            except KeyError:
+                raise AcmeError(acme.directory, f"the directory has no {resource}",
+                                hint="is acme_directory an ACME (RFC 8555) directory URL?") \
+                    from None
+    return directory
+
+
+def existing_account(acme: AcmeSettings, key_file: Path) -> str | None:
+    """The URL of the account the CA holds for the key in ``key_file``; None when the CA
+    does not know the key. Reads only (onlyReturnExisting): nothing is registered."""
+    pem = read_secret_file(key_file, "ACME account key")
+    net = acme_network(acme, jose.JWKEC(key=serialization.load_pem_private_key(pem, None)))
+    client = acme_client.ClientV2(fetch_directory(acme, net), net)
+    with acme_call(acme.directory):
+        try:
+            return client.new_account(messages.NewRegistration(only_return_existing=True)).uri
+        except acme_errors.ConflictError as exc:  # 200 + Location: the account exists
+            return exc.location
+        except messages.Error as exc:
+            if exc.code == "accountDoesNotExist":
+                return None
+            raise
 
 
 def retry_after_seconds(response: requests.Response,

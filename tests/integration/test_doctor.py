@@ -1,0 +1,291 @@
+"""`provisioner doctor` on a real lab, and the ACME rate-limit ledger against Pebble.
+
+Everything passes on a healthy lab; each test then breaks one thing for real (a wrong
+TSIG key file, TLS 1.0 in nginx's main config, an unknown host key, a stopped nginx
+or Pebble, a CAA record for another CA, a nameserver that does not answer) and sees
+the check named. The module brings up its own lab (offset 175 inside
+PROVISIONER_TEST_NET), since it stops servers and edits the zone and host configs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from provisioner import ratelimit, tls
+from provisioner.dns import DnsClient, Operation, UpdateBatch
+from provisioner.models import LETS_ENCRYPT_LIMITS
+
+from .conftest import TEST_NET, run_cli, start_test_lab
+from .faultkit import FaultLab
+
+OFFSET = 175
+BASE = ("dinkes",)  # onboarded once: the ACME account exists
+
+
+@pytest.fixture(scope="module")
+def dlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultLab]:
+    test_lab = start_test_lab(tmp_path_factory.mktemp("doctor"), TEST_NET, offset=OFFSET)
+    try:
+        fault_lab = FaultLab(test_lab)
+        code, out = fault_lab.json("onboard", *BASE, "--yes")
+        assert code == 0, out["outcomes"]
+        yield fault_lab
+    finally:
+        test_lab.lab.down()
+
+
+def doctor(dlab: FaultLab, inventory_dir: Path | None = None
+           ) -> tuple[int, dict[tuple[str, str], dict]]:
+    """Exit code and the checks by (id, target)."""
+    result = run_cli(inventory_dir or dlab.lab.inventory_dir, dlab.lab.state_dir, "doctor",
+                     "--format", "json")
+    assert "Traceback" not in result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    checks = {(c["id"], c["target"]): c for c in report["checks"]}
+    assert len(checks) == len(report["checks"])
+    assert report["failed"] is (result.exit_code == 1)
+    return result.exit_code, checks
+
+
+def statuses(checks: dict, status: str) -> set[tuple[str, str]]:
+    return {key for key, check in checks.items() if check["status"] == status}
+
+
+def inventory_copy(dlab: FaultLab, tmp_path: Path, **settings: Any) -> Path:
+    """The lab's inventory with some group_vars changed (the lab and state are shared)."""
+    copy = tmp_path / "inventory"
+    shutil.copytree(dlab.lab.inventory_dir, copy)
+    path = copy / "group_vars" / "all.yml"
+    data = yaml.safe_load(path.read_text())
+    data.update(settings)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return copy
+
+
+def private_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+# =========================================================================== healthy
+
+
+def test_everything_passes_on_the_lab(dlab: FaultLab):
+    code, checks = doctor(dlab)
+    assert code == 0
+    assert statuses(checks, "fail") == set() and statuses(checks, "warn") == set(), checks
+    hosts = dlab.inventory.hosts
+    for name, host in hosts.items():
+        for check_id in ("ssh", "ports", "nginx", "nginx_tls_protocols",
+                         "nginx_server_tokens", "disk", "clock"):
+            assert checks[(check_id, name)]["status"] == "pass", checks[(check_id, name)]
+        assert checks[("sudo", name)]["status"] == ("skip" if host.ssh_user == "root"
+                                                    else "pass")
+    assert any(h.ssh_user != "root" for h in hosts.values()), "no sudo host in the lab"
+    zone = dlab.inventory.settings.zone
+    for check_id in ("dns_serials", "dns_ns_set", "dns_caa"):
+        assert checks[(check_id, zone)]["status"] == "pass"
+    assert checks[("dns_parent_ns", zone)]["status"] == "skip"
+    assert "not delegated" in checks[("dns_parent_ns", zone)]["detail"]
+    by_id = {check_id: c for (check_id, _t), c in checks.items()}
+    for check_id in ("dns_tsig", "dns_axfr", "dns_authoritative", "acme_directory",
+                     "acme_account", "acme_environment"):
+        assert by_id[check_id]["status"] == "pass", by_id[check_id]
+    assert "NXRRSET" in by_id["dns_tsig"]["detail"]
+
+
+def test_the_table_names_every_check(dlab: FaultLab):
+    result = dlab.cli("doctor")
+    assert result.exit_code == 0
+    for check_id in ("ssh", "ports", "dns_tsig", "dns_axfr", "clock"):
+        assert check_id in result.stdout
+    assert "0 fail" in result.stdout
+
+
+# =========================================================================== broken, one by one
+
+
+def test_a_wrong_tsig_key_fails_the_tsig_and_transfer_checks_and_changes_nothing(
+        dlab: FaultLab, tmp_path: Path):
+    settings = dlab.inventory.settings
+    real = settings.tsig_key_file.read_text()
+    name = real.split('"')[1]
+    wrong = private_file(tmp_path / "wrong.key", 'key "%s" { algorithm hmac-sha256; secret '
+                                                 '"%s"; };\n' % (name, "A" * 43 + "="))
+    serial = DnsClient(settings).soa_serial()
+    code, checks = doctor(dlab, inventory_copy(dlab, tmp_path, tsig_key_file=str(wrong)))
+    assert code == 1
+    failed = {check_id for check_id, _target in statuses(checks, "fail")}
+    assert failed == {"dns_tsig", "dns_axfr"}, failed
+    tsig = next(c for (i, _t), c in checks.items() if i == "dns_tsig")
+    assert "BADSIG" in tsig["detail"] and tsig["hint"]
+    assert DnsClient(settings).soa_serial() == serial
+
+
+def test_tls1_and_server_tokens_in_the_main_config_are_named(dlab: FaultLab):
+    host = dlab.inventory.hosts["web1"]
+    config = dlab.lab.lab.local(host, host.nginx_main_config)
+    original = config.read_text()
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in original and "server_tokens off;" in original
+    config.write_text(original.replace("ssl_protocols TLSv1.2 TLSv1.3;",
+                                       "ssl_protocols TLSv1 TLSv1.2;")
+                      .replace("server_tokens off;", "server_tokens on;"))
+    try:
+        code, checks = doctor(dlab)
+    finally:
+        config.write_text(original)
+    assert code == 1
+    assert statuses(checks, "fail") == {("nginx_tls_protocols", "web1")}
+    assert "TLSv1" in checks[("nginx_tls_protocols", "web1")]["detail"]
+    assert checks[("nginx_tls_protocols", "web1")]["hint"]
+    assert statuses(checks, "warn") == {("nginx_server_tokens", "web1")}
+    assert checks[("nginx", "web1")]["status"] == "pass"  # nginx -t has nothing against it
+    assert checks[("nginx_tls_protocols", "web2")]["status"] == "pass"
+
+
+def test_an_unknown_host_key_fails_ssh_and_skips_the_rest(dlab: FaultLab, tmp_path: Path):
+    empty = private_file(tmp_path / "known_hosts", "")
+    code, checks = doctor(dlab, inventory_copy(dlab, tmp_path, known_hosts_file=str(empty)))
+    assert code == 1
+    for name in dlab.inventory.hosts:
+        assert checks[("ssh", name)]["status"] == "fail"
+        assert "unknown" in checks[("ssh", name)]["detail"]
+        assert checks[("nginx", name)]["status"] == "skip"
+        assert checks[("ports", name)]["status"] == "pass"
+    assert {i for i, _t in statuses(checks, "fail")} == {"ssh"}
+
+
+def test_a_stopped_nginx_fails_the_ports_check_of_its_host(dlab: FaultLab):
+    with dlab.stopped("web2-nginx"):
+        code, checks = doctor(dlab)
+    assert code == 1
+    assert statuses(checks, "fail") == {("ports", "web2")}
+    assert "127." in checks[("ports", "web2")]["detail"]
+
+
+def test_caa_for_another_ca_fails_when_the_ca_is_known(dlab: FaultLab, tmp_path: Path):
+    settings = dlab.inventory.settings
+    client = DnsClient(settings)
+    zone = settings.zone
+
+    def caa(*values: str) -> None:
+        operation = Operation("replace", zone, "CAA", 300, values) if values else \
+            Operation("delete", zone, "CAA")
+        client.update(UpdateBatch(zone, (), (operation,)))
+        client.wait_for_propagation([], client.soa_serial())
+
+    with_identity = inventory_copy(dlab, tmp_path, acme_caa_identity="letsencrypt.org")
+    caa('0 issue "sectigo.com"')
+    try:
+        code, checks = doctor(dlab, with_identity)
+        assert code == 1 and statuses(checks, "fail") == {("dns_caa", zone)}
+        assert "sectigo.com" in checks[("dns_caa", zone)]["detail"]
+        assert 'CAA 0 issue "letsencrypt.org"' in checks[("dns_caa", zone)]["hint"]
+        _code, lab_checks = doctor(dlab)  # Pebble: no CAA identity to compare
+        assert lab_checks[("dns_caa", zone)]["status"] == "warn"
+        caa('0 issue "letsencrypt.org"', '0 iodef "mailto:dkisp@paserkab.go.id"')
+        code, checks = doctor(dlab, with_identity)
+        assert checks[("dns_caa", zone)]["status"] == "pass"
+    finally:
+        caa()
+
+
+def test_a_nameserver_that_does_not_answer_is_named(dlab: FaultLab, tmp_path: Path):
+    settings = dlab.inventory.settings
+    silent = f"{TEST_NET}.{OFFSET + 29}"  # inside this lab's range, nothing listens there
+    nameservers = [{"name": ns.name, "address": ns.address, "port": ns.port}
+                   for ns in settings.nameservers]
+    nameservers.append({"name": f"ns3.{settings.zone}", "address": silent, "port": 53})
+    code, checks = doctor(dlab, inventory_copy(dlab, tmp_path, nameservers=nameservers))
+    assert code == 1
+    assert statuses(checks, "fail") == {("dns_authoritative", f"ns3.{settings.zone}"),
+                                        ("dns_serials", settings.zone),
+                                        ("dns_ns_set", settings.zone)}
+    assert checks[("dns_authoritative", f"ns1.{settings.zone}")]["status"] == "pass"
+
+
+def test_an_account_key_the_ca_does_not_know_is_a_warning(dlab: FaultLab):
+    key_file = tls.AcmeAccount(dlab.inventory.settings, dlab.lab.state_dir).key_file
+    original = key_file.read_bytes()
+    key_file.write_bytes(tls.key_pem(tls.new_private_key()))
+    try:
+        code, checks = doctor(dlab)
+    finally:
+        key_file.write_bytes(original)
+    assert code == 0
+    account = next(c for (i, _t), c in checks.items() if i == "acme_account")
+    assert account["status"] == "warn" and "does not know" in account["detail"]
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+# =========================================================================== rate-limit ledger
+
+
+def test_a_full_week_onboards_one_agency_of_two_and_names_the_other_with_its_date(
+        dlab: FaultLab, tmp_path: Path):
+    """Let's Encrypt's limits (the default) with 49 of 50 certificates of the registered
+    domain used this week: one of two new agencies gets its certificate, the other is
+    left for a later run with the time the oldest certificate leaves the week."""
+    settings = dlab.inventory.settings
+    inventory = inventory_copy(dlab, tmp_path)
+    data = yaml.safe_load((inventory / "group_vars" / "all.yml").read_text())
+    del data["acme_rate_limits"]  # Let's Encrypt's
+    (inventory / "group_vars" / "all.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    state = dlab.lab.state_dir
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    used = ratelimit.Ledger(state, settings.acme.directory, LETS_ENCRYPT_LIMITS).budget(
+        [ratelimit.Demand("x", (settings.zone,), settings.acme.directory)]).usage[0].used
+    oldest = now - dt.timedelta(hours=100)
+    prefill = ratelimit.Ledger(state, settings.acme.directory, LETS_ENCRYPT_LIMITS,
+                               clock=lambda: oldest)
+    for _ in range(49 - used):
+        prefill.record_certificate((f"old.{settings.zone}",))
+
+    plan = run_cli(inventory, state, "plan", "setda", "kesbangpol")
+    assert plan.exit_code == 0, plan.stderr
+    assert f"certificates per registered domain ({settings.zone}): 49 used + 1 this run of " \
+           f"50 per 7 days" in plan.stdout
+    fits = oldest + dt.timedelta(hours=168)
+    assert "kesbangpol: left for a later run" in plan.stdout
+    assert f"fits after {fits:%Y-%m-%d %H:%M} UTC" in plan.stdout
+
+    result = run_cli(inventory, state, "onboard", "setda", "kesbangpol", "--yes",
+                     "--format", "json")
+    out = json.loads(result.stdout)
+    assert result.exit_code == 1
+    tls_outcomes = {o["agency"]: o for o in out["outcomes"] if o["kind"] == "tls"}
+    assert tls_outcomes["setda"]["status"] == "changed"
+    assert tls_outcomes["kesbangpol"]["status"] == "failed"
+    assert f"fits after {fits:%Y-%m-%d %H:%M} UTC" in tls_outcomes["kesbangpol"]["detail"]
+    deferred = out["plan"]["rate_limits"]["deferred"]["kesbangpol"]
+    assert deferred["fits_at"] == fits.isoformat(timespec="seconds")
+    after = ratelimit.Ledger(state, settings.acme.directory, LETS_ENCRYPT_LIMITS)
+    certificates = [e for e in after.events if e.kind == ratelimit.CERTIFICATES]
+    assert len([e for e in certificates if e.at > oldest]) == used + 1
+    ledger_file = ratelimit.ledger_path(state)
+    assert stat.S_IMODE(ledger_file.stat().st_mode) == 0o600
+
+    again = run_cli(inventory, state, "plan", "kesbangpol")
+    assert "kesbangpol: left for a later run" in again.stdout  # still full: never past it
+
+
+# =========================================================================== last: Pebble
+
+
+def test_a_stopped_pebble_fails_the_acme_directory_check(dlab: FaultLab):
+    with dlab.stopped("acme"):
+        code, checks = doctor(dlab)
+    assert code == 1
+    failed = statuses(checks, "fail")
+    assert {i for i, _t in failed} == {"acme_directory"}, failed
+    account = next(c for (i, _t), c in checks.items() if i == "acme_account")
+    assert account["status"] == "skip"
