@@ -26,10 +26,8 @@ DNS_CHECKS = tuple(c for c in CHECKS if c.startswith("dns."))
 STEPS = {  # the verifier's functions, innermost first wins: what the site was doing
     "_check_dns": "looking up the name",
     "check_redirect": "checking the http:// redirect",
-    "_open_site": "connecting over TLS",
     "get_following": "reading the home page",
     "read_publication": "reading the publication pages",
-    "enter": "waiting for a connection slot",
 }
 
 

@@ -6,8 +6,8 @@ and the run's "address health": when a site has held a slot for a whole step tim
 its endpoint (address and port) gets one quick re-probe (connect, send a line, wait for
 any byte or the close). When that finds the endpoint silent, every site queued on or
 talking to it gets that verdict at once, and later ones (for a minute) never wait: forty
-agencies on a dead shared host cost one timeout and a half, not forty. It also refuses, for sites
-that ask (external agencies), loopback, private and link-local addresses.
+agencies on a dead shared host cost one timeout and a half, not forty. It also refuses,
+for sites that ask (external agencies), loopback, private and link-local addresses.
 
 The gate knows a site by the task verifying it (``SiteWatch``, registered by
 verify.guard); a task it does not know is only limited.
@@ -63,6 +63,7 @@ class SiteWatch:
     done: list[CheckResult] | None = None  # the checks made before the gate (kept on a stop)
     started: float = field(default_factory=time.monotonic)
     _waited: float = 0.0
+    _paused: float | None = None  # when the site started waiting for a slot
     _timer: asyncio.TimerHandle | None = None
 
     def remaining(self) -> float:
@@ -74,10 +75,17 @@ class SiteWatch:
         self._timer = asyncio.get_running_loop().call_later(max(0.0, self.remaining()),
                                                             self._expire)
 
-    def postpone(self, seconds: float) -> None:
-        """Time spent queued behind other sites of the same server is not the site's."""
-        self._waited += seconds
+    def pause(self) -> None:
+        """The site waits for a slot: time queued behind other sites of the same server
+        is not the site's."""
         if self._timer is not None:
+            self.disarm()
+            self._paused = time.monotonic()
+
+    def resume(self) -> None:
+        if self._paused is not None:
+            self._waited += time.monotonic() - self._paused
+            self._paused = None
             self.arm()
 
     def disarm(self) -> None:
@@ -176,19 +184,31 @@ class AddressGate:
         endpoint = (address, site.port)
         self._raise_if_down(endpoint)
         self._on[endpoint].add(site)
-        timer = None
         try:
-            queued = time.monotonic()
-            async with self._slot(address):
-                site.postpone(time.monotonic() - queued)
+            async with self._waiting(site, self._slot(address)):
                 self._raise_if_down(endpoint)
                 timer = asyncio.get_running_loop().call_later(self.timeout, self._suspect,
                                                               endpoint)
-                yield
+                try:
+                    yield
+                finally:
+                    timer.cancel()
         finally:
-            if timer is not None:
-                timer.cancel()
             self._on[endpoint].discard(site)
+
+    @staticmethod
+    @asynccontextmanager
+    async def _waiting(site: SiteWatch, slot: asyncio.Semaphore) -> AsyncIterator[None]:
+        """Hold ``slot``; the site's deadline does not run while it waits for it."""
+        site.pause()
+        try:
+            await slot.acquire()
+        finally:
+            site.resume()
+        try:
+            yield
+        finally:
+            slot.release()
 
     def _slot(self, address: str) -> asyncio.Semaphore:
         slot = self._slots.get(address)
