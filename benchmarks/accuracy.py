@@ -1,6 +1,6 @@
 """Accuracy of the publication judgment over the labelled corpus (tests/corpus).
 
-Each corpus site (47 agency sites written for the corpus, each with a labels.yml saying
+Each corpus site (50 agency sites written for the corpus, each with a labels.yml saying
 what an assessor answers for the eight scored items) is read as the verifier reads it:
 the home page, then the crawl, through an in-memory site serving the corpus files (no
 lab, no network: what is measured is the judgment, not the transport). Prints the share

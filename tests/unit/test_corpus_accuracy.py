@@ -1,4 +1,4 @@
-"""The publication judgment against the labelled corpus (tests/corpus): 47 agency sites
+"""The publication judgment against the labelled corpus (tests/corpus): 50 agency sites
 written fresh, each with what an assessor answers for the eight scored items.
 
 Every site is crawled as the verifier does (home page, then the crawl) through an
