@@ -486,7 +486,18 @@ class DnsClient:
         except dns.xfr.TransferError as exc:
             raise DNSError(label, name, f"zone transfer refused for TSIG key "
                                         f"{self.key.name!r} ({dns.rcode.to_text(exc.rcode)})",
-                           hint="allow the key in the zone's allow-transfer") from None
+                           hint=f"allow the key to transfer the zone (BIND: allow-transfer "
+                                f"{{ key \"{self.key.name}\"; }}; PowerDNS: zone metadata "
+                                f"TSIG-ALLOW-AXFR {self.key.name})") from None
+        except dns.exception.FormError as exc:
+            if "requires a TSIG" not in str(exc):
+                raise DNSError(label, name, f"FormError: {exc}") from None
+            # PowerDNS answers a query whose key it refuses with an unsigned error.
+            raise DNSError(label, name, f"the server answered unsigned: it did not accept "
+                                        f"TSIG key {self.key.name!r} (unknown name or wrong "
+                                        f"secret)",
+                           hint="check that tsig_key_file holds the key, name and secret, "
+                                "the server has") from None
         except dns.exception.TooBig:
             raise DNSError(label, name, "the update does not fit in one DNS message (64 KiB, "
                                         "about 300 agencies)",

@@ -17,6 +17,7 @@ the inventory names.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -27,10 +28,11 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -49,12 +51,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .dns import TsigKey, load_tsig_key
 from .errors import HostError, LabError
 from .hosts import HostClient, host_agent
-from .models import Host, Inventory, LabSettings, Settings
+from .models import Host, Inventory, LabSettings, Nameserver, Settings
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "lab"
 PEBBLE_BINARY = "/usr/bin/pebble"
 NAMED_BINARY = "/usr/sbin/named"
 SSHD_BINARY = "/usr/sbin/sshd"
+PDNS_BINARY = "/usr/sbin/pdns_server"
+PDNSUTIL = "/usr/bin/pdnsutil"
+PDNS_SCHEMA = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")
+# The zone metadata a PowerDNS primary needs for this toolkit (README, "Going live").
+PDNS_ZONE_METADATA = ("TSIG-ALLOW-DNSUPDATE", "TSIG-ALLOW-AXFR")
 UNSHARE_BINARY = "/usr/bin/unshare"
 NSENTER_BINARY = "/usr/bin/nsenter"
 SHELL = "/bin/sh"
@@ -173,6 +180,18 @@ class LabPaths:
 
     def host(self, host: Host) -> HostPaths:
         return HostPaths(self.dir / host.name)
+
+    @property
+    def pdns_dir(self) -> Path:
+        return self.dir / "pdns"
+
+    @property
+    def pdns_config(self) -> Path:
+        return self.pdns_dir / "pdns.conf"
+
+    @property
+    def pdns_database(self) -> Path:
+        return self.pdns_dir / "pdns.sqlite3"
 
     @property
     def pebble_dir(self) -> Path:
@@ -372,6 +391,11 @@ def namespace_script(host: Host, hp: HostPaths) -> str:
 def sudoers_drop_in(user: str) -> str:
     return f"# provisioner lab: {user} becomes root without a password, as on the hosts.\n" \
            f"{user} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+
+
+def pdns_conf(settings: Settings, paths: LabPaths, address: str) -> str:
+    return render("pdns.conf.j2", zone=settings.zone, database=paths.pdns_database,
+                  address=address, port=53, dir=paths.pdns_dir)
 
 
 def pebble_config(lab: LabSettings, paths: LabPaths) -> str:
@@ -912,7 +936,7 @@ class Lab:
 
     def addresses(self) -> list[str]:
         """Every loopback address a lab server listens on, in start order."""
-        wanted = [self.lab.ns1, self.lab.ns2]
+        wanted = [self.lab.ns1, self.lab.ns2, *([self.lab.pdns] if self.lab.pdns else [])]
         for host in self.hosts:
             wanted += [host.ssh_address, host.public_ipv4]
         wanted.append(self.lab.acme)
@@ -942,6 +966,17 @@ class Lab:
                 extra_logs=(self.paths.ns_dir(name) / "named.log",),
                 stage=0 if name == "ns1" else 1,  # ns2 transfers from ns1 as it starts
             ))
+        if self.lab.pdns:
+            specs.append(ServerSpec(
+                name="pdns",
+                role="DNS primary (PowerDNS)",
+                address=f"{self.lab.pdns}:53",
+                argv=(PDNS_BINARY, f"--config-dir={self.paths.pdns_dir}"),
+                cwd=self.paths.pdns_dir,
+                log=self.paths.pdns_dir / "pdns.log",
+                marker=str(self.paths.pdns_dir),
+                probe=lambda t, a=self.lab.pdns: probe_dns(a, 53, zone, t),
+            ))
         specs += [self._sshd_spec(host) for host in self.hosts]
         specs += [self._nginx_spec(host) for host in self.hosts]
         specs.append(ServerSpec(
@@ -957,6 +992,14 @@ class Lab:
             env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
         ))
         return specs
+
+    def on_host(self, host: Host, argv: tuple[str, ...]) -> tuple[str, ...]:
+        """A command that runs as the host sees its files: a production-shaped host's
+        joins the mount namespace its sshd holds (/proc/0, none, while sshd is down)."""
+        if not self.production(host):
+            return argv
+        holder = self.running_pid(self._sshd_spec(host))
+        return (NSENTER_BINARY, f"--mount=/proc/{holder or 0}/ns/mnt", "--", *argv)
 
     def _sshd_spec(self, host: Host) -> ServerSpec:
         """sshd; on a production-shaped host it starts the mount namespace and holds it."""
@@ -988,11 +1031,9 @@ class Lab:
                                  "-e", str(error_log), "-g", "daemon off;")
         marker, stage = str(host.nginx_main_config), 1
         if self.production(host):
-            holder = self.running_pid(self._sshd_spec(host))
             marker, stage = f"{hp.dir}/", 2
-            argv = (NSENTER_BINARY, f"--mount=/proc/{holder or 0}/ns/mnt", "--",
-                    host.nginx_binary, "-p", f"{hp.dir}/", "-c", str(host.nginx_main_config),
-                    "-g", "daemon off;")
+            argv = self.on_host(host, (host.nginx_binary, "-p", f"{hp.dir}/", "-c",
+                                       str(host.nginx_main_config), "-g", "daemon off;"))
             error_log = hp.outside(Path("/var/log/nginx/error.log"))
         return ServerSpec(
             name=f"{host.name}-nginx",
@@ -1039,6 +1080,7 @@ class Lab:
             d.mkdir(parents=True, exist_ok=True)
         key = ensure_tsig_key(self.settings.tsig_key_file, f"{self.settings.inventory_id}-lab")
         self._prepare_dns(key.name)
+        self._prepare_pdns(key)
         self._prepare_hosts()
         self._prepare_pebble()
 
@@ -1050,6 +1092,54 @@ class Lab:
         zone_file = self.paths.zone_file("ns1", self.settings.zone)
         if not zone_file.exists():
             self.write_fresh_zone()
+
+    def _prepare_pdns(self, key: TsigKey) -> None:
+        """PowerDNS's config and, once, its database: the zone as ns1 starts it, the TSIG
+        key (written into the database: a secret never goes on a command line) and the
+        zone metadata that lets that key update and transfer the zone."""
+        if not self.lab.pdns:
+            return
+        p = self.paths
+        p.pdns_dir.mkdir(parents=True, exist_ok=True)
+        write_file(p.pdns_config, pdns_conf(self.settings, p, self.lab.pdns))
+        if p.pdns_database.exists():
+            return
+        try:
+            with contextlib.closing(sqlite3.connect(p.pdns_database)) as db:
+                db.executescript(PDNS_SCHEMA.read_text())
+                db.execute("INSERT INTO tsigkeys (name, algorithm, secret) VALUES (?, ?, ?)",
+                           (key.name, key.algorithm, key.secret))
+                db.commit()
+            zone_file = p.pdns_dir / "zone.db"
+            write_file(zone_file, zone_file_text(self.pdns_settings(),
+                                                 self.inventory.hosts.values(), int(time.time())))
+            zone = self.settings.zone
+            self.pdnsutil("load-zone", zone, str(zone_file))
+            for kind in PDNS_ZONE_METADATA:
+                self.pdnsutil("set-meta", zone, kind, key.name)
+            self.pdnsutil("set-meta", zone, "SOA-EDIT-DNSUPDATE", "INCREASE")
+        except (OSError, sqlite3.Error, LabError) as exc:
+            p.pdns_database.unlink(missing_ok=True)  # the next 'lab up' builds it again
+            raise LabError("pdns", f"cannot build the PowerDNS database: {exc}",
+                           hint="apt-get install pdns-server pdns-backend-sqlite3") from None
+
+    def pdns_settings(self) -> Settings:
+        """The settings of an inventory whose DNS is the lab's PowerDNS: the one primary
+        and nameserver of its zone, named pdns.<zone>."""
+        server = Nameserver(f"pdns.{self.settings.zone}", self.lab.pdns or "")
+        return replace(self.settings, primary=server, nameservers=(server,))
+
+    def pdnsutil(self, *args: str) -> str:
+        """Run pdnsutil on the lab's PowerDNS database (zone data and metadata)."""
+        try:
+            done = subprocess.run([PDNSUTIL, f"--config-dir={self.paths.pdns_dir}", *args],
+                                  capture_output=True, text=True, timeout=30)
+        except OSError as exc:
+            raise LabError("pdns", f"cannot run {PDNSUTIL}: {exc}") from None
+        if done.returncode != 0:
+            raise LabError("pdns", f"pdnsutil {' '.join(args[:2])} failed: "
+                                   f"{(done.stderr or done.stdout).strip()}")
+        return done.stdout
 
     def write_fresh_zone(self) -> int:
         """Write ns1's initial zone (serial = Unix time, so it always moves forward)."""
@@ -1328,14 +1418,16 @@ class Lab:
             for d in self._wiped_dirs(host):
                 removed += _empty_dir(d)
         specs = {s.name: s for s in self.servers()}
-        dns_specs = [specs["ns1"], specs["ns2"]]
+        dns_specs = [specs[name] for name in ("ns1", "ns2", "pdns") if name in specs]
         was_running = [s.name for s in dns_specs if self.running_pid(s) is not None]
         self._stop(dns_specs)
         for server in ("ns1", "ns2"):
             zone_file = self.paths.zone_file(server, self.settings.zone)
             for path in (zone_file, zone_file.with_name(zone_file.name + ".jnl")):
                 path.unlink(missing_ok=True)
+        self.paths.pdns_database.unlink(missing_ok=True)
         serial = self.write_fresh_zone()
+        self._prepare_pdns(load_tsig_key(self.settings.tsig_key_file))
         if was_running:
             self._start(dns_specs[:1])
             self._start(dns_specs[1:])

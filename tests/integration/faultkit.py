@@ -141,7 +141,7 @@ class FaultLab:
         digest = {}
         for host in self.lab.inventory.hosts.values():  # hosts never change in these tests
             for root in (host.nginx_sites_dir, host.web_root, host.tls_dir, host.acme_webroot):
-                for path in sorted(root.rglob("*")):
+                for path in sorted(self.lab.lab.local(host, root).rglob("*")):
                     if path.is_file() and not any(path.is_relative_to(s) for s in skipped):
                         digest[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
         return digest
@@ -172,15 +172,16 @@ class FaultLab:
 
     def nginx_config_ok(self) -> None:
         for host in self.lab.inventory.hosts.values():
-            done = subprocess.run([host.nginx_binary, "-t", "-c", str(host.nginx_main_config)],
-                                  capture_output=True, text=True)
+            done = subprocess.run(self.lab.lab.on_host(host, (
+                host.nginx_binary, "-t", "-c", str(host.nginx_main_config))),
+                capture_output=True, text=True)
             assert done.returncode == 0, done.stderr
 
     def vhosts_complete(self) -> None:
         """Every vhost on the hosts is exactly what the toolkit renders for its agency."""
         inventory = self.inventory
         for host in inventory.hosts.values():
-            for path in host.nginx_sites_dir.glob("*.conf"):
+            for path in self.lab.lab.local(host, host.nginx_sites_dir).glob("*.conf"):
                 agency = inventory.agencies[path.stem]
                 assert agency.hosted, f"{path}: vhost of an agency that is not active"
                 options = {site.render_vhost(agency, host, inventory.settings, tls_ready=ready)

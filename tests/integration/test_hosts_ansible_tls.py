@@ -24,11 +24,12 @@ from provisioner import ansible, dnsops, site, tls
 from provisioner.dns import DnsClient
 from provisioner.errors import HostError
 from provisioner.hosts import HostClient
-from provisioner.models import Agency, Inventory
+from provisioner.models import Agency, Host, Inventory
 
 pytestmark = pytest.mark.integration
 
-BASE = ("dinkes", "dishub", "bapenda")  # web1, web1, web2
+BASE = ("dinkes", "dishub", "bapenda", "dpupr")  # web1, web1, web2, web3 (sudo user)
+HOSTS = ("web1", "web2", "web3")
 BROKEN = "    bogus_directive on;\n"
 
 
@@ -105,9 +106,9 @@ def inv(lab) -> Inventory:
 @pytest.fixture(scope="module")
 def first_deploy(inv, lab):
     """The base agencies deployed once, with the nginx workers before and after."""
-    before = {h: nginx_workers(lab, h) for h in ("web1", "web2")}
+    before = {h: nginx_workers(lab, h) for h in HOSTS}
     report = deploy(inv, BASE)
-    after = {h: nginx_workers(lab, h) for h in ("web1", "web2")}
+    after = {h: nginx_workers(lab, h) for h in HOSTS}
     return report, before, after
 
 
@@ -178,21 +179,21 @@ def test_first_deploy_creates_every_site_with_one_reload_per_host(inv, first_dep
     report, before, after = first_deploy
     assert report.run.ok, report.run.output_tail
     assert {s: a.status for s, a in report.agencies.items()} == dict.fromkeys(BASE, "changed")
-    assert {h: d.reloaded for h, d in report.hosts.items()} == {"web1": True, "web2": True}
+    assert {h: d.reloaded for h, d in report.hosts.items()} == dict.fromkeys(HOSTS, True)
     assert all(d.nginx_tests == 1 for d in report.hosts.values())
-    for host in ("web1", "web2"):
+    for host in HOSTS:
         assert after[host] and not after[host] & before[host]  # new workers: reloaded
     for slug in BASE:
         assert serves_site(inv, slug)
 
 
 def test_a_second_deploy_changes_nothing_and_does_not_reload(inv, lab, first_deploy):
-    before = {h: nginx_workers(lab, h) for h in ("web1", "web2")}
+    before = {h: nginx_workers(lab, h) for h in HOSTS}
     report = deploy(inv, BASE)
     assert {s: a.status for s, a in report.agencies.items()} == dict.fromkeys(BASE, "ok")
     assert all(not d.reloaded and d.nginx_tests == 0 for d in report.hosts.values())
     assert all(s.changed == 0 for s in report.run.stats.values())
-    assert {h: nginx_workers(lab, h) for h in ("web1", "web2")} == before
+    assert {h: nginx_workers(lab, h) for h in HOSTS} == before
 
 
 def test_a_broken_vhost_fails_alone_and_every_neighbour_keeps_serving(inv, lab, first_deploy):
@@ -246,77 +247,85 @@ def close_masters(control_dir: Path) -> None:
 
 # --------------------------------------------------------------------------- TLS
 
-@pytest.fixture(scope="module")
-def dinkes_https(inv, clients, first_deploy):
-    """dinkes with its DNS record, an HTTP-01 certificate and its HTTPS vhost."""
-    dnsops.dns_step(inv, agencies(inv, "dinkes"))
+@pytest.fixture(scope="module", params=["dinkes", "dpupr"])  # web1 (root), web3 (sudo user)
+def dinkes_https(request, inv, clients, first_deploy):
+    """An agency with its DNS record, an HTTP-01 certificate and its HTTPS vhost."""
+    slug = request.param
+    dnsops.dns_step(inv, agencies(inv, slug))
     issuer = tls.Issuer(inv, clients, DnsClient(inv.settings))
-    [target] = tls.cert_targets(inv, agencies(inv, "dinkes"))
+    [target] = tls.cert_targets(inv, agencies(inv, slug))
     [result] = issuer.obtain([target])
-    report = deploy(inv, ("dinkes",), tls_ready=True)
+    report = deploy(inv, (slug,), tls_ready=True)
     return target, result, report
 
 
-def test_an_http01_certificate_is_issued_installed_and_served(inv, dinkes_https):
-    target, result, report = dinkes_https
-    assert result.status == "changed", result.reason
-    assert result.info.names == ("dinkes.paserkab.go.id",)
-    install = target.installs[0]
-    assert stat.S_IMODE(os.stat(install.key).st_mode) == 0o600
-    assert list(site.acme_challenge_dir(inv.hosts["web1"]).iterdir()) == []  # tokens removed
-    record = tls.read_records(inv.state_dir)
-    assert [r.serial for r in record if r.key == "dinkes"] == [result.info.serial_hex]
-    assert b"PRIVATE" not in (inv.state_dir / "certs" / "dinkes.json").read_bytes()
+def https_agency(inv: Inventory, target) -> tuple[str, Agency, Host]:
+    agency = inv.agencies[target.key]
+    return agency.slug, agency, inv.hosts[agency.host]
 
-    assert report.agencies["dinkes"].status == "changed" and report.hosts["web1"].reloaded
+
+def test_an_http01_certificate_is_issued_installed_and_served(inv, lab, dinkes_https):
+    target, result, report = dinkes_https
+    slug, agency, host = https_agency(inv, target)
+    assert result.status == "changed", result.reason
+    assert result.info.names == (agency.fqdn,)
+    install = target.installs[0]
+    assert stat.S_IMODE(os.stat(lab.lab.local(host, install.key)).st_mode) == 0o600
+    challenges = lab.lab.local(host, site.acme_challenge_dir(host))
+    assert list(challenges.iterdir()) == []  # tokens removed
+    record = tls.read_records(inv.state_dir)
+    assert [r.serial for r in record if r.key == slug] == [result.info.serial_hex]
+    assert b"PRIVATE" not in (inv.state_dir / "certs" / f"{slug}.json").read_bytes()
+
+    assert report.agencies[slug].status == "changed" and report.hosts[host.name].reloaded
     assert tls.served_problems(inv, [result]) == {}
-    host = inv.hosts["web1"]
-    assert tls.served_serial(host.public_ipv4, 443, "dinkes.paserkab.go.id") == result.info.serial
-    peer = verified_handshake(host.public_ipv4, "dinkes.paserkab.go.id", inv.settings.trust_roots)
-    assert ("DNS", "dinkes.paserkab.go.id") in peer["subjectAltName"]
-    assert get(inv, "dinkes")[0] == 301  # HTTP now redirects to HTTPS
+    assert tls.served_serial(host.public_ipv4, 443, agency.fqdn) == result.info.serial
+    peer = verified_handshake(host.public_ipv4, agency.fqdn, inv.settings.trust_roots)
+    assert ("DNS", agency.fqdn) in peer["subjectAltName"]
+    assert get(inv, slug)[0] == 301  # HTTP now redirects to HTTPS
 
 
 def test_renew_replaces_a_due_certificate_and_the_site_serves_it(inv, lab, cli, dinkes_https):
-    _target, first, _report = dinkes_https
-    host = inv.hosts["web1"]
-    workers = nginx_workers(lab, "web1")
+    target, first, _report = dinkes_https
+    slug, agency, host = https_agency(inv, target)
+    workers = nginx_workers(lab, host.name)
 
-    renewed = cli("renew", "dinkes", "--days", "100000", "--format", "json")
+    renewed = cli("renew", slug, "--days", "100000", "--format", "json")
 
     assert renewed.exit_code == 0, renewed.stdout + renewed.stderr
     result = json.loads(renewed.stdout)["result"]
-    assert result["agencies"]["dinkes"]["status"] == "changed"
-    assert result["reloads"] == {"web1": 1}
+    assert result["agencies"][slug]["status"] == "changed"
+    assert result["reloads"] == {host.name: 1}
     # every connection right after the run: no old worker still answers with the old one
-    (served, *others) = {tls.served_serial(host.public_ipv4, 443, "dinkes.paserkab.go.id")
+    (served, *others) = {tls.served_serial(host.public_ipv4, 443, agency.fqdn)
                          for _ in range(20)}
     assert not others and served != first.info.serial
-    assert f"serial {served:x}" in result["agencies"]["dinkes"]["detail"]
-    assert nginx_workers(lab, "web1") != workers
+    assert f"serial {served:x}" in result["agencies"][slug]["detail"]
+    assert nginx_workers(lab, host.name) != workers
 
-    again = cli("renew", "dinkes", "--format", "json")  # 30 days: nothing is due
+    again = cli("renew", slug, "--format", "json")  # 30 days: nothing is due
     assert again.exit_code == 0
     assert json.loads(again.stdout)["result"]["reloads"] == {}
-    assert json.loads(again.stdout)["result"]["agencies"]["dinkes"]["status"] == "ok"
+    assert json.loads(again.stdout)["result"]["agencies"][slug]["status"] == "ok"
 
     listed = {c["key"]: c for c in json.loads(cli("certs", "--format", "json").stdout)}
-    assert listed["dinkes"]["serial"] == f"{served:x}" and listed["dinkes"]["status"] == "ok"
+    assert listed[slug]["serial"] == f"{served:x}" and listed[slug]["status"] == "ok"
     live = json.loads(cli("certs", "--live", "--format", "json").stdout)
-    dinkes = next(c for c in live if c["key"] == "dinkes")
-    assert (dinkes["serial"], dinkes["host"], dinkes["source"]) == (f"{served:x}", "web1", "host")
+    found = next(c for c in live if c["key"] == slug)
+    assert (found["serial"], found["host"], found["source"]) == (f"{served:x}", host.name, "host")
     assert next(c for c in live if c["key"] == "dishub")["status"] == "missing"
 
 
 def test_renew_dry_run_changes_nothing(inv, cli, dinkes_https):
-    host = inv.hosts["web1"]
-    before = tls.served_serial(host.public_ipv4, 443, "dinkes.paserkab.go.id")
-    dry = cli("renew", "dinkes", "--days", "100000", "--dry-run", "--format", "json")
+    target, _result, _report = dinkes_https
+    slug, agency, host = https_agency(inv, target)
+    before = tls.served_serial(host.public_ipv4, 443, agency.fqdn)
+    dry = cli("renew", slug, "--days", "100000", "--dry-run", "--format", "json")
     assert dry.exit_code == 0
     output = json.loads(dry.stdout)
     assert output["result"] is None
     assert [c["action"] for c in output["plan"]["changes"]] == ["update"]
-    assert tls.served_serial(host.public_ipv4, 443, "dinkes.paserkab.go.id") == before
+    assert tls.served_serial(host.public_ipv4, 443, agency.fqdn) == before
 
 
 def test_a_wildcard_certificate_is_issued_through_dns01(inv, clients, first_deploy):

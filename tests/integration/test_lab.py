@@ -108,14 +108,15 @@ def update(lab: TestLab, *, signed: bool = True) -> dns.update.UpdateMessage:
     return dns.update.UpdateMessage(zone)
 
 
-def send(lab: TestLab, message: dns.update.UpdateMessage) -> dns.message.Message:
-    return dns.query.tcp(message, lab.lab.lab.ns1, timeout=5)
+def send(lab: TestLab, message: dns.update.UpdateMessage,
+         server: str | None = None) -> dns.message.Message:
+    return dns.query.tcp(message, server or lab.lab.lab.ns1, timeout=5)
 
 
-def add_a_record(lab: TestLab, name: str, address: str) -> None:
+def add_a_record(lab: TestLab, name: str, address: str, server: str | None = None) -> None:
     message = update(lab)
     message.replace(name + ".", 60, "A", address)
-    assert send(lab, message).rcode() == dns.rcode.NOERROR
+    assert send(lab, message, server).rcode() == dns.rcode.NOERROR
 
 
 def delete_record(lab: TestLab, name: str) -> None:
@@ -491,7 +492,7 @@ def test_status_json_reports_every_server_healthy(lab: TestLab, cli):
     data = json.loads(result.stdout)
     assert data["healthy"] is True
     names = {s["name"] for s in data["servers"]}
-    assert names == {"ns1", "ns2", "web1-sshd", "web2-sshd", "web3-sshd", "web1-nginx",
+    assert names == {"ns1", "ns2", "pdns", "web1-sshd", "web2-sshd", "web3-sshd", "web1-nginx",
                      "web2-nginx", "web3-nginx", "acme"}
     assert all(s["healthy"] and s["running"] and s["pid"] for s in data["servers"])
     addresses = {s["address"].split(":")[0] for s in data["servers"]}
@@ -600,6 +601,7 @@ def test_reset_wipes_sites_records_and_certificates_but_keeps_keys(scratch: Test
     (host.tls_dir / "dinkes.pem").write_text("cert")
     (host.acme_webroot / "token").write_text("token")
     add_a_record(scratch, f"dinkes.{zone}", host.public_ipv4)
+    add_a_record(scratch, f"dinkes.{zone}", host.public_ipv4, server=scratch.lab.lab.pdns)
     nginx_reload(scratch, host)
     prod = inv.hosts["web3"]
     web3_folders = [scratch.lab.local(prod, d) for d in (prod.nginx_sites_dir, prod.web_root,
@@ -619,7 +621,7 @@ def test_reset_wipes_sites_records_and_certificates_but_keeps_keys(scratch: Test
     for folder in (host.nginx_sites_dir, host.web_root, host.tls_dir, host.acme_webroot,
                    *web3_folders):
         assert list(folder.iterdir()) == []
-    for server in (scratch.lab.lab.ns1, scratch.lab.lab.ns2):
+    for server in (scratch.lab.lab.ns1, scratch.lab.lab.ns2, scratch.lab.lab.pdns):
         assert answers(server, f"dinkes.{zone}", "A") == []
         assert answers(server, f"web1.{zone}", "A") == [host.public_ipv4]
     assert soa_serial(scratch.lab.lab.ns1, zone) == soa_serial(scratch.lab.lab.ns2, zone) \

@@ -34,7 +34,8 @@ def olab(tmp_path_factory: pytest.TempPathFactory):
     test_lab = start_test_lab(tmp_path_factory.mktemp("offboard"), TEST_NET, offset=200)
     try:
         fault_lab = FaultLab(test_lab)
-        code, out = fault_lab.json("onboard", SLUG, NEIGHBOUR, "bpbd", "--yes")
+        code, out = fault_lab.json("onboard", SLUG, NEIGHBOUR, "bpbd", "kec-batu-engau",
+                                   "--yes")
         assert code == 0, out["outcomes"]
         yield fault_lab
     finally:
@@ -69,8 +70,9 @@ def paths(olab: FaultLab, slug: str):
     inventory = olab.inventory
     agency = inventory.agencies[slug]
     host = inventory.hosts[agency.host]
-    return (site.site_dir(agency, host), site.vhost_path(agency, host),
-            site.cert_paths(agency, host, inventory.settings).fullchain.parent)
+    local = olab.lab.lab.local  # where the host's files are on this machine (web3: mounted)
+    return (local(host, site.site_dir(agency, host)), local(host, site.vhost_path(agency, host)),
+            local(host, site.cert_paths(agency, host, inventory.settings).fullchain.parent))
 
 
 def edit_site(olab: FaultLab, slug: str) -> None:
@@ -85,17 +87,19 @@ def edit_site(olab: FaultLab, slug: str) -> None:
     report.chmod(0o600)
 
 
-def test_offboard_then_restore_round_trips_byte_for_byte(olab: FaultLab, tmp_path: Path):
-    edit_site(olab, SLUG)
-    site_dir, vhost, cert_dir = paths(olab, SLUG)
+@pytest.mark.parametrize("slug", [SLUG, "kec-batu-engau"])  # web1 (root), web3 (sudo user)
+def test_offboard_then_restore_round_trips_byte_for_byte(olab: FaultLab, tmp_path: Path,
+                                                         slug: str):
+    edit_site(olab, slug)
+    site_dir, vhost, cert_dir = paths(olab, slug)
     before = file_states(site_dir)
     before_vhost = vhost.read_bytes()
-    _status, _body, old_serial = https_get(olab, SLUG)
-    registry_file = olab.agency(SLUG).source
+    _status, _body, old_serial = https_get(olab, slug)
+    registry_file = olab.agency(slug).source
     registry_before = registry_file.read_text(encoding="utf-8")
-    fqdn = olab.agency(SLUG).fqdn
+    fqdn = olab.agency(slug).fqdn
 
-    code, out = olab.json("offboard", SLUG, "--yes")
+    code, out = olab.json("offboard", slug, "--yes")
 
     assert code == 0, out["result"]
     steps = {o["kind"]: o["status"] for o in out["result"]["outcomes"]}
@@ -116,7 +120,7 @@ def test_offboard_then_restore_round_trips_byte_for_byte(olab: FaultLab, tmp_pat
     registry_after = registry_file.read_text(encoding="utf-8")
     assert [l for l in registry_after.splitlines() if not l.startswith("status:")] == \
         registry_before.splitlines()
-    assert olab.agency(SLUG).offboarded
+    assert olab.agency(slug).offboarded
     assert https_get(olab, NEIGHBOUR)[0] == 200  # the host's other sites never noticed
     olab.nginx_config_ok()
 
@@ -130,9 +134,9 @@ def test_offboard_then_restore_round_trips_byte_for_byte(olab: FaultLab, tmp_pat
     assert vhost.read_bytes() == before_vhost
     assert "identical" in next(o["detail"] for o in out["result"]["outcomes"]
                                if o["kind"] == "vhost")
-    status, body, new_serial = https_get(olab, SLUG)
+    status, body, new_serial = https_get(olab, slug)
     assert status == 200 and "jadwal vaksinasi" in body and new_serial != old_serial
-    assert not olab.agency(SLUG).offboarded
+    assert not olab.agency(slug).offboarded
     assert olab.owned_orphans() == []
 
 

@@ -71,33 +71,38 @@ def fetch(olab: TestLab, slug: str, path: str = "/") -> tuple[int, str, x509.Cer
 def nginx_workers(olab: TestLab) -> dict[str, set[int]]:
     """Worker PIDs per host: a reload replaces them, so equal sets mean no reload."""
     workers = {}
-    for host in olab.lab.hosts:
-        master = int(olab.lab.paths.host(host).nginx_pid.read_text())
+    for spec in olab.lab.servers():
+        if not spec.name.endswith("-nginx"):
+            continue
+        master = olab.lab.running_pid(spec)
+        host = olab.inventory.hosts[spec.name.removesuffix("-nginx")]
         children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
         workers[host.name] = {int(pid) for pid in children}
     return workers
 
 
-def test_one_agency_from_nothing_to_https(olab: TestLab):
-    code, out = onboard_json(olab, "dinkes")
+@pytest.mark.parametrize("slug", ["dinkes", "dpupr"])  # web1 (root), web3 (sudo user)
+def test_one_agency_from_nothing_to_https(olab: TestLab, slug: str):
+    agency = olab.inventory.agencies[slug]
+    code, out = onboard_json(olab, slug)
 
     assert code == 0, out
-    assert out["agencies"]["dinkes"]["status"] == "changed"
-    steps = {o["kind"]: o["status"] for o in out["outcomes"] if o["agency"] == "dinkes"}
+    assert out["agencies"][slug]["status"] == "changed"
+    steps = {o["kind"]: o["status"] for o in out["outcomes"] if o["agency"] == slug}
     assert steps == {"dns": "changed", "web": "changed", "tls": "changed", "verify": "ok"}
-    status, body, cert = fetch(olab, "dinkes")
-    assert status == 200 and "Dinas Kesehatan" in body
+    status, body, cert = fetch(olab, slug)
+    assert status == 200 and agency.name in body
     assert cert.subject.rfc4514_string() or cert.extensions  # chain verified by the context
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["dinkes.paserkab.go.id"]
+    assert names.get_values_for_type(x509.DNSName) == [agency.fqdn]
     tls13 = trust_context(olab)
     tls13.minimum_version = ssl.TLSVersion.TLSv1_3
-    with socket.create_connection((olab.inventory.hosts["web1"].public_ipv4, 443),
+    with socket.create_connection((olab.inventory.hosts[agency.host].public_ipv4, 443),
                                   timeout=5) as raw, \
-            tls13.wrap_socket(raw, server_hostname="dinkes.paserkab.go.id") as conn:
+            tls13.wrap_socket(raw, server_hostname=agency.fqdn) as conn:
         assert conn.version() == "TLSv1.3"
-    service = olab.inventory.agencies["dinkes"].services[0]
-    status, page, _ = fetch(olab, "dinkes", "/" + site.service_path(service))
+    service = agency.services[0]
+    status, page, _ = fetch(olab, slug, "/" + site.service_path(service))
     assert status == 200
     for heading in ("Persyaratan", "Jangka Waktu Penyelesaian", "Biaya/Tarif", "Produk Pelayanan"):
         assert heading in page
@@ -121,12 +126,12 @@ def test_whole_sample_in_one_run(olab: TestLab):
     assert code == 0, [o for o in out["outcomes"] if o["status"] == "failed"]
     agencies = olab.inventory.agencies
     assert len(out["agencies"]) == len(agencies) >= 30
-    assert {a.host for a in agencies.values()} == {"web1", "web2"}
+    assert {a.host for a in agencies.values()} == {"web1", "web2", "web3"}
     assert all(o["status"] in ("changed", "ok") for o in out["agencies"].values())
     # First onboarding: the HTTP vhost (for the ACME challenge), then the HTTPS one.
-    assert set(out["reloads"]) == {"web1", "web2"} and max(out["reloads"].values()) <= 2
+    assert set(out["reloads"]) == {"web1", "web2", "web3"} and max(out["reloads"].values()) <= 2
     assert set(out["timings"]) >= {"plan", "dns", "web", "tls", "verify"}
-    for slug in ("setda", "disdukcapil", "kec-muara-samu"):
+    for slug in ("setda", "disdukcapil", "kec-muara-samu", "kec-tanah-grogot"):
         status, body, _ = fetch(olab, slug)
         assert status == 200 and agencies[slug].name in body
 
@@ -166,20 +171,21 @@ def test_renew_everything_serves_new_serials_with_one_reload_per_host(olab: Test
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)["result"]
     assert {o["status"] for o in out["agencies"].values()} == {"changed"}
-    assert out["reloads"] == {"web1": 1, "web2": 1}
+    assert out["reloads"] == {"web1": 1, "web2": 1, "web3": 1}
     after = {slug: fetch(olab, slug)[2].serial_number for slug in olab.inventory.agencies}
     assert all(after[slug] != before[slug] for slug in before)
 
 
-def test_plan_lists_an_edited_page_and_onboard_keeps_it(olab: TestLab):
-    agency = olab.inventory.agencies["dkisp"]
+@pytest.mark.parametrize("slug", ["dkisp", "dpmd"])  # web1, web3
+def test_plan_lists_an_edited_page_and_onboard_keeps_it(olab: TestLab, slug: str):
+    agency = olab.inventory.agencies[slug]
     host = olab.inventory.hosts[agency.host]
-    page = site.site_dir(agency, host) / "index.html"
+    page = olab.lab.local(host, site.site_dir(agency, host) / "index.html")
     page.write_text(page.read_text(encoding="utf-8").replace("</main>", "<p>Berita DKISP</p></main>"),
                     encoding="utf-8")
 
-    plan = json.loads(cli(olab, "plan", "dkisp", "--format", "json").stdout)
-    code, _out = onboard_json(olab, "dkisp")
+    plan = json.loads(cli(olab, "plan", slug, "--format", "json").stdout)
+    code, _out = onboard_json(olab, slug)
 
     site_rows = [c for c in plan["changes"] if c["kind"] == "site"]
     assert "index.html" in site_rows[0]["reason"]
@@ -260,7 +266,8 @@ def test_killed_midway_then_rerun_converges(olab: TestLab):
     assert code == 0 and {o["status"] for o in out["agencies"].values()} == {"ok"}
     assert sum(out["reloads"].values()) == 0
     for host in olab.lab.hosts:
-        done = subprocess.run([host.nginx_binary, "-t", "-c", str(host.nginx_main_config)],
+        done = subprocess.run(olab.lab.on_host(host, (host.nginx_binary, "-t", "-c",
+                                                      str(host.nginx_main_config))),
                               capture_output=True)
         assert done.returncode == 0, done.stderr
 

@@ -27,6 +27,7 @@ PROM_SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[
 def sweep_sites(lab: TestLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
     hole = f"{lab.prefix}.14"
     specs = [SiteSpec("s-healthy"),
+             SiteSpec("s-healthy3", served_by="web3"),  # the production-shaped host
              SiteSpec("s-expired", served_by="web2", cert="expired"),
              SiteSpec("s-default", served_by="web2", content="nginx-default"),
              SiteSpec("s-external", served_by="web2", external=True, content="external"),
@@ -40,7 +41,7 @@ def sweep(sites: Sites, *args: str):
                      "--concurrency", "4", *args)
 
 
-SUMMARY = "active 2/5 (40 %), 1 certificate(s) expiring within 21 days"
+SUMMARY = "active 3/6 (50 %), 1 certificate(s) expiring within 21 days"
 
 
 def test_sweep_reports_in_every_format(sweep_sites: Sites, tmp_path: Path) -> None:
@@ -61,9 +62,11 @@ def test_sweep_reports_in_every_format(sweep_sites: Sites, tmp_path: Path) -> No
 
     records = [json.loads(line) for line in outputs["jsonl"].splitlines()]
     by_agency = {r["agency"]: r for r in records}
-    assert sorted(by_agency) == ["s-default", "s-expired", "s-external", "s-hang", "s-healthy"]
+    assert sorted(by_agency) == ["s-default", "s-expired", "s-external", "s-hang", "s-healthy",
+                                 "s-healthy3"]
     assert {r["schema"] for r in records} == {"provisioner/sweep-record/v1"}
-    assert sorted(a for a, r in by_agency.items() if r["active"]) == ["s-external", "s-healthy"]
+    assert sorted(a for a, r in by_agency.items() if r["active"]) == ["s-external", "s-healthy",
+                                                                       "s-healthy3"]
     # errors are retried inside the site's deadline only: a hanging server leaves none
     assert {r["attempts"] for r in records} == {1} and by_agency["s-hang"]["reasons"]
     assert by_agency["s-expired"]["cert"]["days_left"] < 0
@@ -83,28 +86,29 @@ def test_sweep_reports_in_every_format(sweep_sites: Sites, tmp_path: Path) -> No
 
     samples = [line for line in outputs["prom"].splitlines() if not line.startswith("#")]
     assert all(PROM_SAMPLE.match(line) for line in samples), samples
-    assert "provisioner_sweep_active_ratio 0.4" in samples
+    assert "provisioner_sweep_active_ratio 0.5" in samples
     assert 'provisioner_agency_active{agency="s-healthy"} 1' in samples
 
     page = lxml_html.fromstring(outputs["html"])
     assert page.get("lang") == "id"
-    assert "40,0\u00a0%" in page.xpath("//div[contains(@class, 'big')]")[0].text_content()
+    assert "50,0\u00a0%" in page.xpath("//div[contains(@class, 'big')]")[0].text_content()
     assert page.findall(".//svg"), "the trend chart appears once there are two sweeps"
-    assert len(page.xpath("//tbody")[0].findall("tr")) == 5
+    assert len(page.xpath("//tbody")[0].findall("tr")) == 6
 
 
 def test_history_shows_the_trend(sweep_sites: Sites, tmp_path: Path) -> None:
     two = sweep(sweep_sites, "--format", "json", "-o", str(tmp_path / "sweep.json"),
                 "--workers", "2")
     document = json.loads((tmp_path / "sweep.json").read_text())
-    assert two.exit_code == 1 and document["summary"]["active"] == 2
+    assert two.exit_code == 1 and document["summary"]["active"] == 3
     assert [r["agency"] for r in document["records"]] == [
-        "s-default", "s-expired", "s-external", "s-hang", "s-healthy"]  # inventory order
-    assert [r["attempts"] for r in document["records"]] == [1, 1, 1, 1, 1]
+        "s-default", "s-expired", "s-external", "s-hang", "s-healthy",
+        "s-healthy3"]  # inventory order
+    assert [r["attempts"] for r in document["records"]] == [1] * 6
     overall = sweep_sites.cli("history", "--format", "json", "--limit", "3")
     points = json.loads(overall.stdout)
     assert overall.exit_code == 0 and len(points) == 3
-    assert points[-1]["active_pct"] == 40.0 and points[-1]["total"] == 5
+    assert points[-1]["active_pct"] == 50.0 and points[-1]["total"] == 6
     assert [p["sweep_id"] for p in points] == sorted(p["sweep_id"] for p in points)
     one = json.loads(sweep_sites.cli("history", "--agency", "s-healthy", "--format",
                                      "json").stdout)

@@ -12,6 +12,7 @@ Everything is removed again at the end.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import json
 import shutil
@@ -282,15 +283,16 @@ def served_sites(lab: TestLab, root: Path, specs: list[SiteSpec]) -> Iterator[Si
     try:
         for spec in (s for s in specs if s.vhost):
             host = lab.inventory.hosts[spec.served_by]
+            local = functools.partial(lab.lab.local, host)  # web3's files: in its mounts
             fqdn = sites.fqdn(spec.slug)
             tls = host.tls_dir / f"verify-{spec.slug}"
-            tls.mkdir(parents=True, exist_ok=True)
-            (tls / "fullchain.pem").write_bytes(certs[spec.cert].cert)
-            (tls / "privkey.pem").write_bytes(certs[spec.cert].key)
+            local(tls).mkdir(parents=True, exist_ok=True)
+            local(tls / "fullchain.pem").write_bytes(certs[spec.cert].cert)
+            local(tls / "privkey.pem").write_bytes(certs[spec.cert].key)
             web = host.web_root / f"verify-{spec.slug}"
-            written += [tls, web]
-            site.write_files(site_files(spec, sites.inventory), web)
-            vhost = host.nginx_sites_dir / f"verify-{spec.slug}.conf"
+            written += [local(tls), local(web)]
+            site.write_files(site_files(spec, sites.inventory), local(web))
+            vhost = local(host.nginx_sites_dir / f"verify-{spec.slug}.conf")
             written.append(vhost)
             vhost.write_text(vhost_text(fqdn, host.public_ipv4, web, tls / "fullchain.pem",
                                         tls / "privkey.pem", spec))

@@ -287,15 +287,15 @@ def test_lab_refuses_a_primary_that_is_not_ns1(inventory: Inventory):
 
 def test_servers_and_addresses(lab: L.Lab):
     assert [s.name for s in lab.servers()] == [
-        "ns1", "ns2", "web1-sshd", "web2-sshd", "web3-sshd", "web1-nginx", "web2-nginx",
-        "web3-nginx", "acme"]
-    assert lab.addresses() == ["127.0.0.10", "127.0.0.11", "127.0.0.20", "127.0.0.21",
-                               "127.0.0.22", "127.0.0.30"]
+        "ns1", "ns2", "pdns", "web1-sshd", "web2-sshd", "web3-sshd", "web1-nginx",
+        "web2-nginx", "web3-nginx", "acme"]
+    assert lab.addresses() == ["127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.20",
+                               "127.0.0.21", "127.0.0.22", "127.0.0.30"]
     pebble = lab.servers()[-1]
     assert pebble.env == {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
     assert pebble.argv[-2:] == ("-dnsserver", "127.0.0.10:53")
     # Every server is recognised by a config path unique to this lab.
-    assert len({s.marker for s in lab.servers()}) == 9
+    assert len({s.marker for s in lab.servers()}) == 10
     assert all(s.marker.startswith(str(lab.paths.dir) + "/") for s in lab.servers())
 
 
@@ -339,6 +339,24 @@ def test_production_shaped_configs_use_debian_paths_and_a_sudo_user(lab: L.Lab):
     assert "PermitRootLogin prohibit-password" in L.sshd_config(
         lab.inventory.hosts["web1"], lab.paths.host(lab.inventory.hosts["web1"]))
     assert L.sudoers_drop_in("deploy").splitlines()[-1] == "deploy ALL=(ALL:ALL) NOPASSWD: ALL"
+
+
+def test_powerdns_serves_the_zone_from_sqlite_with_updates_and_signed_transfers_only(
+        lab: L.Lab):
+    conf = L.pdns_conf(lab.settings, lab.paths, "127.0.0.12")
+    lines = conf.splitlines()
+    for line in ("launch=gsqlite3", f"gsqlite3-database={lab.paths.pdns_database}",
+                 "local-address=127.0.0.12", "local-port=53", "dnsupdate=yes",
+                 "allow-axfr-ips=", "daemon=no", "domain-metadata-cache-ttl=0"):
+        assert line in lines
+    pdns = lab.pdns_settings()
+    assert pdns.primary.address == "127.0.0.12" and pdns.nameservers == (pdns.primary,)
+    zone = dns.zone.from_text(L.zone_file_text(pdns, lab.inventory.hosts.values(), 1),
+                              origin=pdns.zone, relativize=False)
+    assert [r.to_text() for r in zone.get_rdataset(pdns.zone + ".", "NS")] == \
+        ["pdns.paserkab.go.id."]
+    spec = next(s for s in lab.servers() if s.name == "pdns")
+    assert spec.argv == (L.PDNS_BINARY, f"--config-dir={lab.paths.pdns_dir}")
 
 
 def test_ansible_env_points_into_the_lab(lab: L.Lab):
