@@ -41,7 +41,7 @@ import dns.update
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from labkit import markdown_table, write_section  # noqa: E402
+from labkit import load_average, markdown_table, write_section  # noqa: E402
 from sweep_bench import (  # noqa: E402
     PROVISIONER,
     Bench,
@@ -171,7 +171,8 @@ def blackbox_timing(bench: Bench, root: Path, names: dict[str, KitSite], timeout
 
 # =========================================================================== report
 
-def report(timeout: float, shared: Timing, mix: Timing, blackbox: Timing) -> tuple[str, bool]:
+def report(timeout: float, shared: Timing, mix: Timing, blackbox: Timing,
+           load: tuple[str, str]) -> tuple[str, bool]:
     rows = [[t.label, t.sites, f"{t.wall:.2f}", f"{t.times(timeout):.2f}x", f"{t.cpu:.2f}",
              "" if t.active is None else t.active,
              "" if t.inactive_with_reason is None else t.inactive_with_reason]
@@ -182,6 +183,8 @@ def report(timeout: float, shared: Timing, mix: Timing, blackbox: Timing) -> tup
               mix.times(timeout) <= 3 and mix.active == HEALTHY
               and mix.inactive_with_reason == HOSTILE)]
     text = (f"## Time to verdict (issue 15)\n\n{dt.date.today().isoformat()}, {machine()}; "
+            f"load average {load[0]} before, {load[1]} after (other work stretches the wall "
+            f"times of CPU-bound runs); "
             f"--timeout {timeout:g} (site deadline: twice that). Wall times of the sweep "
             f"alone (the CLI's start-up and inventory load subtracted); blackbox_exporter's "
             f"from the first probe sent to the last answer.\n\n"
@@ -204,6 +207,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args()
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="verdict-bench-") as tmp, \
             bench_lab(Path(tmp), args.prefix, args.offset, HEALTHY) as bench:
         root = Path(tmp)
@@ -233,7 +237,7 @@ def main() -> None:
             blackbox.label = f"(b) same mix, {blackbox.label}"
         finally:
             kit.close()
-    text, met = report(args.timeout, shared, mix, blackbox)
+    text, met = report(args.timeout, shared, mix, blackbox, (load_before, load_average()))
     print("\n" + text)
     if args.write_results:
         write_section("verdict_bench", text)
