@@ -301,6 +301,9 @@ class Session(LockedRun):
                 changes += self._web_changes(hosted, rendered, facts, installed, host_errors)
             budget = None
             if "tls" in steps:
+                decisions = tls.for_this_ca(
+                    decisions, {r.key: r for r in tls.read_records(self.inventory.state_dir)},
+                    self.inventory.settings.acme.directory)
                 budget = self.ledger.budget(tls.demands(
                     [t for t in targets if not _on_failed_host(t, host_errors)], decisions,
                     self.inventory.settings.acme))

@@ -34,7 +34,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -994,6 +994,22 @@ def open_ledger(inventory: Inventory, clock: ratelimit.Clock = ratelimit.utc_now
     """The rate-limit ledger of the inventory's CA directory."""
     acme = inventory.settings.acme
     return ratelimit.Ledger(inventory.state_dir, acme.directory, acme.rate_limits, clock)
+
+
+def for_this_ca(decisions: Mapping[str, CertDecision], records: Mapping[str, CertRecord],
+                directory: str) -> dict[str, CertDecision]:
+    """Decisions seen with the controller's records: a certificate another CA directory
+    issued (staging, before going to production) is ordered again from this one, and a
+    renew is a renewal (exempt from some of the CA's limits) only when this CA issued it."""
+    seen = {}
+    for key, decision in decisions.items():
+        record = records.get(key)
+        if record is not None and record.directory != directory and decision.action == "keep":
+            decision = CertDecision("renew", f"issued by another CA ({record.directory})")
+        elif decision.renewal and (record is None or record.directory != directory):
+            decision = replace(decision, renewal=False)
+        seen[key] = decision
+    return seen
 
 
 def demands(targets: Sequence[CertTarget], decisions: Mapping[str, CertDecision],

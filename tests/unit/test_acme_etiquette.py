@@ -201,3 +201,37 @@ def test_retries_of_a_busy_ca_are_bounded():
         net.get("https://ca.test/dir")
     assert slept == [1.0] * tls.BUSY_RETRIES
     assert transport.calls == ["GET"] * (tls.BUSY_RETRIES + 1)
+
+
+# --------------------------------------------------------------------------- CA switch
+
+STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+def record(directory: str) -> tls.CertRecord:
+    return tls.CertRecord(key="dinkes", names=("dinkes.paserkab.go.id",), serial="abc",
+                          not_before="2026-11-01T00:00:00+00:00",
+                          not_after="2027-01-30T00:00:00+00:00", issuer="(STAGING) Ersatz",
+                          hosts=("web1",), agencies=("dinkes",),
+                          issued_at="2026-11-01T00:00:00+00:00", directory=directory)
+
+
+KEEP = tls.CertDecision("keep", "valid until 2027-01-30 (60 days left)")
+DUE = tls.CertDecision("renew", "expires in 10 days (renewing within 30)", renewal=True)
+ORDER = tls.CertDecision("order", "no certificate installed")
+
+
+@pytest.mark.parametrize("decision,directory,expected", [
+    (KEEP, PRODUCTION, KEEP),  # this CA issued it
+    (KEEP, STAGING, tls.CertDecision("renew", f"issued by another CA ({STAGING})")),
+    (KEEP, None, KEEP),  # no record (issued before records, or by hand): keep
+    (DUE, PRODUCTION, DUE),  # a renewal at the CA that issued it
+    (DUE, STAGING, tls.CertDecision("renew", DUE.reason)),  # new to this CA: no exemption
+    (DUE, None, tls.CertDecision("renew", DUE.reason)),
+    (ORDER, STAGING, ORDER),
+])
+def test_a_certificate_of_another_ca_is_ordered_again_and_is_no_renewal(decision, directory,
+                                                                        expected):
+    records = {} if directory is None else {"dinkes": record(directory)}
+    assert tls.for_this_ca({"dinkes": decision}, records, PRODUCTION) == {"dinkes": expected}
