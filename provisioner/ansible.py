@@ -429,6 +429,7 @@ class AgencyDeploy:
     removed: tuple[str, ...] = ()
     kept_edited: tuple[str, ...] = ()
     rejected_file: str | None = None
+    drift_file: str | None = None  # where the hand-edited vhost it replaced was kept
 
     def outcome(self) -> Outcome:
         """The step's result for this agency in plan.py's common form (kind "web")."""
@@ -437,6 +438,8 @@ class AgencyDeploy:
 
     def summary(self) -> str:
         parts = [f"vhost {self.vhost}"] if self.vhost in ("created", "updated") else []
+        if self.drift_file:
+            parts = [f"vhost restored (drift: the hand-edited copy is kept in {self.drift_file})"]
         for what, files in (("created", self.created), ("updated", self.updated),
                             ("removed", self.removed)):
             if files:
@@ -510,6 +513,7 @@ def _agency_deploy(bundle: SiteBundle, reported: Mapping[str, Any] | None,
         removed=tuple(files.get("removed", ())),
         kept_edited=tuple(files.get("kept_edited", ())),
         rejected_file=reported.get("rejected_file"),
+        drift_file=reported.get("drift_file"),
     )
 
 

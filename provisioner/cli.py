@@ -364,6 +364,11 @@ def _show_onboard_plan(oplan: onboarding.OnboardPlan) -> None:
         console.print(f"sites, vhosts, certificates: {counts}", markup=False)
     for host, error in oplan.host_errors.items():
         console.print(f"host {host} cannot be used: {visible(error)}", markup=False)
+    for slug, diff in oplan.drift.items():
+        console.print(f"{slug}: drift: its vhost was changed by hand (onboarding restores it "
+                      "and keeps the edited copy aside):", markup=False)
+        for line in diff:
+            console.print(f"  {visible(line)}", markup=False)
     for outcome in oplan.skipped:
         console.print(f"{outcome.agency}: {visible(outcome.detail)}", markup=False)
     _show_rate_limits(oplan)

@@ -87,8 +87,12 @@ class Preflight:
 
 
 def preflight_problems(raw: Mapping[str, Any], nginx_binary: str,
-                       min_free_bytes: int = MIN_FREE_BYTES) -> list[str]:
-    """What stops a deploy on this host, from the agent's raw answer (pure)."""
+                       min_free_bytes: int = MIN_FREE_BYTES,
+                       repairable: Iterable[str] = ()) -> list[str]:
+    """What stops a deploy on this host, from the agent's raw answer (pure).
+
+    A config that fails ``nginx -t`` in a vhost of ours changed by hand (drift) stops
+    nothing when that vhost is in ``repairable`` (this run restores it)."""
     problems = []
     if raw["uid"] != 0:
         problems.append(f"commands run as uid {raw['uid']}, not root (sudo needed)")
@@ -98,12 +102,23 @@ def preflight_problems(raw: Mapping[str, Any], nginx_binary: str,
     if not raw["nginx_version"]:
         problems.append(f"nginx not found or not runnable at {nginx_binary}")
     elif not raw["nginx_test_ok"]:
-        problems.append(f"nginx -t fails on the current config: {raw['nginx_test_output']}")
+        problems += _config_problem(raw, set(repairable))
     for path, free in sorted(raw["free_bytes"].items()):
         if free < min_free_bytes:
             problems.append(f"only {free // 2**20} MiB free for {path} "
                             f"(need {min_free_bytes // 2**20} MiB)")
     return problems
+
+
+def _config_problem(raw: Mapping[str, Any], repairable: set[str]) -> list[str]:
+    problem = f"nginx -t fails on the current config: {raw['nginx_test_output']}"
+    blamed = raw.get("nginx_test_file")
+    if blamed not in raw.get("drifted", ()):
+        return [problem]
+    if blamed in repairable:
+        return []
+    return [f"{problem} ({blamed} was changed by hand since provisioner wrote it: "
+            f"'provisioner onboard {Path(blamed).stem}' restores it)"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,7 @@ class SiteFacts:
     deployed: Mapping[str, str] | None  # path -> sha256 we generated last time
     current: Mapping[str, str]  # path -> sha256 on the host now
     error: str | None = None  # why this agency's files cannot be read (its own problem)
+    vhost_drift: str | None = None  # the vhost as edited by hand, when ours was changed
 
     def plan(self, rendered: Mapping[str, bytes]) -> list[site.FileChange]:
         """What a deploy of ``rendered`` would do to the files (site.py's rules)."""
@@ -294,18 +310,22 @@ class HostClient:
 
     # ------------------------------------------------------------------ operations
 
-    def preflight(self, min_free_bytes: int = MIN_FREE_BYTES) -> Preflight:
-        """Reachable (we are connected), root, python, nginx present and its config valid,
+    def preflight(self, min_free_bytes: int = MIN_FREE_BYTES,
+                  repairable: Iterable[Path] = ()) -> Preflight:
+        """Reachable (we are connected), root, python, nginx present and its config valid
+        (or broken only by drifted vhosts in ``repairable``, which this run restores),
         free space where sites and certificates go."""
         h = self.host
         raw = self.call("preflight", nginx_binary=h.nginx_binary,
                         nginx_main_config=str(h.nginx_main_config),
+                        sites_dir=str(h.nginx_sites_dir),
                         paths=[str(h.web_root), str(h.tls_dir), str(h.nginx_sites_dir)])
         return Preflight(host=h.name, uid=raw["uid"], python=raw["python"],
                          nginx_version=raw["nginx_version"], nginx_test_ok=raw["nginx_test_ok"],
                          nginx_test_output=raw["nginx_test_output"],
                          free_bytes=raw["free_bytes"],
-                         problems=tuple(preflight_problems(raw, h.nginx_binary, min_free_bytes)))
+                         problems=tuple(preflight_problems(raw, h.nginx_binary, min_free_bytes,
+                                                           map(str, repairable))))
 
     def doctor_facts(self) -> tuple[str | None, float]:
         """(the main nginx config's text, None when missing; the host's clock as a Unix
@@ -329,7 +349,7 @@ class HostClient:
         raw = self.call("facts", manifest_path=site.MANIFEST_PATH, web_root=str(h.web_root),
                         agencies=entries, certs=cert_files)
         sites = {slug: SiteFacts(slug, f.get("vhost_sha256"), f.get("deployed"),
-                                 f.get("current", {}), f.get("error"))
+                                 f.get("current", {}), f.get("error"), f.get("vhost_drift"))
                  for slug, f in raw["agencies"].items()}
         certs = {Path(path): pem for path, pem in raw["certs"].items()}
         return HostFacts(host=h.name, sites=sites, certs=certs)

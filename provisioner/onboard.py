@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import difflib
 import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import ansible, ratelimit, site, tls
@@ -42,6 +44,7 @@ from .sweep import Limits, reasons, verify_shard
 STEPS = ("dns", "web", "tls", "verify")
 PHASES = ("plan", "dns", "web", "tls", "verify")
 VERIFY_CONCURRENCY = 32
+DRIFT_DIFF_LINES = 60  # of a hand-edited vhost's diff shown by plan
 
 Report = Callable[[str], None]
 
@@ -66,6 +69,7 @@ class OnboardPlan:
     skipped: tuple[Outcome, ...]  # agencies in scope with nothing to onboard (external)
     timings: Mapping[str, float] = field(default_factory=dict)
     budget: ratelimit.Budget | None = None  # the CA's rate limits (tls step only)
+    drift: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # slug -> vhost diff
 
     @property
     def has_changes(self) -> bool:
@@ -80,7 +84,8 @@ class OnboardPlan:
                     "owned_records": self.dns.owned_records, "safety": self.dns.safety},
                 "host_errors": dict(self.host_errors),
                 "skipped": [o.to_dict() for o in self.skipped],
-                "rate_limits": self.budget.to_dict() if self.budget else None}
+                "rate_limits": self.budget.to_dict() if self.budget else None,
+                "drift": {slug: list(diff) for slug, diff in self.drift.items()}}
 
 
 @dataclass(frozen=True)
@@ -134,13 +139,29 @@ def site_change(agency: Agency, changes: Sequence[site.FileChange]) -> Change:
 
 
 def vhost_change(agency: Agency, current_sha256: str | None, desired: bytes,
-                 tls_ready: bool) -> Change:
+                 tls_ready: bool, drifted: bool = False) -> Change:
     mode = "https" if tls_ready else "http only, until the certificate exists"
+    if drifted:
+        return Change(agency.slug, "vhost", "update", agency.fqdn, new=(mode,),
+                      reason="drift: changed by hand since provisioner wrote it; restored, "
+                             "the edited copy kept aside")
     if current_sha256 is None:
         return Change(agency.slug, "vhost", "create", agency.fqdn, new=(mode,))
     if current_sha256 == site.sha256_hex(desired):
         return Change(agency.slug, "vhost", "noop", agency.fqdn, reason="up to date")
     return Change(agency.slug, "vhost", "update", agency.fqdn, new=(mode,))
+
+
+def drift_diff(path: Path, edited: str, desired: bytes,
+               limit: int = DRIFT_DIFF_LINES) -> tuple[str, ...]:
+    """A vhost of ours changed by hand, as a unified diff from the host's copy to what
+    onboarding writes back (at most ``limit`` lines)."""
+    lines = list(difflib.unified_diff(
+        edited.splitlines(), desired.decode("utf-8").splitlines(),
+        f"{path} (on the host)", f"{path} (provisioner)", lineterm=""))
+    if len(lines) <= limit:
+        return tuple(lines)
+    return (*lines[:limit], f"... {len(lines) - limit} more lines")
 
 
 def cert_changes(target: tls.CertTarget, decision: tls.CertDecision,
@@ -297,8 +318,10 @@ class Session(LockedRun):
             decisions, installed = decide_certs(targets, facts,
                                                 dt.datetime.now(dt.timezone.utc), renew_days)
             changes = list(dns_plan.plan) if dns_plan else []
+            drift: dict[str, tuple[str, ...]] = {}
             if "web" in steps:
-                changes += self._web_changes(hosted, rendered, facts, installed, host_errors)
+                changes += self._web_changes(hosted, rendered, facts, installed, host_errors,
+                                             drift)
             budget = None
             if "tls" in steps:
                 decisions = tls.for_this_ca(
@@ -312,7 +335,7 @@ class Session(LockedRun):
         return OnboardPlan(agencies=hosted, steps=tuple(steps), dns=dns_plan, plan=Plan(changes),
                            targets=targets, decisions=decisions, tls_ready=installed,
                            host_errors=host_errors, skipped=skipped, timings=dict(self.timings),
-                           budget=budget)
+                           budget=budget, drift=drift)
 
     @functools.cached_property
     def ledger(self) -> ratelimit.Ledger:
@@ -321,7 +344,9 @@ class Session(LockedRun):
 
     def _web_changes(self, hosted: Sequence[Agency], rendered: Mapping[str, Mapping[str, bytes]],
                      facts: Mapping[str, HostFacts], installed: Mapping[str, bool],
-                     host_errors: Mapping[str, str]) -> list[Change]:
+                     host_errors: Mapping[str, str], drift: dict[str, tuple[str, ...]]
+                     ) -> list[Change]:
+        """The site and vhost rows; ``drift`` gets the diff of each vhost changed by hand."""
         changes = []
         for agency in hosted:
             if agency.host in host_errors:
@@ -338,7 +363,11 @@ class Session(LockedRun):
                                        if site_facts else site.plan_site_files(
                                            dict(rendered[agency.slug]), None, {})))
             changes.append(vhost_change(agency, site_facts.vhost_sha256 if site_facts else None,
-                                        vhost, installed.get(agency.slug, False)))
+                                        vhost, installed.get(agency.slug, False),
+                                        bool(site_facts and site_facts.vhost_drift is not None)))
+            if site_facts and site_facts.vhost_drift is not None:
+                drift[agency.slug] = drift_diff(site.vhost_path(agency, host),
+                                                site_facts.vhost_drift, vhost)
         return changes
 
     def _host_facts(self, hosted: Sequence[Agency], rendered: Mapping[str, Mapping[str, bytes]]
@@ -349,10 +378,12 @@ class Session(LockedRun):
         def read(name: str) -> HostFacts | str:
             try:
                 client = self._client(name)
-                preflight: Preflight = client.preflight()
+                on_host = [a for a in hosted if a.host == name]
+                host = self.inventory.hosts[name]
+                preflight: Preflight = client.preflight(
+                    repairable=[site.vhost_path(a, host) for a in on_host])
                 if not preflight.ok:
                     return "; ".join(preflight.problems)
-                on_host = [a for a in hosted if a.host == name]
                 return client.facts(on_host, self.inventory.settings,
                                     {a.slug: list(rendered[a.slug]) for a in on_host})
             except ProvisionerError as exc:

@@ -445,7 +445,17 @@ def render_vhost(agency: Agency, host: Host, settings: Settings, *, tls_ready: b
         "tls_ready": tls_ready,
         "cert": cert_paths(agency, host, settings) if tls_ready else None,
     }
-    return _nginx_env().get_template("vhost.conf.j2").render(context).encode()
+    return owned_file(_nginx_env().get_template("vhost.conf.j2").render(context).encode())
+
+
+OWNED_MARK = b"# provisioner-sha256: "
+
+
+def owned_file(body: bytes) -> bytes:
+    """A file the toolkit owns on a host: its first line carries the sha256 of the rest,
+    so the host agent can tell our file as written (intact), our file changed by hand
+    (drift: restored by the next onboarding) and a file that is not ours (no mark)."""
+    return OWNED_MARK + sha256_hex(body).encode() + b"\n" + body
 
 
 @functools.cache

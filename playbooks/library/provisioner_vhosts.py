@@ -450,6 +450,43 @@ def apply_site_files(site_fd, files, manifest_path):
             report["unchanged"] += 1
     return report
 
+# =========================================================================== owned files
+
+OWNED_MARK = b"# provisioner-sha256: "  # provisioner.site.owned_file writes it
+MAX_DRIFT_SHOWN = 1 << 16  # bytes of a hand-edited vhost sent back for plan's diff
+
+
+def owned_state(data):
+    """"intact" for a file we own as we wrote it, "drift" for one we own that was changed
+    by hand since, None for anything else (no mark in its first line: not ours)."""
+    if data is None or not data.startswith(OWNED_MARK):
+        return None
+    mark, _newline, body = data.partition(b"\n")
+    return "intact" if mark[len(OWNED_MARK):] == sha256_hex(body).encode() else "drift"
+
+
+def keep_aside(folder_path, prefix, data, now):
+    """Keep a copy of a file for inspection (0600): ``folder_path/<prefix><UTC time>``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    path = os.path.join(folder_path, prefix + stamp)
+    write_atomic(path, data, mode=0o600)
+    return path
+
+
+def drifted_vhosts(sites_dir):
+    """Paths of the files in ``sites_dir`` we own that were changed by hand."""
+    found = []
+    try:
+        with folder(sites_dir) as dir_fd:
+            for name in sorted(os.listdir(dir_fd)):
+                content = read_at(dir_fd, name)
+                if content is not None and owned_state(content[0]) == "drift":
+                    found.append(os.path.join(sites_dir, name))
+    except OSError as exc:
+        _absent(exc)
+    return found
+
+
 # =========================================================================== nginx
 
 class Nginx:
@@ -559,6 +596,11 @@ class VhostTransaction:
     ``vhosts`` maps slug -> (path, new content). Files of other agencies are never
     touched; a rejected file is restored to its previous content (or removed when it
     is new) and kept aside in ``rejected_dir``.
+
+    A vhost of ours changed by hand since we wrote it (drift, ``owned_state``) is moved
+    aside into ``rejected_dir`` (``<slug>.conf.drift-<UTC time>``) before anything is
+    tested, and counts as absent: the hand-edited file, broken or not, can no longer keep
+    its own agency's repair from passing ``nginx -t``.
     """
 
     def __init__(self, nginx, vhosts, rejected_dir, now=None):
@@ -568,15 +610,20 @@ class VhostTransaction:
         self.paths = {slug: path for slug, (path, _new) in vhosts.items()}
         self.new = {slug: new for slug, (_path, new) in vhosts.items()}
         self.old = {slug: read_bytes(path) for slug, path in self.paths.items()}
+        self.drifted = {slug: old for slug, old in self.old.items()
+                        if owned_state(old) == "drift"}
+        self.old.update(dict.fromkeys(self.drifted))
         self.changed = sorted(slug for slug in vhosts if self.old[slug] != self.new[slug])
         self.installed = set()
 
     def run(self):
-        """slug -> {"vhost": created/updated/unchanged/rejected, "reason", "rejected_file"}."""
+        """slug -> {"vhost": created/updated/restored/unchanged/rejected, "reason",
+        "rejected_file", "drift_file"}."""
         results = {slug: {"vhost": "unchanged"} for slug in self.new if slug not in self.changed}
         outcome = {"agencies": results, "reloaded": False, "error": None}
         if not self.changed:
             return outcome
+        drift_files = self._set_drift_aside()
         accepted, rejected = self._select()
         if rejected is None:  # the config was broken before we touched it
             self._stage(set())
@@ -594,7 +641,10 @@ class VhostTransaction:
             results[slug] = {"vhost": "rejected", "reason": problem,
                              "rejected_file": self._keep_rejected(slug)}
         for slug in accepted:
-            results[slug] = {"vhost": "created" if self.old[slug] is None else "updated"}
+            results[slug] = {"vhost": "restored" if slug in self.drifted else
+                             "created" if self.old[slug] is None else "updated"}
+        for slug, path in drift_files.items():
+            results[slug]["drift_file"] = path
         if accepted:
             ok, output = self.nginx.reload()
             outcome["reloaded"] = ok
@@ -653,10 +703,15 @@ class VhostTransaction:
                 self.installed.discard(slug)
 
     def _keep_rejected(self, slug):
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.now))
-        path = os.path.join(self.rejected_dir, "%s.conf.%s" % (slug, stamp))
-        write_atomic(path, self.new[slug], mode=0o600)
-        return path
+        return keep_aside(self.rejected_dir, "%s.conf." % slug, self.new[slug], self.now)
+
+    def _set_drift_aside(self):
+        """Keep each drifted vhost's hand-edited copy, then take the file out of the config."""
+        kept = {}
+        for slug, edited in sorted(self.drifted.items()):
+            kept[slug] = keep_aside(self.rejected_dir, "%s.conf.drift-" % slug, edited, self.now)
+            remove_file(self.paths[slug])
+        return kept
 
 
 # =========================================================================== bundle
@@ -711,7 +766,7 @@ def apply_bundle(bundle, web_root, sites_dir, rejected_dir, nginx, now=None):
 def _agency_status(result):
     files = result.get("files") or {}
     failed = result.get("error") or result.get("vhost") == "rejected" or result.get("reason")
-    changed = (result.get("vhost") in ("created", "updated")
+    changed = (result.get("vhost") in ("created", "updated", "restored")
                or any(files.get(k) for k in ("created", "updated", "removed")))
     status = "failed" if failed else "changed" if changed else "ok"
     return {
@@ -719,6 +774,7 @@ def _agency_status(result):
         "reason": result.get("error") or result.get("reason"),
         "vhost": result.get("vhost", "not applied"),
         "rejected_file": result.get("rejected_file"),
+        "drift_file": result.get("drift_file"),
         "files": files,
     }
 
@@ -932,6 +988,8 @@ def op_facts(request):
         vhost = read_bytes(entry["vhost_path"])
         agencies[entry["slug"]] = {
             "vhost_sha256": sha256_hex(vhost) if vhost is not None else None,
+            "vhost_drift": vhost[:MAX_DRIFT_SHOWN].decode("utf-8", "replace")
+            if owned_state(vhost) == "drift" else None,
             "deployed": deployed,
             "current": current,
         }
@@ -966,8 +1024,16 @@ def op_preflight(request):
         "nginx_version": nginx.version(),
         "nginx_test_ok": test_ok,
         "nginx_test_output": test_output,
+        "nginx_test_file": None if test_ok else blamed_file(test_output),
+        "drifted": drifted_vhosts(request["sites_dir"]) if "sites_dir" in request else [],
         "free_bytes": free,
     }
+
+
+def blamed_file(problem):
+    """The config file nginx -t names in its complaint ("... in /path/x.conf:12")."""
+    found = re.search(r" in (/\S+?):\d+\s*$", problem, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def op_write_files(request):

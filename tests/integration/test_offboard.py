@@ -247,7 +247,8 @@ def test_nothing_printed_or_logged_holds_a_secret(olab: FaultLab, tmp_path: Path
 def test_a_setuid_file_in_a_site_never_comes_back_setuid(olab: FaultLab):
     """An agency-owned program of mode 4755 (in a setgid folder), offboarded and restored
     by root: the archive records, and the restore sets, plain 0644 and 0755."""
-    site_dir, _vhost, _cert = paths(olab, NEIGHBOUR)
+    # dinkes is live again (restored above; setda stays offboarded).
+    site_dir, _vhost, _cert = paths(olab, SLUG)
     tool = site_dir / "unduh" / "alat"
     tool.parent.mkdir()
     tool.parent.chmod(0o2775)
@@ -255,7 +256,7 @@ def test_a_setuid_file_in_a_site_never_comes_back_setuid(olab: FaultLab):
     tool.chmod(0o4755)
     os.chown(tool, 65534, 65534)  # the agency's content user
 
-    code, out = olab.json("offboard", NEIGHBOUR, "--yes")
+    code, out = olab.json("offboard", SLUG, "--yes")
     assert code == 0, out["result"]
     archive = Path(out["result"]["archive"])
     manifest = offboard.load_archive(archive).manifest

@@ -302,6 +302,56 @@ def test_ctrl_c_in_a_later_step_keeps_the_audit_records_of_the_steps_before(olab
     assert code == 0, out["outcomes"]
 
 
+def test_a_vhost_broken_by_hand_is_drift_that_onboarding_its_agency_repairs(olab: TestLab):
+    # Builds on the test above: dinkes is onboarded on web1. One line of garbage appended
+    # to its vhost broke 'nginx -t' for the whole host, and every run refused the host.
+    agency = olab.inventory.agencies["dinkes"]
+    host = olab.inventory.hosts[agency.host]
+    conf = site.vhost_path(agency, host)
+    written = conf.read_bytes()
+    with conf.open("ab") as edit:
+        edit.write(b"this line was typed by hand\n")
+    neighbour = next(a.slug for a in olab.inventory.agencies.values()
+                     if a.host == host.name and a.slug != "dinkes" and a.hosted)
+
+    other = json.loads(cli(olab, "plan", neighbour, "--format", "json").stdout)
+    plan = json.loads(cli(olab, "plan", "dinkes", "--format", "json").stdout)
+    text = cli(olab, "plan", "dinkes").stdout
+    code, out = onboard_json(olab, "dinkes")
+
+    assert "'provisioner onboard dinkes' restores it" in other["host_errors"][host.name]
+    assert plan["host_errors"] == {}
+    assert "-this line was typed by hand" in plan["drift"]["dinkes"]
+    [row] = [c for c in plan["changes"] if c["kind"] == "vhost"]
+    assert row["action"] == "update" and "drift" in row["reason"]
+    assert "drift" in text and "-this line was typed by hand" in text
+    assert code == 0, out["outcomes"]
+    assert conf.read_bytes() == written
+    [kept] = (conf.parent.parent / "rejected").glob("dinkes.conf.drift-*")
+    assert kept.read_bytes() == written + b"this line was typed by hand\n"
+    web = next(o for o in out["outcomes"] if o["agency"] == "dinkes" and o["kind"] == "web")
+    assert str(kept) in web["detail"]
+    assert fetch(olab, "dinkes")[0] == 200
+    code, out = onboard_json(olab, neighbour)
+    assert code == 0, out["outcomes"]
+
+
+def test_a_broken_file_the_toolkit_does_not_own_still_refuses_the_host(olab: TestLab):
+    agency = olab.inventory.agencies["dinkes"]
+    host = olab.inventory.hosts[agency.host]
+    hand_made = site.vhost_path(agency, host).parent / "zz-tangan.conf"
+    hand_made.write_bytes(b"this line was typed by hand\n")
+    try:
+        plan = json.loads(cli(olab, "plan", "dinkes", "--format", "json").stdout)
+        code, out = onboard_json(olab, "dinkes")
+    finally:
+        hand_made.unlink()
+
+    assert "zz-tangan.conf" in plan["host_errors"][host.name]
+    assert "restores it" not in plan["host_errors"][host.name]
+    assert code != 0 and out["agencies"]["dinkes"]["status"] == "failed"
+
+
 def test_wildcard_mode(olab: TestLab):
     olab.lab.reset()
     settings_file = olab.inventory_dir / "group_vars/all.yml"

@@ -245,6 +245,69 @@ def test_a_config_broken_before_the_run_rejects_without_touching_anything(host: 
     assert sorted(p.name for p in host.sites_dir.iterdir()) == ["someone-else.conf"]
 
 
+# --------------------------------------------------------------------------- drift
+
+GARBAGE = b"this line was typed by hand\n"
+
+
+def test_owned_files_tell_intact_from_drift_from_not_ours():
+    ours = site.owned_file(b"server { }\n")
+    assert module.owned_state(ours) == "intact"
+    assert module.owned_state(ours + GARBAGE) == "drift"
+    assert module.owned_state(ours.replace(b"{ }", b"{}")) == "drift"
+    assert module.owned_state(b"server { }\n") is None
+    assert module.owned_state(None) is None
+
+
+def test_a_vhost_of_ours_broken_by_hand_is_restored_and_the_edit_kept_aside(host: Host):
+    vhost_a, vhost_b = site.owned_file(host.vhost("a")), site.owned_file(host.vhost("b"))
+    host.apply([host.bundle("a", page("a"), vhost_a), host.bundle("b", page("b"), vhost_b)])
+    with open(host.sites_dir / "a.conf", "ab") as conf:
+        conf.write(GARBAGE)
+    nginx = host.nginx()
+    assert not nginx.test()[0]  # the whole host's config is broken now
+    assert module.drifted_vhosts(str(host.sites_dir)) == [str(host.sites_dir / "a.conf")]
+
+    result = host.apply([host.bundle("a", page("a"), vhost_a),
+                         host.bundle("b", page("b", 2), vhost_b)], nginx)
+
+    assert result["agencies"]["a"]["status"] == "changed"
+    assert result["agencies"]["a"]["vhost"] == "restored"
+    kept = Path(result["agencies"]["a"]["drift_file"])
+    assert kept.parent == host.rejected_dir and kept.name.startswith("a.conf.drift-")
+    assert kept.read_bytes() == vhost_a + GARBAGE and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert (host.sites_dir / "a.conf").read_bytes() == vhost_a
+    assert result["agencies"]["b"]["status"] == "changed" and nginx.reloads == 1
+    assert host.serves("a", b"<h1>a v1</h1>") and host.serves("b", b"<h1>b v2</h1>")
+    assert module.drifted_vhosts(str(host.sites_dir)) == []
+
+
+def test_a_broken_file_that_is_not_ours_still_refuses_the_host(host: Host):
+    vhost_a = site.owned_file(host.vhost("a"))
+    host.apply([host.bundle("a", page("a"), vhost_a)])
+    (host.sites_dir / "tangan.conf").write_bytes(GARBAGE)
+
+    result = host.apply([host.bundle("a", page("a", 2), site.owned_file(host.vhost("a", "#\n")))])
+
+    assert result["agencies"]["a"]["status"] == "failed"
+    assert "invalid before this change" in result["agencies"]["a"]["reason"]
+    assert (host.sites_dir / "a.conf").read_bytes() == vhost_a
+    assert module.drifted_vhosts(str(host.sites_dir)) == []
+
+
+def test_preflight_names_the_file_nginx_blames_and_the_drifted_ones(host: Host):
+    host.apply([host.bundle("a", page("a"), site.owned_file(host.vhost("a")))])
+    with open(host.sites_dir / "a.conf", "ab") as conf:
+        conf.write(GARBAGE)
+
+    raw = module.op_preflight({"nginx_binary": NGINX, "nginx_main_config": str(host.main_config),
+                               "sites_dir": str(host.sites_dir), "paths": [str(host.root)]})
+
+    assert raw["nginx_test_ok"] is False
+    assert raw["nginx_test_file"] == str(host.sites_dir / "a.conf")
+    assert raw["drifted"] == [str(host.sites_dir / "a.conf")]
+
+
 # --------------------------------------------------------------------------- reload
 
 def test_a_reload_returns_once_no_old_worker_takes_connections(host: Host):
