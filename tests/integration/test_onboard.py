@@ -352,6 +352,30 @@ def test_a_broken_file_the_toolkit_does_not_own_still_refuses_the_host(olab: Tes
     assert code != 0 and out["agencies"]["dinkes"]["status"] == "failed"
 
 
+def test_a_manifest_edited_by_hand_fails_only_its_own_agency(olab: TestLab):
+    # dinkes and its neighbours on web1 are onboarded (tests above).
+    agency = olab.inventory.agencies["dinkes"]
+    host = olab.inventory.hosts[agency.host]
+    manifest = site.site_dir(agency, host) / site.MANIFEST_PATH
+    good = manifest.read_bytes()
+    document = json.loads(good)
+    manifest.write_text(json.dumps({**document, "files": {**document["files"], "../x": "0" * 64}}))
+    neighbours = [a.slug for a in olab.inventory.agencies.values()
+                  if a.host == host.name and a.slug != "dinkes" and a.hosted][:2]
+    try:
+        plan = json.loads(cli(olab, "plan", "dinkes", *neighbours, "--format", "json").stdout)
+        code, out = onboard_json(olab, "dinkes", *neighbours)
+    finally:
+        manifest.write_bytes(good)
+
+    assert plan["host_errors"] == {}
+    [row] = [c for c in plan["changes"] if c["agency"] == "dinkes" and c["kind"] == "site"]
+    assert row["action"] == "conflict" and "'../x'" in row["reason"]
+    assert code == 1 and out["agencies"]["dinkes"]["status"] == "failed"
+    assert "'../x'" in out["agencies"]["dinkes"]["detail"]
+    assert all(out["agencies"][slug]["status"] != "failed" for slug in neighbours)
+
+
 def test_wildcard_mode(olab: TestLab):
     olab.lab.reset()
     settings_file = olab.inventory_dir / "group_vars/all.yml"
