@@ -384,41 +384,45 @@ class KitSite:
 
 @dataclass
 class HostileKit:
-    """Serves its sites from a process of its own (forked: the code under test, often in
-    the test's own process, must not share an interpreter lock with it) until ``close``."""
+    """Serves its sites from processes of its own (forked: the code under test, often in
+    the test's own process, must not share an interpreter lock with them) until
+    ``close``; ``processes`` > 1 deals the sites out among that many, so that a site busy
+    sending 50 MB does not hold up the others' answers."""
 
     sites: list[KitSite]
     authority: Authority
-    _process: multiprocessing.Process | None = None
+    processes: int = 1
+    _children: list[multiprocessing.Process] = field(default_factory=list)
     _servers: list[asyncio.AbstractServer] = field(default_factory=list)
 
     def start(self) -> HostileKit:
         bomb_body()  # made once, before any client waits for it
-        parent, child = multiprocessing.get_context("fork").Pipe()
-        self._process = multiprocessing.get_context("fork").Process(
-            target=self._serve_forever, args=(child,), name="hostile-kit", daemon=True)
-        self._process.start()
-        if not parent.poll(60):
-            self.close()
-            raise RuntimeError("the hostile kit did not start within 60 s")
-        failure = parent.recv()
-        if failure:
-            self.close()
-            raise RuntimeError(f"the hostile kit did not start: {failure}")
+        context = multiprocessing.get_context("fork")
+        for share in range(self.processes):
+            parent, child = context.Pipe()
+            process = context.Process(target=self._serve_forever,
+                                      args=(self.sites[share::self.processes], child),
+                                      name="hostile-kit", daemon=True)
+            process.start()
+            self._children.append(process)
+            failure = parent.recv() if parent.poll(60) else "no answer within 60 s"
+            if failure:
+                self.close()
+                raise RuntimeError(f"the hostile kit did not start: {failure}")
         return self
 
-    def _serve_forever(self, ready: Connection) -> None:
+    def _serve_forever(self, sites: list[KitSite], ready: Connection) -> None:
         loop = asyncio.new_event_loop()
         try:
-            loop.run_until_complete(self._listen())
+            loop.run_until_complete(self._listen(sites))
         except BaseException as exc:  # noqa: BLE001 - told to the starting process
             ready.send(f"{type(exc).__name__}: {exc}")
             return
         ready.send("")
         loop.run_forever()
 
-    async def _listen(self) -> None:
-        for site in self.sites:
+    async def _listen(self, sites: list[KitSite]) -> None:
+        for site in sites:
             kind = site.kind
             if kind.http_port:
                 await self._serve(kind.handler, site.address, kind.http_port, None)
@@ -459,9 +463,10 @@ class HostileKit:
         self._servers.append(server)
 
     def close(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            self._process.terminate()
-            self._process.join(30)
+        for process in self._children:
+            if process.is_alive():
+                process.terminate()
+            process.join(30)
 
 
 def kit_sites(prefix: str, first: int, zone: str, kinds: list[str] | None = None,
