@@ -374,6 +374,12 @@ def _show_onboard_plan(oplan: onboarding.OnboardPlan) -> None:
     _show_rate_limits(oplan)
 
 
+def _deferred(oplan: onboarding.OnboardPlan) -> set[str]:
+    """Agencies whose certificate the CA's rate limits leave for a later run."""
+    deferred = oplan.budget.deferred if oplan.budget else {}
+    return {slug for t in oplan.targets if t.key in deferred for slug in t.agencies}
+
+
 def _show_rate_limits(oplan: onboarding.OnboardPlan) -> None:
     """How much of each of the CA's limits the run would use; what waits for a later run."""
     if oplan.budget is None or not (oplan.budget.usage or oplan.budget.deferred):
@@ -956,8 +962,10 @@ def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar
         oplan = session.plan(_dns_selection(inv, agencies, all_), steps=("tls",),
                              renew_days=days)
         if table_output:
+            later = _deferred(oplan)
             table(["agency", "certificate", "action", "reason"],
-                  [[c.agency, c.name, CERT_ACTIONS[c.action], c.reason] for c in oplan.plan],
+                  [[c.agency, c.name, "later" if c.agency in later else CERT_ACTIONS[c.action],
+                    c.reason] for c in oplan.plan],
                   title=f"certificates (renewing within {days} days)")
             for host, error in oplan.host_errors.items():
                 console.print(f"host {host} cannot be used: {error}", markup=False)

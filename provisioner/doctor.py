@@ -280,11 +280,13 @@ def check_host(inventory: Inventory, host: Host) -> list[Check]:
                 *(Check(i, host.name, "skip", "not checked: no SSH connection")
                   for i in ("sudo", "nginx", "nginx_tls_protocols", "nginx_server_tokens",
                             "disk", "clock"))]
-    with client:
+    try:
         checks.insert(0, Check("ssh", host.name, "pass",
                                f"{host.ssh_user}@{host.ssh_address}:{host.ssh_port}, host key "
                                "known"))
         checks += _through_agent(client, host)
+    finally:
+        client.close()
     return checks
 
 

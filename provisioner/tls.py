@@ -8,10 +8,16 @@ Layers, top to bottom:
   failed validations per name per hour): the name resolves to its host at every
   authoritative server, and a random file placed in the host's challenge webroot is
   fetched back over HTTP from the host's address with the agency's Host header;
-* ``Issuer``: orders for many certificates run concurrently (one thread and one
-  ACME client per order), challenge files or TXT records are placed in one batch
-  per host / per name, keys (ECDSA P-256, made here, never logged) are installed
-  0600 on the hosts through hosts.py;
+* ``Issuer``: orders run concurrently, at most ``acme_max_parallel_orders`` in flight
+  (one thread and one ACME client per order), challenge files or TXT records are
+  placed in one batch per host / per name, keys (ECDSA P-256, made here, never logged)
+  are installed 0600 on the hosts through hosts.py; every order, certificate and
+  failed validation goes to the rate-limit ledger (ratelimit.py), which the run's plan
+  has already asked what fits;
+* etiquette: authorizations and orders are polled with backoff (``poll``: first after
+  about a second, growing, capped, inside the order's deadline) and a ``Retry-After``
+  the CA sends is honoured, on polls and on 429/503 refusals (``PatientNetwork``).
+  Pebble 2.4 sends none, so unit tests feed real ``requests`` responses that do;
 * ``served_serial``: after install and reload, which certificate a host serves.
 
 Modes (``settings.tls_mode``): ``http-01`` gives every agency its own certificate;
@@ -378,7 +384,13 @@ def existing_account(acme: AcmeSettings, key_file: Path) -> str | None:
     """The URL of the account the CA holds for the key in ``key_file``; None when the CA
     does not know the key. Reads only (onlyReturnExisting): nothing is registered."""
     pem = read_secret_file(key_file, "ACME account key")
-    net = acme_network(acme, jose.JWKEC(key=serialization.load_pem_private_key(pem, None)))
+    try:
+        key = serialization.load_pem_private_key(pem, None)
+    except (ValueError, TypeError) as exc:
+        raise ProvisionerError(f"{key_file}: not an ACME account key ({exc})",
+                               hint="restore the key from a backup, or move it aside: the "
+                                    "next order registers a new account") from None
+    net = acme_network(acme, jose.JWKEC(key=key))
     client = acme_client.ClientV2(fetch_directory(acme, net), net)
     with acme_call(acme.directory):
         try:

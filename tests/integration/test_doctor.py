@@ -276,6 +276,11 @@ def test_a_full_week_onboards_one_agency_of_two_and_names_the_other_with_its_dat
 
     again = run_cli(inventory, state, "plan", "kesbangpol")
     assert "kesbangpol: left for a later run" in again.stdout  # still full: never past it
+    renew = run_cli(inventory, state, "renew", "kesbangpol", "--dry-run")
+    assert renew.exit_code == 0
+    row = next(line for line in renew.stdout.splitlines() if "kesbangpol" in line
+               and "│" in line)
+    assert "later" in row
 
 
 # =========================================================================== last: Pebble

@@ -15,7 +15,8 @@ from acme import errors as acme_errors
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioner import tls
-from provisioner.errors import AcmeError
+from provisioner.errors import AcmeError, ProvisionerError
+from provisioner.models import AcmeSettings
 
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.timezone.utc)
 NONCE = "bm9uY2Utb25l"
@@ -235,3 +236,12 @@ def test_a_certificate_of_another_ca_is_ordered_again_and_is_no_renewal(decision
                                                                         expected):
     records = {} if directory is None else {"dinkes": record(directory)}
     assert tls.for_this_ca({"dinkes": decision}, records, PRODUCTION) == {"dinkes": expected}
+
+
+def test_an_unreadable_account_key_is_named_before_the_ca_is_asked(tmp_path):
+    key_file = tmp_path / "account.pem"
+    key_file.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    key_file.chmod(0o600)
+    acme = AcmeSettings("https://127.0.0.1:9/dir", "mailto:a@b.id", None, True)
+    with pytest.raises(ProvisionerError, match="not an ACME account key"):
+        tls.existing_account(acme, key_file)
