@@ -43,7 +43,7 @@ from . import tls
 from .dns import DnsClient, Prerequisite, UpdateBatch, normalize_name
 from .errors import ProvisionerError
 from .hosts import MIN_FREE_BYTES, HostClient
-from .models import Host, Inventory
+from .models import Host, Inventory, Nameserver
 
 STATUSES = ("pass", "warn", "fail", "skip")
 PROBE_NAME = "_provisioner-doctor"  # a name whose TXT the TSIG probe says must exist
@@ -448,26 +448,34 @@ def check_parent(inventory: Inventory) -> Check:
     if settings.lab is not None:
         return Check("dns_parent_ns", zone, "skip",
                      f"the lab's zone is not delegated by {parent}: no parent to ask")
-    return parent_check(zone, configured, delegated_names(zone, parent), parent)
+    return parent_check(zone, configured, delegated_names(zone, parent_servers(parent)),
+                        parent)
 
 
-def delegated_names(zone: str, parent: str) -> list[str] | None:
-    """The NS names the parent's servers give for ``zone`` (a referral), None when no
-    parent server answers."""
+def parent_servers(parent: str) -> list[Nameserver]:
+    """The parent zone's nameservers, through this machine's resolver (none when it
+    cannot say)."""
     try:
-        servers = [str(a) for ns in dns.resolver.resolve(parent, "NS")
-                   for a in dns.resolver.resolve(ns.target, "A")]
+        return [Nameserver(str(ns.target), str(address))
+                for ns in dns.resolver.resolve(parent, "NS")
+                for address in dns.resolver.resolve(ns.target, "A")]
     except dns.exception.DNSException:
-        return None
+        return []
+
+
+def delegated_names(zone: str, servers: Sequence[Nameserver],
+                    timeout: float = PORT_TIMEOUT) -> list[str] | None:
+    """The NS names the first parent server that answers gives for ``zone`` (a referral,
+    or an answer); None when none answers with any."""
     query = dns.message.make_query(zone, "NS")
     query.flags &= ~dns.flags.RD
-    for address in servers:
+    for server in servers:
         try:
-            response = dns.query.udp(query, address, timeout=PORT_TIMEOUT)
+            response = dns.query.udp(query, server.address, port=server.port, timeout=timeout)
         except (dns.exception.DNSException, OSError):
             continue
-        names = [normalize_name(rdata.target) for rrset in (*response.authority,
-                                                            *response.answer)
+        names = [normalize_name(rdata.target) for rrset in (*response.answer,
+                                                            *response.authority)
                  if rrset.rdtype == dns.rdatatype.NS for rdata in rrset]
         if names:
             return names

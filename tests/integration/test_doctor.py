@@ -16,12 +16,17 @@ import stat
 from pathlib import Path
 from typing import Any, Iterator
 
+import dns.flags
+import dns.message
+import dns.rrset
 import pytest
 import yaml
 
+from provisioner import doctor as doctoring
 from provisioner import ratelimit, tls
 from provisioner.dns import DnsClient, Operation, UpdateBatch
-from provisioner.models import LETS_ENCRYPT_LIMITS
+from provisioner.models import LETS_ENCRYPT_LIMITS, Nameserver
+from tests import hostile_dns
 
 from .conftest import TEST_NET, run_cli, start_test_lab
 from .faultkit import FaultLab
@@ -225,6 +230,37 @@ def test_an_account_key_the_ca_does_not_know_is_a_warning(dlab: FaultLab):
     account = next(c for (i, _t), c in checks.items() if i == "acme_account")
     assert account["status"] == "warn" and "does not know" in account["detail"]
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+# =========================================================================== the parent
+
+
+def referral(*targets: str) -> hostile_dns.Behaviour:
+    """What a parent server says of a child zone: its NS records as authority, no AA."""
+    def behave(query: dns.message.Message, transport: str) -> list[bytes]:
+        reply = dns.message.make_response(query)
+        reply.flags &= ~dns.flags.AA
+        reply.authority.append(dns.rrset.from_text(query.question[0].name, 3600, "IN", "NS",
+                                                   *targets))
+        return [reply.to_wire()]
+    return behave
+
+
+@pytest.mark.parametrize("behaviour,status", [
+    (referral("ns1.paserkab.go.id.", "ns2.paserkab.go.id."), "pass"),
+    (referral("ns1.paserkab.go.id.", "ns.old-isp.example."), "fail"),
+    (hostile_dns.records("NS ns1.paserkab.go.id.", "NS ns2.paserkab.go.id."), "pass"),
+    (hostile_dns.silent, "skip"),
+    (hostile_dns.rcode("REFUSED", authoritative=False), "skip"),
+])
+def test_the_parents_delegation_is_read_from_a_real_server(behaviour, status):
+    with hostile_dns.start("127.0.0.1", 0) as parent:
+        parent.add("paserkab.go.id", behaviour)
+        server = Nameserver("ns.go.id", parent.address, parent.port)
+        found = doctoring.delegated_names("paserkab.go.id", [server], timeout=0.5)
+    check = doctoring.parent_check("paserkab.go.id", ["ns1.paserkab.go.id", "ns2.paserkab.go.id"],
+                                found, "go.id")
+    assert check.status == status, check
 
 
 # =========================================================================== rate-limit ledger
