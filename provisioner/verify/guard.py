@@ -5,9 +5,9 @@ returns a result: whatever the site makes the verifier raise becomes that site's
 ``error`` check with a one-line reason (the exception's type and a bounded message);
 a site that has no verdict when its deadline (two step timeouts by default; waiting for
 a slot on a shared server not counted) passes is stopped, and its reason names the step
-that was running. A site with an ``error`` check (not a crash: that would only happen
-again) is verified once more if enough of its deadline is left, never beyond it.
-Cancellation (Ctrl-C) is never swallowed.
+that was running. A site with an ``error`` check (a crash too: some come from the
+event loop, not the site) is verified once more if enough of its deadline is left,
+never beyond it; a stopped site is not. Cancellation (Ctrl-C) is never swallowed.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ async def _attempt(target: Target, ctx: VerifyContext, site: SiteWatch) -> Agenc
         return stopped_result(target, ctx, stopped.stop, site.done or ())
     except Exception as exc:  # noqa: BLE001 - the point: one site never aborts the run
         LOG.debug("verifying %s raised", target.url, exc_info=exc)  # for whoever debugs it
-        site.stop = Stop(Status.ERROR, crash_reason(exc))  # the same again: not retried
-        return stopped_result(target, ctx, site.stop, site.done or ())
+        return stopped_result(target, ctx, Stop(Status.ERROR, crash_reason(exc)),
+                              site.done or ())
     finally:
         ctx.gate.forget(task)
 
