@@ -512,7 +512,8 @@ def render(ctx: typer.Context, agency: str = typer.Argument(..., help="The agenc
            output: Path = typer.Option(..., "--output", "-o",
                                        help="Folder to write to: the site goes to site/, the "
                                             "vhost to nginx/<slug>.conf (same-named files are "
-                                            "overwritten)."),
+                                            "replaced, never written through a symlink; a "
+                                            "folder of another user is refused)."),
            tls_ready: bool = typer.Option(True, "--tls/--no-tls",
                                           help="Render the vhost as it is once the certificate "
                                                "is installed (HTTPS, HTTP redirects), or as "
