@@ -129,6 +129,10 @@ class HostPaths:
     def sshd_log(self) -> Path:
         return self.dir / "sshd.log"
 
+    @property
+    def nginx_namespace_script(self) -> Path:
+        return self.dir / "nginx-namespace.sh"
+
     # A production-shaped host: the folders its mount namespace puts over the system's.
 
     @property
@@ -360,9 +364,7 @@ def nginx_conf(host: Host, hp: HostPaths, production: bool = False) -> str:
         "nginx.conf.j2",
         host=host.name,
         address=host.public_ipv4,
-        # web1/web2 serve from the state dir, which is 0700 (registry.py): workers other
-        # than root could not reach it. The production-shaped host serves from its mounts.
-        user=NGINX_WORKER_USER if production else "root",
+        user=NGINX_WORKER_USER,
         pid_file="/run/nginx.pid" if production else hp.nginx_pid,
         log_dir="/var/log/nginx" if production else host.log_dir,
         temp_dir="/var/lib/nginx" if production else hp.temp_dir,
@@ -386,6 +388,27 @@ def sshd_config(host: Host, hp: HostPaths, production: bool = False) -> str:
 def namespace_script(host: Host, hp: HostPaths) -> str:
     return render("namespace.sh.j2", host=host.name,
                   mounts=[(mount, hp.outside(Path(mount))) for mount in NAMESPACE_MOUNTS])
+
+
+def closed_ancestor(path: Path, user: str) -> Path | None:
+    """The first folder on the way to ``path`` that ``user`` may not pass (mode, owner)."""
+    account = pwd.getpwnam(user)
+    for folder in [*reversed(Path(path).parents), Path(path)]:
+        info = folder.stat()
+        if info.st_uid == account.pw_uid:
+            allowed = info.st_mode & 0o100
+        elif info.st_gid == account.pw_gid:
+            allowed = info.st_mode & 0o010
+        else:
+            allowed = info.st_mode & 0o001
+        if not allowed:
+            return folder
+    return None
+
+
+def nginx_namespace_script(host: Host, hp: HostPaths, cover: Path) -> str:
+    return render("nginx-namespace.sh.j2", host=host.name, user=NGINX_WORKER_USER,
+                  cover=cover, host_dir=hp.dir)
 
 
 def sudoers_drop_in(user: str) -> str:
@@ -1030,6 +1053,9 @@ class Lab:
         argv: tuple[str, ...] = (host.nginx_binary, "-c", str(host.nginx_main_config),
                                  "-e", str(error_log), "-g", "daemon off;")
         marker, stage = str(host.nginx_main_config), 1
+        if not self.production(host) and hp.nginx_namespace_script.exists():
+            argv = (UNSHARE_BINARY, "--mount", "--propagation", "private", "--", SHELL,
+                    str(hp.nginx_namespace_script), *argv)
         if self.production(host):
             marker, stage = f"{hp.dir}/", 2
             argv = self.on_host(host, (host.nginx_binary, "-p", f"{hp.dir}/", "-c",
@@ -1170,9 +1196,27 @@ class Lab:
             write_file(hp.sshd_config, sshd_config(host, hp, self.production(host)))
             write_file(self.local(host, host.nginx_main_config),
                        nginx_conf(host, hp, self.production(host)))
+            if not self.production(host):
+                self._prepare_worker_access(host, hp)
         known_hosts = self.settings.known_hosts_file
         existing = known_hosts.read_text() if known_hosts.exists() else ""
         write_file(known_hosts, merge_known_hosts(existing, known))
+
+    def _prepare_worker_access(self, host: Host, hp: HostPaths) -> None:
+        """nginx's workers run as www-data: where a folder on the way to the host's files
+        is closed to them (the state dir is 0700), nginx starts in a mount namespace of
+        its own that opens the way (templates/lab/nginx-namespace.sh.j2); the paths stay
+        the same, the state dir stays closed for everyone else."""
+        for path in (host.web_root, host.acme_webroot, host.nginx_sites_dir, host.log_dir,
+                     host.tls_dir, host.nginx_main_config.parent):
+            if not path.resolve().is_relative_to(hp.dir.resolve()):
+                raise LabError(host.name, f"{path} is outside the lab's folder {hp.dir}",
+                               hint="a lab host keeps its files under lab.dir/<host>")
+        cover = closed_ancestor(hp.dir, NGINX_WORKER_USER)
+        if cover is None:
+            hp.nginx_namespace_script.unlink(missing_ok=True)
+        else:
+            write_file(hp.nginx_namespace_script, nginx_namespace_script(host, hp, cover), 0o755)
 
     def _prepare_namespace(self, host: Host, hp: HostPaths) -> None:
         """The folders a production-shaped host's namespace mounts, what Debian puts in

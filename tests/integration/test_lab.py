@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
@@ -39,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioner.errors import LabError
 from provisioner.dns import load_tsig_key
-from provisioner.lab import Lab, process_cmdline
+from provisioner.lab import Lab, closed_ancestor, process_cmdline
 from provisioner.models import Host
 from provisioner.registry import load_inventory
 
@@ -323,6 +324,33 @@ def test_web3_runs_nginx_from_debians_paths_and_the_machine_keeps_its_own(lab: T
     assert os.readlink(f"/proc/{master}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
     assert Path("/etc/nginx/nginx.conf").read_bytes() == machine_conf
     assert b"provisioner lab" not in machine_conf
+
+
+def test_every_hosts_nginx_workers_run_unprivileged(lab: TestLab):
+    for spec in lab.lab.servers():
+        if spec.name.endswith("-nginx"):
+            assert worker_users(lab.lab.running_pid(spec)) == {"www-data"}, spec.name
+    # web1 serves from under a folder closed to www-data on this machine (the 0700 state
+    # dir, or pytest's tmp root): the way is open only in its nginx's namespace.
+    assert closed_ancestor(web1(lab).web_root, "www-data") is not None
+    assert served_file_is_readable_by_workers(lab, web1(lab))
+
+
+def served_file_is_readable_by_workers(lab: TestLab, host: Host) -> bool:
+    name = f"{unique('lab-worker')}.{lab.inventory.settings.zone}"
+    root = host.web_root / name
+    conf = host.nginx_sites_dir / f"{name}.conf"
+    root.mkdir(parents=True)
+    (root / "index.html").write_text("readable\n")
+    conf.write_text(f"server {{ listen {host.public_ipv4}:80; server_name {name}; "
+                    f"root {root}; }}\n")
+    try:
+        nginx_reload(lab, host)
+        return wait_for(lambda: served(host.public_ipv4, name, "/", "readable"))
+    finally:
+        conf.unlink()
+        nginx_reload(lab, host)
+        shutil.rmtree(root)
 
 
 def test_a_vhost_written_on_web3_is_served_after_reload(lab: TestLab):

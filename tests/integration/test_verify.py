@@ -448,7 +448,7 @@ def test_healthy_site_fails_chain_without_the_test_ca(sites: Sites) -> None:
 
 
 def test_name_missing_at_ns2_only(sites: Sites, lab: TestLab, tmp_path: Path) -> None:
-    address = f"{lab.prefix}.12"
+    address = f"{lab.prefix}.15"  # .12 is the lab's PowerDNS
     with lagging_ns2(lab, tmp_path, address):
         document, code = sites.verify("v-nsgap",
                                       inventory_dir=inventory_with_ns2(sites, tmp_path, address))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import tempfile
 from pathlib import Path
 
 import dns.rdatatype
@@ -357,6 +358,24 @@ def test_powerdns_serves_the_zone_from_sqlite_with_updates_and_signed_transfers_
         ["pdns.paserkab.go.id."]
     spec = next(s for s in lab.servers() if s.name == "pdns")
     assert spec.argv == (L.PDNS_BINARY, f"--config-dir={lab.paths.pdns_dir}")
+
+
+def test_nginx_workers_are_unprivileged_and_get_a_way_through_a_closed_state_dir(
+        lab: L.Lab):
+    web1 = lab.inventory.hosts["web1"]
+    hp = lab.paths.host(web1)
+    assert "user www-data;" in L.nginx_conf(web1, hp)
+    with tempfile.TemporaryDirectory(dir="/tmp") as scratch:  # /tmp: every folder above open
+        Path(scratch).chmod(0o755)
+        closed = Path(scratch) / "state"
+        (closed / "lab" / "web1").mkdir(parents=True)
+        closed.chmod(0o700)
+        assert L.closed_ancestor(closed / "lab" / "web1", "www-data") == closed
+        closed.chmod(0o711)
+        assert L.closed_ancestor(closed / "lab" / "web1", "www-data") is None
+    script = L.nginx_namespace_script(web1, hp, closed)
+    assert f"mount -t tmpfs -o mode=0711,size=1m provisioner-lab '{closed}'" in script
+    assert f"mount --move /mnt '{hp.dir}'" in script and script.rstrip().endswith('exec "$@"')
 
 
 def test_ansible_env_points_into_the_lab(lab: L.Lab):
