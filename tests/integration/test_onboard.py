@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import ssl
@@ -193,13 +194,16 @@ def test_plan_lists_an_edited_page_and_onboard_keeps_it(olab: TestLab, slug: str
     assert "Berita DKISP" in page.read_text(encoding="utf-8")
 
 
-def test_broken_vhost_for_one_agency_leaves_every_other_site_serving(olab: TestLab):
+@pytest.mark.parametrize("pair", [("dinsos", "dishub"), ("dpmd", "dpupr")])  # web1, web3
+def test_broken_vhost_for_one_agency_leaves_every_other_site_serving(olab: TestLab, pair):
     inventory = olab.inventory
-    broken, changed = inventory.agencies["dinsos"], inventory.agencies["dishub"]
+    broken, changed = inventory.agencies[pair[0]], inventory.agencies[pair[1]]
     assert broken.host == changed.host
     host = inventory.hosts[broken.host]
-    old_broken = site.vhost_path(broken, host).read_bytes()
-    bystanders = [a.slug for a in inventory.agencies.values() if a.slug not in ("dinsos",)][:12]
+    broken_vhost = olab.lab.local(host, site.vhost_path(broken, host))
+    changed_vhost = olab.lab.local(host, site.vhost_path(changed, host))
+    old_broken = broken_vhost.read_bytes()
+    bystanders = [a.slug for a in inventory.agencies.values() if a.slug != broken.slug][:12]
     failures: list[str] = []
     stop = threading.Event()
 
@@ -229,16 +233,17 @@ def test_broken_vhost_for_one_agency_leaves_every_other_site_serving(olab: TestL
         thread.join()
 
     assert failures == []
-    assert report.agencies["dinsos"].status == "failed"
-    assert "nginx" in report.agencies["dinsos"].reason
-    assert report.agencies["dishub"].status == "changed"
-    assert site.vhost_path(broken, host).read_bytes() == old_broken
-    assert site.vhost_path(changed, host).read_bytes().endswith(b"# reviewed\n")
-    assert report.agencies["dinsos"].rejected_file and Path(report.agencies["dinsos"].rejected_file).exists()
-    assert fetch(olab, "dinsos")[0] == 200
-    # The next onboarding puts the inventory's vhost back for dishub.
-    code, out = onboard_json(olab, "dishub")
-    assert code == 0 and out["agencies"]["dishub"]["status"] == "changed"
+    assert report.agencies[broken.slug].status == "failed"
+    assert "nginx" in report.agencies[broken.slug].reason
+    assert report.agencies[changed.slug].status == "changed"
+    assert broken_vhost.read_bytes() == old_broken
+    assert changed_vhost.read_bytes().endswith(b"# reviewed\n")
+    rejected = report.agencies[broken.slug].rejected_file
+    assert rejected and olab.lab.local(host, Path(rejected)).exists()
+    assert fetch(olab, broken.slug)[0] == 200
+    # The next onboarding puts the inventory's vhost back for the changed agency.
+    code, out = onboard_json(olab, changed.slug)
+    assert code == 0 and out["agencies"][changed.slug]["status"] == "changed"
 
 
 def test_killed_midway_then_rerun_converges(olab: TestLab):
@@ -350,6 +355,29 @@ def test_a_broken_file_the_toolkit_does_not_own_still_refuses_the_host(olab: Tes
     assert "zz-tangan.conf" in plan["host_errors"][host.name]
     assert "restores it" not in plan["host_errors"][host.name]
     assert code != 0 and out["agencies"]["dinkes"]["status"] == "failed"
+
+
+def test_the_lab_nginx_never_follows_an_agency_symlink_to_another_users_file(olab: TestLab):
+    # dinkes is onboarded (tests above); its content user is here uid 65534.
+    agency = olab.inventory.agencies["dinkes"]
+    site_dir = site.site_dir(agency, olab.inventory.hosts[agency.host])
+    secret = olab.state_dir / "rahasia.txt"  # readable by the workers, owned by root
+    secret.write_text("kata sandi basis data\n")
+    secret.chmod(0o644)
+    link, own = site_dir / "bocor.txt", site_dir / "milik-sendiri.txt"
+    own.write_text("halaman biasa\n")
+    os.chown(own, 65534, 65534)
+    try:
+        link.symlink_to(secret)
+        os.lchown(link, 65534, 65534)
+        refused = fetch(olab, "dinkes", "/bocor.txt")
+        served = fetch(olab, "dinkes", "/milik-sendiri.txt")
+    finally:
+        link.unlink()
+        own.unlink()
+
+    assert refused[0] in (403, 404) and "kata sandi" not in refused[1]
+    assert served[:2] == (200, "halaman biasa\n")
 
 
 def test_a_manifest_edited_by_hand_fails_only_its_own_agency(olab: TestLab):
