@@ -1,6 +1,6 @@
 """Verify every agency site at once and sum up: the regency's "% active" figure.
 
-A pool of ``concurrency`` tasks verifies the sites (asyncio, on uvloop); each destination
+A pool of ``concurrency`` tasks verifies the sites (asyncio); each destination
 address gets at most ``per_address`` connections at a time, because many agencies share
 one web server. ``workers`` processes can share the work on a machine with more cores.
 Each site is verified in isolation (verify.guard): nothing one site does aborts the

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextvars
+import errno
 import functools
 import re
 import ssl
@@ -267,7 +268,8 @@ class Site:
         if isinstance(exc, TimeoutError):
             return ProbeFailure(Status.ERROR, f"GET {target}: the answer took longer than "
                                               f"{2 * timeout:g}s")
-        if isinstance(exc, aiohttp.ServerDisconnectedError):  # nginx's "return 444"
+        if isinstance(exc, aiohttp.ServerDisconnectedError) or (  # nginx's "return 444"
+                isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET):
             return ProbeFailure(Status.FAIL, f"GET {target}: the server closed the connection "
                                              "without an answer")
         if isinstance(exc, aiohttp.ClientPayloadError):
