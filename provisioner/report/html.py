@@ -65,6 +65,8 @@ TEXT = {
         "label_col": "Keterangan",
         "weight_col": "Bobot",
         "item_col": "Unsur yang dinilai",
+        "evidence": "Bukti (halaman dan cuplikan)",
+        "documents": "Hanya dalam PDF atau gambar (mintakan versi HTML)",
         "footer": "Dibuat oleh provisioner (DKISP). Data lengkap: keluaran --format jsonl.",
     },
     "en": {
@@ -107,6 +109,8 @@ TEXT = {
         "label_col": "Meaning",
         "weight_col": "Weight",
         "item_col": "Item scored",
+        "evidence": "Evidence (page and snippet)",
+        "documents": "Only as a PDF or an image (ask for an HTML version)",
         "footer": "Made by provisioner (DKISP). Full data: the --format jsonl output.",
     },
 }
@@ -278,7 +282,21 @@ def _agency_row(record: dict, rules: ScoringRules, lang: str) -> str:
             f'<td class="num {cert_tone}">{escape(t["none"]) if days is None else days}</td>'
             f'<td class="num" style="color:{ZONE_COLOURS[band.zone]}"><strong>'
             f"{_num(score, lang)}</strong> ({band.grade})</td>"
-            f'<td class="items">{items}</td></tr>\n')
+            f'<td class="items">{items}{_evidence(record["publication"], lang)}</td></tr>\n')
+
+
+def _evidence(publication: dict, lang: str) -> str:
+    """Where each item was found, and the standards seen only as documents, folded
+    under the items (the site's own text, escaped)."""
+    t = TEXT[lang]
+    found = "".join(f"<li><strong>{escape(item)}</strong> {escape(e['page'])}: "
+                    f"\u201c{escape(e['snippet'])}\u201d</li>"
+                    for item, e in publication.get("evidence", {}).items())
+    documents = "".join(f"<li>{escape(d)}</li>" for d in publication.get("documents", ()))
+    return ((f"<details><summary>{escape(t['evidence'])}</summary><ul>{found}</ul></details>"
+             if found else "")
+            + (f"<p class=\"warn\">{escape(t['documents'])}:</p><ul>{documents}</ul>"
+               if documents else ""))
 
 
 def _bands(rules: ScoringRules, lang: str) -> str:

@@ -34,7 +34,8 @@ def agency(slug: str, statuses: dict[str, Status], days_left: int | None = 60,
         score = round(sum(14 if i in ("persyaratan", "prosedur", "waktu", "biaya", "produk",
                                       "pengaduan") else 8 for i in published), 1)
         publication = type(publication)(score, RULES.band(score).grade, components,
-                                        {i: Evidence("/", "x") for i in published}, ("/",))
+                                        {i: Evidence("/layanan/", f"{i} <b>\x1b[31m") for i in published},
+                                        ("/",), ("/files/sop.pdf",))
     not_after = START + dt.timedelta(days=days_left) if days_left is not None else None
     return AgencyResult(slug, f"https://{slug}.paserkab.go.id/", checks, publication,
                         CertInfo(not_after, days_left))
@@ -135,6 +136,10 @@ def test_html_report_in_bahasa_indonesia(sweep: SweepResult) -> None:
     rows = tree.findall(".//tbody")[0].findall("tr")
     assert len(rows) == 4
     assert "Dinas dinkes &lt;&amp;&gt;" in page  # agency text is escaped
+    evidence = rows[-1].find(".//details")  # dinkes, all items published, is listed last
+    assert evidence.findtext("summary") == "Bukti (halaman dan cuplikan)"
+    assert "persyaratan /layanan/: \u201cpersyaratan <b>\ufffd[31m\u201d" in evidence.text_content()
+    assert "Hanya dalam PDF atau gambar" in page and "/files/sop.pdf" in page
 
 
 def test_html_report_is_self_contained_and_printable(sweep: SweepResult) -> None:
