@@ -169,6 +169,23 @@ def test_an_unknown_host_key_fails_ssh_and_skips_the_rest(dlab: FaultLab, tmp_pa
     assert {i for i, _t in statuses(checks, "fail")} == {"ssh"}
 
 
+def test_sudo_asking_for_a_password_fails_the_sudo_check(dlab: FaultLab):
+    [host] = [h for h in dlab.inventory.hosts.values() if h.ssh_user != "root"]
+    drop_in = dlab.lab.lab.local(host, Path("/etc/sudoers.d/provisioner-lab"))
+    original = drop_in.read_bytes()
+    drop_in.write_text(f"{host.ssh_user} ALL=(ALL:ALL) ALL\n")  # a password is required
+    try:
+        code, checks = doctor(dlab)
+    finally:
+        drop_in.write_bytes(original)
+    assert code == 1
+    assert statuses(checks, "fail") == {("sudo", host.name)}
+    assert "password" in checks[("sudo", host.name)]["detail"] + \
+        checks[("sudo", host.name)]["hint"]
+    assert checks[("nginx", host.name)]["status"] == "skip"
+    assert checks[("ssh", host.name)]["status"] == "pass"
+
+
 def test_a_stopped_nginx_fails_the_ports_check_of_its_host(dlab: FaultLab):
     with dlab.stopped("web2-nginx"):
         code, checks = doctor(dlab)
