@@ -53,6 +53,7 @@ def doctor(dlab: FaultLab, inventory_dir: Path | None = None
     result = run_cli(inventory_dir or dlab.lab.inventory_dir, dlab.lab.state_dir, "doctor",
                      "--format", "json")
     assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.strip(), result.stderr
     report = json.loads(result.stdout)
     checks = {(c["id"], c["target"]): c for c in report["checks"]}
     assert len(checks) == len(report["checks"])
@@ -247,6 +248,31 @@ def test_an_account_key_the_ca_does_not_know_is_a_warning(dlab: FaultLab):
     account = next(c for (i, _t), c in checks.items() if i == "acme_account")
     assert account["status"] == "warn" and "does not know" in account["detail"]
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_the_dns_checks_pass_on_powerdns_and_name_a_missing_axfr_permission(
+        dlab: FaultLab, tmp_path: Path):
+    """The lab's PowerDNS primary: the key accepted, the signed transfer allowed; without
+    TSIG-ALLOW-AXFR the transfer check fails and names it."""
+    pdns = dlab.lab.lab.pdns_settings().primary
+    server = {"name": pdns.name, "address": pdns.address, "port": pdns.port}
+    inventory = inventory_copy(dlab, tmp_path, dns_primary=server, nameservers=[dict(server)])
+    code, checks = doctor(dlab, inventory)
+    dns_checks = {key: c for key, c in checks.items() if key[0].startswith("dns_")}
+    assert code == 0
+    assert {c["status"] for key, c in dns_checks.items() if key[0] != "dns_parent_ns"} == \
+        {"pass"}, dns_checks
+    zone = dlab.inventory.settings.zone
+    key_name = dlab.inventory.settings.tsig_key_file.read_text().split('"')[1]
+    dlab.lab.lab.pdnsutil("set-meta", zone, "TSIG-ALLOW-AXFR")  # no value: removed
+    try:
+        code, checks = doctor(dlab, inventory)
+    finally:
+        dlab.lab.lab.pdnsutil("set-meta", zone, "TSIG-ALLOW-AXFR", key_name)
+    assert code == 1
+    assert {i for i, _t in statuses(checks, "fail")} == {"dns_axfr"}
+    axfr = next(c for (i, _t), c in checks.items() if i == "dns_axfr")
+    assert "TSIG-ALLOW-AXFR" in axfr["hint"]
 
 
 # =========================================================================== the parent
