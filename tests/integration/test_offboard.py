@@ -174,10 +174,11 @@ def test_restore_refuses_a_tampered_archive_and_changes_nothing(olab: FaultLab, 
     assert (olab.lab.state_dir / "audit.jsonl").read_bytes() == audit
 
 
-def test_restore_never_overwrites_a_page_changed_since(olab: FaultLab):
-    # dinkes is live again (restored above): its current page differs from the archive.
-    archive = offboard.find_archives(olab.lab.state_dir / "archives", SLUG)[0]
-    site_dir, _vhost, _cert = paths(olab, SLUG)
+@pytest.mark.parametrize("slug", [SLUG, "kec-batu-engau"])  # web1, web3
+def test_restore_never_overwrites_a_page_changed_since(olab: FaultLab, slug: str):
+    # Live again (restored above): its current page differs from the archive.
+    archive = offboard.find_archives(olab.lab.state_dir / "archives", slug)[0]
+    site_dir, _vhost, _cert = paths(olab, slug)
     page = site_dir / "index.html"
     page.write_text(page.read_text(encoding="utf-8") + "<!-- diubah lagi -->\n", encoding="utf-8")
     hosts = olab.host_tree()
