@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from provisioner import lab as L
 from provisioner.dns import parse_tsig_key
-from provisioner.errors import LabError
+from provisioner.errors import InputError, LabError
 from provisioner.models import Inventory
 from provisioner.registry import load_inventory
 from provisioner.scaffold import render_inventory
@@ -409,3 +410,48 @@ def test_the_production_shaped_host_is_what_init_writes_but_its_address_and_sudo
     assert sample["hosts"]["web3"] == expected
     assert sample["vars"] == {**written["vars"], "ansible_user": "deploy",
                               "ansible_become": True}
+
+
+def sample_copy(tmp_path: Path, edit) -> Path:
+    """The sample inventory with ``edit(hosts, settings)`` applied to its parsed YAML."""
+    copy = tmp_path / "inventory"
+    shutil.copytree(SAMPLE, copy)
+    hosts, settings = copy / "hosts.yml", copy / "group_vars" / "all.yml"
+    hosts_data, settings_data = yaml.safe_load(hosts.read_text()), \
+        yaml.safe_load(settings.read_text())
+    edit(hosts_data, settings_data)
+    hosts.write_text(yaml.safe_dump(hosts_data, sort_keys=False))
+    settings.write_text(yaml.safe_dump(settings_data, sort_keys=False, allow_unicode=True))
+    return copy
+
+
+def test_a_login_other_than_root_must_become_root(tmp_path: Path):
+    def no_become(hosts: dict, _settings: dict) -> None:
+        hosts["all"]["children"]["webservers"]["children"]["sudo_login"]["vars"][
+            "ansible_become"] = False
+
+    with pytest.raises(InputError) as caught:
+        load_inventory(sample_copy(tmp_path, no_become), tmp_path / "state")
+    [problem] = caught.value.problems
+    assert "web3.ansible_become" in str(problem) and "deploy is not root" in str(problem)
+
+
+def test_the_lab_refuses_a_production_host_the_inventory_does_not_have(tmp_path: Path):
+    def unknown(_hosts: dict, settings: dict) -> None:
+        settings["lab"]["production_hosts"] = ["web9"]
+
+    inventory = load_inventory(sample_copy(tmp_path, unknown), tmp_path / "state")
+    with pytest.raises(LabError, match="web9"):
+        L.Lab(inventory)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"pdns": "192.0.2.12"}, "lab.pdns: the lab only runs on loopback"),
+    ({"production_hosts": "web3"}, "lab.production_hosts: must be a list of host names"),
+])
+def test_lab_settings_take_a_loopback_pdns_and_a_list_of_production_hosts(
+        tmp_path: Path, change: dict, expected: str):
+    with pytest.raises(InputError) as caught:
+        load_inventory(sample_copy(tmp_path, lambda _h, s: s["lab"].update(change)),
+                       tmp_path / "state")
+    assert expected in "\n".join(str(p) for p in caught.value.problems)
