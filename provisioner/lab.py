@@ -392,7 +392,11 @@ def namespace_script(host: Host, hp: HostPaths) -> str:
 
 def closed_ancestor(path: Path, user: str) -> Path | None:
     """The first folder on the way to ``path`` that ``user`` may not pass (mode, owner)."""
-    account = pwd.getpwnam(user)
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise LabError("nginx", f"there is no user {user} for nginx's workers",
+                       hint="Debian's base-passwd has it; create it with useradd") from None
     for folder in [*reversed(Path(path).parents), Path(path)]:
         info = folder.stat()
         if info.st_uid == account.pw_uid:
