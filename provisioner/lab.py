@@ -1,4 +1,9 @@
-"""The local lab: real BIND, nginx, OpenSSH and Pebble on loopback addresses.
+"""The local lab: real BIND, PowerDNS, nginx, OpenSSH and Pebble on loopback addresses.
+
+A production-shaped host (``lab.production_hosts``) runs in its own mount namespace,
+where lab folders are mounted over /etc/nginx, /var/www, ... and SSH logins are a sudo
+user's; the other hosts keep their files under ``lab.dir``. Every nginx's workers run
+as www-data.
 
 Three layers, top to bottom:
 
@@ -11,7 +16,8 @@ Three layers, top to bottom:
 The lab owns only what it created: processes by the PID files it wrote (checked
 against /proc/PID/cmdline before any signal), the loopback addresses it recorded as
 added, and the files under ``lab.dir`` plus the key, trust and known_hosts files
-the inventory names.
+the inventory names (and the system user of a production-shaped host, which it creates
+when missing and leaves in place).
 """
 
 from __future__ import annotations
