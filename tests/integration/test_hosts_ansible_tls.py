@@ -151,25 +151,27 @@ def test_a_changed_host_key_is_refused(inv, lab, tmp_path):
         HostClient(web1, swapped).connect()
 
 
-def test_facts_report_sites_vhosts_and_edits_in_one_connection(inv, clients, first_deploy):
-    dinkes = inv.agencies["dinkes"]
-    host = inv.hosts["web1"]
-    index = site.site_dir(dinkes, host) / "index.html"
+@pytest.mark.parametrize("slug, absent", [("dinkes", "disbun"), ("dpupr", "dpmd")])  # web1, web3
+def test_facts_report_sites_vhosts_and_edits_in_one_connection(inv, lab, clients, first_deploy,
+                                                               slug, absent):
+    agency = inv.agencies[slug]
+    host = inv.hosts[agency.host]
+    index = lab.lab.local(host, site.site_dir(agency, host) / "index.html")
     original = index.read_bytes()
     index.write_bytes(b"<p>edited by the agency</p>")
     try:
-        rendered = site.render_site(dinkes)
-        facts = clients["web1"].facts(agencies(inv, "dinkes", "dishub", "disbun"), inv.settings,
-                                      {"dinkes": rendered})
+        rendered = site.render_site(agency)
+        facts = clients[host.name].facts(agencies(inv, slug, absent), inv.settings,
+                                         {slug: rendered})
     finally:
         index.write_bytes(original)
-    vhost = ansible.site_bundle(dinkes, inv, tls_ready=False).vhost
-    assert facts.sites["dinkes"].vhost_sha256 == site.sha256_hex(vhost)
-    assert facts.sites["dinkes"].edited == ["index.html"]
-    plan = {c.path: c.action for c in facts.sites["dinkes"].plan(rendered)}
+    vhost = ansible.site_bundle(agency, inv, tls_ready=False).vhost
+    assert facts.sites[slug].vhost_sha256 == site.sha256_hex(vhost)
+    assert facts.sites[slug].edited == ["index.html"]
+    plan = {c.path: c.action for c in facts.sites[slug].plan(rendered)}
     assert plan["index.html"] == "keep-edited" and plan["maklumat.html"] == "unchanged"
-    assert facts.sites["disbun"].vhost_sha256 is None and facts.sites["disbun"].deployed is None
-    cert = site.cert_paths(dinkes, host, inv.settings).fullchain
+    assert facts.sites[absent].vhost_sha256 is None and facts.sites[absent].deployed is None
+    cert = site.cert_paths(agency, host, inv.settings).fullchain
     assert cert in facts.certs
 
 
