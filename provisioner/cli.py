@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -74,8 +74,9 @@ class Context:
     inventory_dir: Path
     state_dir: Path | None
 
-    def inventory(self) -> Inventory:
-        return registry.load_inventory(self.inventory_dir, self.state_dir)
+    def inventory(self, placement_only: bool = False) -> Inventory:
+        return registry.load_inventory(self.inventory_dir, self.state_dir,
+                                       placement_only=placement_only)
 
     @property
     def resolved_state_dir(self) -> Path:
@@ -633,7 +634,7 @@ def _sweep_with_progress(inv: Inventory, **options: Any) -> sweeping.SweepResult
 
 
 def _render_sweep(result: sweeping.SweepResult, fmt: SweepFormat, inv: Inventory,
-                  lang: Lang) -> str:
+                  lang: Lang) -> str | Iterator[str]:
     if fmt is SweepFormat.json:
         from .report import json_text
 
@@ -651,7 +652,9 @@ def _render_sweep(result: sweeping.SweepResult, fmt: SweepFormat, inv: Inventory
         return report_html.render(result, trend, load_rules(), inv.settings.zone, lang.value)
     from .report import jsonl, junit, prom
 
-    renderers = {SweepFormat.jsonl: jsonl, SweepFormat.junit: junit, SweepFormat.prom: prom}
+    if fmt is SweepFormat.jsonl:
+        return jsonl.lines(result)  # written line by line
+    renderers = {SweepFormat.junit: junit, SweepFormat.prom: prom}
     return renderers[fmt].render(result)
 
 
@@ -709,7 +712,7 @@ def sweep(ctx: typer.Context,
     from .history import record_sweep
     from .report import write_atomic
 
-    inv = ctx.obj.inventory()
+    inv = ctx.obj.inventory(placement_only=True)  # what the sweep needs: a lighter load
     result = _sweep_with_progress(inv, concurrency=concurrency, per_address=per_address,
                                   timeout=timeout, extra_roots=tuple(ca), workers=workers,
                                   deadline=deadline)
@@ -721,8 +724,10 @@ def sweep(ctx: typer.Context,
         text = _render_sweep(result, fmt, inv, lang)
         if output:
             write_atomic(output, text)
-        else:
+        elif isinstance(text, str):
             sys.stdout.write(text)
+        else:
+            sys.stdout.writelines(text)
         err_console.print(result.summary.line(), markup=False)
     if inv.settings.alerts and not no_alerts:
         say = console if fmt is SweepFormat.table else err_console

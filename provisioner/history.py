@@ -118,12 +118,12 @@ def record_sweep(state_dir: Path, sweep: SweepResult) -> int:
                      sweep.finished_at.isoformat(timespec="seconds"), s.total, s.active,
                      s.active_pct, s.mean_score, len(s.expiring), sweep.scoring_version))
                 sweep_id = cursor.lastrowid
-                db.executemany(
+                db.executemany(  # row by row: a large sweep's rows are never all in memory
                     "INSERT INTO sweep_agencies VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(sweep_id, r["agency"] or r["url"], int(r["active"]),
+                    ((sweep_id, r["agency"] or r["url"], int(r["active"]),
                       r["publication"]["score"], r["publication"]["band"],
                       r["cert"]["days_left"], json.dumps(r, ensure_ascii=False))
-                     for r in sweep.records])
+                     for r in sweep.records))
         except sqlite3.Error as exc:
             raise ProvisionerError(f"history {history_path(state_dir)}: {exc}") from None
     return sweep_id

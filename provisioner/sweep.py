@@ -129,17 +129,21 @@ def _iso(moment: dt.datetime) -> str:
 # =========================================================================== running
 
 async def verify_all(targets: list[Target], ctx: VerifyContext, concurrency: int,
-                     progress: Progress | None = None) -> list[tuple[AgencyResult, int]]:
+                     progress: Progress | None = None,
+                     keep: Callable[[AgencyResult, int], Any] = lambda *outcome: outcome
+                     ) -> list[Any]:
     """Verify every target with a pool of workers, each site guarded (a result and its
-    attempts for every one, whatever it does); results in the targets' order."""
-    results: list[tuple[AgencyResult, int] | None] = [None] * len(targets)
+    attempts for every one, whatever it does); results in the targets' order, each as
+    ``keep(result, attempts)`` gives it as soon as the site is done (run_sweep keeps
+    its record only)."""
+    results: list[Any] = [None] * len(targets)
     pending = iter(enumerate(targets))
     done = 0
 
     async def worker() -> None:
         nonlocal done
         for index, target in pending:
-            results[index] = await verify_guarded(target, ctx)
+            results[index] = keep(*await verify_guarded(target, ctx))
             done += 1
             if progress:
                 progress(done, len(targets), target.agency or target.url)
@@ -182,15 +186,20 @@ def run_sweep(inventory: Inventory, *, concurrency: int = 32, per_address: int =
     rules = load_rules()
     started = utc_now()
     limits = Limits(concurrency, per_address, timeout, extra_roots, deadline)
+    names = {a.slug: a.name for a in inventory.agencies.values()}
+
+    def record(result: AgencyResult, attempts: int) -> dict[str, Any]:
+        return record_of(result, names.get(result.agency), started, rules, attempts)
+
     with _collector_skips_what_exists():
         if workers > 1 and len(targets) > 1:
             outcomes = _verify_in_processes(inventory.settings, targets, limits, workers,
                                             progress)
-        else:
-            outcomes = verify_shard(inventory.settings, targets, limits, progress)
-    names = {a.slug: a.name for a in inventory.agencies.values()}
-    records = tuple(record_of(result, names.get(result.agency), started, rules, attempts)
-                    for result, attempts in outcomes)
+            records = tuple(record(result, attempts) for result, attempts in outcomes)
+            del outcomes
+        else:  # a site's result is made its record at once: never both kept for all sites
+            records = tuple(verify_shard(inventory.settings, targets, limits, progress,
+                                         record))
     return SweepResult(started_at=started, finished_at=utc_now(), scoring_version=rules.version,
                        records=records, summary=summarise(records))
 
@@ -214,14 +223,17 @@ def _collector_skips_what_exists() -> Iterator[None]:
 
 
 def verify_shard(settings: Settings, targets: list[Target], limits: Limits,
-                 progress: Progress | None = None) -> list[tuple[AgencyResult, int]]:
-    """Verify some targets in this process, on its own event loop."""
+                 progress: Progress | None = None,
+                 keep: Callable[[AgencyResult, int], Any] = lambda *outcome: outcome
+                 ) -> list[Any]:
+    """Verify some targets in this process, on its own event loop (each outcome as
+    ``keep`` makes it, see verify_all)."""
 
-    async def verify_targets() -> list[tuple[AgencyResult, int]]:
+    async def verify_targets() -> list[Any]:
         ctx = make_context(settings, limits.extra_roots, per_address=limits.per_address,
                            timeout=limits.timeout, deadline=limits.deadline)
         try:
-            return await verify_all(targets, ctx, limits.concurrency, progress)
+            return await verify_all(targets, ctx, limits.concurrency, progress, keep)
         finally:
             await ctx.close()
 

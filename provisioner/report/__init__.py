@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import ProvisionerError
 
@@ -26,9 +26,10 @@ def json_text(data: Any, **options: Any) -> str:
                               json.dumps(data, ensure_ascii=False, **options))
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | Iterable[str]) -> None:
     """Write through a temporary file in the same folder and rename it into place, so a
-    reader (Prometheus' textfile collector, a web server) never sees half a file.
+    reader (Prometheus' textfile collector, a web server) never sees half a file. The
+    text may come in pieces (a large sweep's JSON Lines, never whole in memory).
 
     A path that exists but is no regular file (/dev/stdout, a FIFO, /dev/null) is
     written in place: renaming over it would replace a device with a file.
@@ -37,7 +38,7 @@ def write_atomic(path: Path, text: str) -> None:
     if path.exists() and not path.is_file():
         try:
             with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text)
+                handle.writelines(_pieces(text))
         except OSError as exc:
             raise ProvisionerError(f"cannot write {path}: {exc.strerror or exc}") from None
         return
@@ -45,7 +46,7 @@ def write_atomic(path: Path, text: str) -> None:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
+                handle.writelines(_pieces(text))
             os.chmod(temp, 0o644)
             os.replace(temp, path)
         except BaseException:
@@ -53,3 +54,7 @@ def write_atomic(path: Path, text: str) -> None:
             raise
     except OSError as exc:
         raise ProvisionerError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _pieces(text: str | Iterable[str]) -> Iterable[str]:
+    return (text,) if isinstance(text, str) else text

@@ -5,9 +5,16 @@ The source of truth of a sweep: every other format is rendered from the same rec
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from ..sweep import SweepResult
 from . import json_text
 
 
 def render(sweep: SweepResult) -> str:
-    return "".join(json_text(record) + "\n" for record in sweep.records)
+    return "".join(lines(sweep))
+
+
+def lines(sweep: SweepResult) -> Iterator[str]:
+    """The report line by line (a large sweep's text is never whole in memory)."""
+    return (json_text(record) + "\n" for record in sweep.records)
