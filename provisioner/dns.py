@@ -68,7 +68,7 @@ MAX_PARALLEL_QUERIES = 64
 MAX_CNAME_CHAIN = 8
 UDP_RESEND_SECONDS = 1.0  # as a stub resolver does; a loopback or LAN answer takes < 1 ms
 MAX_REASON = 200  # characters of an exception's text kept in an Answer
-MAX_QUESTIONS = 4096  # questions a Querier keeps built (a name is asked of every server)
+MAX_QUESTIONS = 256  # questions a Querier keeps built (a name is asked of every server at once)
 
 Limit = Callable[[str], asyncio.Semaphore]  # destination address -> its concurrency slot
 
