@@ -14,11 +14,11 @@ import sqlite3
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import ProvisionerError
 from .registry import ensure_state_dir
-from .sweep import SweepResult, summarise
+from .sweep import SweepResult, record_texts, summarise
 
 FILE_NAME = "history.sqlite"
 
@@ -118,15 +118,20 @@ def record_sweep(state_dir: Path, sweep: SweepResult) -> int:
                      sweep.finished_at.isoformat(timespec="seconds"), s.total, s.active,
                      s.active_pct, s.mean_score, len(s.expiring), sweep.scoring_version))
                 sweep_id = cursor.lastrowid
-                db.executemany(  # row by row: a large sweep's rows are never all in memory
-                    "INSERT INTO sweep_agencies VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ((sweep_id, r["agency"] or r["url"], int(r["active"]),
-                      r["publication"]["score"], r["publication"]["band"],
-                      r["cert"]["days_left"], json.dumps(r, ensure_ascii=False))
-                     for r in sweep.records))
+                db.executemany("INSERT INTO sweep_agencies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               _agency_rows(sweep_id, sweep))
         except sqlite3.Error as exc:
             raise ProvisionerError(f"history {history_path(state_dir)}: {exc}") from None
     return sweep_id
+
+
+def _agency_rows(sweep_id: int, sweep: SweepResult) -> Iterator[tuple[Any, ...]]:
+    """One row per record, made as it is inserted (a large sweep's rows are never all in
+    memory); the record is stored as the JSON text the reports write."""
+    for text in record_texts(sweep.records):
+        r = json.loads(text)
+        yield (sweep_id, r["agency"] or r["url"], int(r["active"]), r["publication"]["score"],
+               r["publication"]["band"], r["cert"]["days_left"], text)
 
 
 def sweep_trend(state_dir: Path, limit: int = 30) -> list[SweepPoint]:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..sweep import SweepResult
-from . import json_text
+from ..sweep import SweepResult, record_texts
 
 
 def render(sweep: SweepResult) -> str:
@@ -17,4 +16,4 @@ def render(sweep: SweepResult) -> str:
 
 def lines(sweep: SweepResult) -> Iterator[str]:
     """The report line by line (a large sweep's text is never whole in memory)."""
-    return (json_text(record) + "\n" for record in sweep.records)
+    return (text + "\n" for text in record_texts(sweep.records))
