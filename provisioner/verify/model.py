@@ -6,7 +6,6 @@ Re-exported by ``provisioner.verify``; kept in its own module so the check modul
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
@@ -22,18 +21,6 @@ def ip_literal(text: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
-
-
-def deadline(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
-             seconds: float) -> asyncio.TimerHandle:
-    """Fail ``future`` with TimeoutError after ``seconds`` unless it is done by then (cancel
-    the handle once it is). A timer on the future costs a third of an asyncio.timeout()
-    block, and a sweep waits on several per site."""
-    def expire() -> None:
-        if not future.done():
-            future.set_exception(TimeoutError())
-
-    return loop.call_later(seconds, expire)
 
 
 class Status(str, Enum):
