@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 import labkit
 from labkit import TimedRun, markdown_table
 
-from provisioner import onboard, tls  # labkit has put the repository on sys.path
+from provisioner import onboard  # labkit has put the repository on sys.path
 from provisioner.lab import Lab
 from provisioner.models import MAX_PARALLEL_ORDERS, Inventory
 from provisioner.registry import load_inventory

@@ -33,7 +33,6 @@ Both hold the inventory lock for the whole run and append every change to the au
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -52,7 +51,7 @@ from cryptography import x509
 from . import ansible, site, tls
 from . import onboard as onboarding
 from .audit import AuditEntry, AuditLog, current_operator
-from .dns import DEFAULT_PROPAGATION_TIMEOUT, DnsClient, PropagationTimeout
+from .dns import DEFAULT_PROPAGATION_TIMEOUT, PropagationTimeout
 from .dnsops import DnsPlan, apply_dns, plan_dns
 from .errors import ProvisionerError, SafetyError, UsageError
 from .hosts import HostClient, SiteFile, SiteSnapshot, host_agent
