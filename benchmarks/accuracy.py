@@ -24,11 +24,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from labkit import write_section  # noqa: E402
 from provisioner.verify.content import load_rules  # noqa: E402
 from tests.corpus.kit import ITEMS, accuracy, corpus_sites, verdicts  # noqa: E402
 
-RESULTS = HERE / "RESULTS.md"
-SECTION_START, SECTION_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 GOAL = 0.95
 
 
@@ -90,17 +89,6 @@ CAVEAT = ("The corpus was written together with the rules, so this figure shows 
           "sites; it crashed on the 50th, the 100,000-deep standar-pelayanan.json).")
 
 
-def write_results(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{SECTION_START}\n{text}\n{SECTION_END}"
-    if SECTION_START in current:
-        head, rest = current.split(SECTION_START, 1)
-        current = head + block + rest.split(SECTION_END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the figures to this file")
@@ -114,7 +102,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
     if args.write_results:
-        write_results(text)
+        write_section("accuracy", text)
     sys.exit(0 if figures["accuracy"]["overall"] >= GOAL else 1)
 
 
