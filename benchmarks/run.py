@@ -42,7 +42,7 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("dns_batch", "DNS: 40 agencies in one signed update", False),
     Benchmark("ansible_floor", "Ansible: start-up floor, 40 agencies vs 1", False),
-    Benchmark("sweep_bench", "Sweep (issue 7)", True),
+    Benchmark("sweep_bench", "Sweep (issue 15)", True),
     Benchmark("onboard_bench", "Onboarding (issue 9)", True),
     Benchmark("verdict_bench", "Time to verdict (issue 15)", True),
 )
