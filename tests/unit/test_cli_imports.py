@@ -9,7 +9,7 @@ import sys
 DEFERRED = (
     "provisioner.ansible", "provisioner.hosts", "provisioner.lab", "provisioner.tls",
     "provisioner.onboard", "provisioner.offboard", "provisioner.site", "provisioner.sweep",
-    "provisioner.verify", "provisioner.history", "provisioner.report",
+    "provisioner.verify", "provisioner.history", "provisioner.report", "provisioner.xlsx", "openpyxl",
     "ansible_runner", "paramiko", "acme", "httpx", "requests",
 )
 
