@@ -48,7 +48,9 @@ HASH_SUFFIX = 6
 # sshd_config values we write: absolute paths without spaces, quotes or %-tokens.
 SSHD_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
 SFTP_UMASK = "0022"  # uploads readable by nginx's workers
-SITE_FOLDER = "situs"  # the writable folder inside the chroot, served by nginx
+# The chroot is the site folder itself (root-owned, as OpenSSH requires): the account
+# owns what is inside it, and this folder is where new files and folders go.
+UPLOAD_FOLDER = "berkas"
 ACCOUNTS_FILE = Path("access") / "accounts.json"
 
 
@@ -195,13 +197,8 @@ class SftpAccount:
 
     slug: str
     name: str
-    chroot: PurePosixPath  # root-owned, not writable by the account (OpenSSH's rule)
+    chroot: PurePosixPath  # the site folder: root-owned, not writable by the account
     keys: tuple[PublicKey, ...]
-
-    @property
-    def site_folder(self) -> PurePosixPath:
-        """The folder the account owns and writes, inside the chroot."""
-        return self.chroot / SITE_FOLDER
 
 
 def _sshd_path(path: PurePosixPath | str) -> str:
@@ -223,7 +220,7 @@ def sshd_drop_in(accounts: Sequence[SftpAccount], keys_dir: PurePosixPath) -> st
             "",
             f"Match User {account.name}",
             f"    ChrootDirectory {_sshd_path(account.chroot)}",
-            f"    ForceCommand internal-sftp -u {SFTP_UMASK} -d /{SITE_FOLDER}",
+            f"    ForceCommand internal-sftp -u {SFTP_UMASK}",
             f"    AuthorizedKeysFile {_sshd_path(keys_dir)}/{account.name}",
             "    PubkeyAuthentication yes",
             "    PasswordAuthentication no",
@@ -241,6 +238,36 @@ def sshd_drop_in(accounts: Sequence[SftpAccount], keys_dir: PurePosixPath) -> st
 def keys_file(account: SftpAccount) -> str:
     """The account's root-owned authorized keys: plain key lines, no options."""
     return "".join(f"{key.line}\n" for key in account.keys)
+
+
+@dataclass(frozen=True)
+class SshdSettings:
+    """Where a host's sshd reads provisioner's drop-in and keys, and how it is tested and
+    reloaded. The defaults are Debian's (``systemctl reload ssh`` is the same SIGHUP to
+    the pid in /run/sshd.pid, after its own ``sshd -t``)."""
+
+    binary: PurePosixPath = PurePosixPath("/usr/sbin/sshd")
+    main_config: PurePosixPath = PurePosixPath("/etc/ssh/sshd_config")
+    drop_in: PurePosixPath = PurePosixPath("/etc/ssh/sshd_config.d/provisioner-sftp.conf")
+    keys_dir: PurePosixPath = PurePosixPath("/etc/ssh/provisioner-keys")
+    pid_file: PurePosixPath = PurePosixPath("/run/sshd.pid")
+
+
+def converge_request(accounts: Sequence[SftpAccount], removed: Sequence[SftpAccount],
+                     web_root: PurePosixPath, sshd: SshdSettings,
+                     manifest_path: str) -> dict:
+    """The host agent's ``content_access`` request: ``accounts`` is every account the
+    host keeps (the drop-in names exactly these), ``removed`` the ones to delete."""
+    return {
+        "web_root": str(web_root), "manifest_path": manifest_path,
+        "upload_folder": UPLOAD_FOLDER, "keys_dir": str(sshd.keys_dir),
+        "accounts": [{"name": a.name, "site_dir": str(a.chroot), "keys": keys_file(a)}
+                     for a in accounts],
+        "remove": [{"name": a.name, "site_dir": str(a.chroot)} for a in removed],
+        "sshd_binary": str(sshd.binary), "sshd_config": str(sshd.main_config),
+        "sshd_pid_file": str(sshd.pid_file), "drop_in": str(sshd.drop_in),
+        "drop_in_text": sshd_drop_in(accounts, sshd.keys_dir),
+    }
 
 
 # ---------------------------------------------------------------- instructions
@@ -272,7 +299,7 @@ class AccessInfo:
 
     def as_json(self) -> dict:
         return {"agency": self.agency, "site": f"https://{self.fqdn}/", "host": self.host,
-                "port": self.port, "user": self.user, "folder": f"/{SITE_FOLDER}",
+                "port": self.port, "user": self.user, "upload_folder": f"/{UPLOAD_FOLDER}",
                 "host_key_fingerprints": list(self.host_keys),
                 "key_fingerprints": list(self.keys)}
 
@@ -298,10 +325,12 @@ def access_text(info: AccessInfo) -> str:
         f"Cara tersambung (misalnya dengan FileZilla atau WinSCP, protokol SFTP), atau:\n"
         f"    sftp -P {info.port} {info.user}@{info.host}\n"
         f"\n"
-        f"Letak berkas:\n"
-        f"  /{SITE_FOLDER}/              isi situs; yang ditaruh di sini langsung tampil di\n"
-        f"                          https://{info.fqdn}/ (index.html = halaman depan)\n"
-        f"  /{SITE_FOLDER}/layanan/      halaman tiap layanan (standar pelayanan). Halaman\n"
-        f"                          yang Anda sunting tidak ditimpa oleh DKISP.\n"
-        f"Tautan (symlink) ke luar folder situs tidak akan ditampilkan oleh server web.\n"
+        f"Letak berkas (yang tampil di https://{info.fqdn}/ adalah isi folder / ):\n"
+        f"  /index.html             halaman depan; berkas yang ada boleh disunting dan\n"
+        f"                          suntingan Anda tidak ditimpa oleh DKISP\n"
+        f"  /layanan/               halaman standar pelayanan tiap layanan\n"
+        f"  /{UPLOAD_FOLDER}/               tempat berkas dan folder baru (dokumen, gambar);\n"
+        f"                          tampil di https://{info.fqdn}/{UPLOAD_FOLDER}/...\n"
+        f"Folder teratas hanya dapat diubah DKISP. Tautan (symlink) ke luar situs tidak\n"
+        f"ditampilkan oleh server web.\n"
     )

@@ -379,6 +379,14 @@ class HostClient:
         if not answer["reloaded"]:
             raise HostError(h.name, answer["error"])
 
+    def content_access(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Converge the host's agency SFTP accounts (``access.converge_request``) in one
+        round trip; HostError when sshd refuses the drop-in (the previous one is back)."""
+        answer = self.call("content_access", **request)
+        if answer["error"]:
+            raise HostError(self.host.name, answer["error"])
+        return answer
+
     # ------------------------------------------------------------------ offboarding, restore
 
     def site_snapshot(self, agency: Agency, *, content: bool) -> SiteSnapshot:

@@ -74,9 +74,13 @@ SHELL = "/bin/sh"
 NGINX_WORKER_USER = "www-data"
 # What a production-shaped host's mount namespace covers: each of these paths is a lab
 # folder inside it (the machine's own stay untouched). /var/lib/nginx holds nginx's
-# temp files, /etc/sudoers.d the sudo user's drop-in, /home its ~/.ssh, /run the pid files.
+# temp files, /etc/sudoers.d the sudo user's drop-in, /home its ~/.ssh, /run the pid files,
+# /etc/ssh the sshd drop-ins and agencies' SFTP keys provisioner writes.
 NAMESPACE_MOUNTS = ("/etc/nginx", "/etc/sudoers.d", "/var/www", "/var/log/nginx",
-                    "/var/lib/nginx", "/home", "/run")
+                    "/var/lib/nginx", "/home", "/run", "/etc/ssh")
+# Where provisioner puts its sshd drop-in (issue 17): Debian's folder on a production-shaped
+# host; a folder beside the lab's own sshd_config on the others.
+PRODUCTION_SSHD_DROP_IN_DIR = Path("/etc/ssh/sshd_config.d")
 SUDOERS_DROP_IN = "provisioner-lab"
 PEBBLE_MANAGEMENT_PORT = 15000
 READY_TIMEOUT = 20.0  # seconds a server may take to answer its probe after start
@@ -121,6 +125,10 @@ class HostPaths:
     @property
     def sshd_pid(self) -> Path:
         return self.run_dir / "sshd.pid"
+
+    @property
+    def sshd_drop_in_dir(self) -> Path:
+        return self.ssh_dir / "sshd_config.d"
 
     @property
     def nginx_pid(self) -> Path:
@@ -388,6 +396,7 @@ def sshd_config(host: Host, hp: HostPaths, production: bool = False) -> str:
         host_key=hp.host_key,
         pid_file="/run/sshd.pid" if production else hp.sshd_pid,
         authorized_keys=".ssh/authorized_keys" if production else hp.authorized_keys,
+        drop_in_dir=PRODUCTION_SSHD_DROP_IN_DIR if production else hp.sshd_drop_in_dir,
     )
 
 
@@ -1190,7 +1199,7 @@ class Lab:
         known: dict[str, list[str]] = {}
         for host in self.hosts:
             hp = self.paths.host(host)
-            for d in (hp.ssh_dir, hp.run_dir, hp.temp_dir):
+            for d in (hp.ssh_dir, hp.sshd_drop_in_dir, hp.run_dir, hp.temp_dir):
                 d.mkdir(parents=True, exist_ok=True)
             for d in (host.nginx_main_config.parent, host.nginx_sites_dir, host.web_root,
                       host.acme_webroot, host.tls_dir, host.log_dir):

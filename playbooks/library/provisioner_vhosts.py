@@ -1155,5 +1155,219 @@ def op_doctor_facts(request):
 OPERATIONS["doctor_facts"] = op_doctor_facts
 
 
+
+# =========================================================================== content access
+
+# An agency's SFTP account (issue 17): a system user in SFTP_GROUP with no shell, chrooted
+# by sshd to its site folder. The site folder stays root's (OpenSSH refuses a chroot the
+# user could write); everything inside it becomes the account's, except the manifest and
+# files with other hard links. Only the validated account name reaches a command line.
+
+SFTP_GROUP = "provisioner-sftp"
+NOLOGIN = "/usr/sbin/nologin"
+ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+SSHD_TIMEOUT = 30
+USER_TOOL_TIMEOUT = 60
+
+
+def _tool(argv, timeout=USER_TOOL_TIMEOUT):
+    """A fixed command (no shell); (ok, output)."""
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    output = (done.stdout + done.stderr).decode("utf-8", "replace").strip()
+    return done.returncode == 0, output
+
+
+def _checked_account(name):
+    if not isinstance(name, str) or not ACCOUNT_RE.match(name):
+        raise ValueError("invalid account name %r" % (name,))
+    return name
+
+
+def _sftp_user(name):
+    """The account's passwd entry when it exists and is ours; ValueError when the name
+    belongs to some other user of the host (never taken over)."""
+    import grp
+    import pwd
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    try:
+        gid = grp.getgrnam(SFTP_GROUP).gr_gid
+    except KeyError:
+        gid = None
+    if user.pw_gid != gid or user.pw_shell != NOLOGIN:
+        raise ValueError("user %s exists on the host and is not a provisioner SFTP "
+                         "account" % name)
+    return user
+
+
+def ensure_sftp_account(name):
+    """The account (created when missing): True when it was created."""
+    import grp
+    _checked_account(name)
+    if _sftp_user(name) is not None:
+        return False
+    try:
+        grp.getgrnam(SFTP_GROUP)
+    except KeyError:
+        ok, output = _tool(["groupadd", "--system", SFTP_GROUP])
+        if not ok:
+            raise OSError("groupadd %s failed: %s" % (SFTP_GROUP, output))
+    # "*": no password can ever match, and sshd still lets a key in (a "!" would not).
+    ok, output = _tool(["useradd", "--system", "--gid", SFTP_GROUP, "--home-dir", "/",
+                        "--no-create-home", "--shell", NOLOGIN, "--password", "*", name])
+    if not ok:
+        raise OSError("useradd %s failed: %s" % (name, output))
+    return True
+
+
+def remove_sftp_account(name):
+    """userdel (no files removed: the site is root's again first); False when absent."""
+    if _sftp_user(_checked_account(name)) is None:
+        return False
+    ok, output = _tool(["userdel", name])
+    if not ok:
+        raise OSError("userdel %s failed: %s" % (name, output))
+    return True
+
+
+def hand_over_site(site_fd, uid, gid, manifest_path, top=True):
+    """Give what is inside a site folder to ``uid``; the folder itself stays root's 0755
+    (the chroot). Never follows a symlink; skips files with more than one link."""
+    if top:
+        os.fchown(site_fd, 0, 0)
+        os.fchmod(site_fd, DIR_MODE)
+    for entry in os.scandir(site_fd):
+        if top and entry.name == manifest_path:
+            continue
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            with below(site_fd, [entry.name]) as child:
+                os.fchown(child, uid, gid)
+                hand_over_site(child, uid, gid, manifest_path, top=False)
+        elif stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            os.chown(entry.name, uid, gid, dir_fd=site_fd, follow_symlinks=False)
+
+
+def _ensure_upload_folder(site_fd, name, uid, gid):
+    with below(site_fd, [name], create=True) as upload:
+        os.fchown(upload, uid, gid)
+
+
+class Sshd(object):
+    """``sshd -t`` on the main config, reload by SIGHUP to the pid in its pid file (what
+    systemd's ``reload ssh`` does after its own ``sshd -t``)."""
+
+    def __init__(self, binary, main_config, pid_file):
+        self.binary, self.main_config, self.pid_file = binary, main_config, pid_file
+
+    def test(self):
+        return _tool([self.binary, "-t", "-f", self.main_config], SSHD_TIMEOUT)
+
+    def reload(self):
+        import signal
+        data = read_bytes(self.pid_file)
+        try:
+            os.kill(int(data.decode().strip()), signal.SIGHUP)
+        except (AttributeError, ValueError, OSError) as exc:
+            return False, "cannot signal sshd (pid file %s): %s" % (self.pid_file, exc)
+        return True, ""
+
+
+def apply_drop_in(sshd, path, data):
+    """Swap the drop-in in, test, reload; the previous one back when the test fails.
+    (changed, error)."""
+    previous = read_bytes(path)
+    if previous == data:
+        return False, None
+    write_atomic(path, data, FILE_MODE)
+    ok, output = sshd.test()
+    if not ok:
+        if previous is None:
+            remove_file(path)
+        else:
+            write_atomic(path, previous, FILE_MODE)
+        return False, "sshd -t failed (drop-in restored): " + output[-2000:]
+    ok, output = sshd.reload()
+    return True, None if ok else output
+
+
+def _give_site(item, web_root, manifest_path, upload_folder):
+    import pwd
+    user = pwd.getpwnam(item["name"])
+    site_fd = _open_site(web_root, site_parts(item["site_dir"], web_root))
+    try:
+        hand_over_site(site_fd, user.pw_uid, user.pw_gid, manifest_path)
+        _ensure_upload_folder(site_fd, upload_folder, user.pw_uid, user.pw_gid)
+    finally:
+        os.close(site_fd)
+
+
+def _take_back_site(item, web_root, manifest_path):
+    try:
+        site_fd = _open_site(web_root, site_parts(item["site_dir"], web_root))
+    except FileNotFoundError:
+        return  # offboarded: the folder is gone already
+    try:
+        hand_over_site(site_fd, 0, 0, manifest_path)
+    finally:
+        os.close(site_fd)
+
+
+def op_content_access(request):
+    """Converge the host's SFTP accounts: create and hand over (``accounts``), keys files,
+    the sshd drop-in (tested, restored on failure), then take back and delete
+    (``remove``). Keys files are written before the drop-in names them and removed
+    before the account goes, so a removed key is refused from the next login on."""
+    web_root, keys_dir = request["web_root"], request["keys_dir"]
+    manifest_path = request["manifest_path"]
+    created, keys_changed, removed = [], [], []
+    for item in request["accounts"]:
+        name = _checked_account(item["name"])
+        if ensure_sftp_account(name):
+            created.append(name)
+        _give_site(item, web_root, manifest_path, request["upload_folder"])
+        keys = item["keys"].encode()
+        if read_bytes(os.path.join(keys_dir, name), keys_dir) != keys:
+            write_atomic(os.path.join(keys_dir, name), keys, FILE_MODE, root=keys_dir)
+            keys_changed.append(name)
+    for item in request["remove"]:
+        if remove_file(os.path.join(keys_dir, _checked_account(item["name"])), keys_dir):
+            keys_changed.append(item["name"])
+    sshd = Sshd(request["sshd_binary"], request["sshd_config"], request["sshd_pid_file"])
+    drop_in_changed, error = apply_drop_in(sshd, request["drop_in"],
+                                           request["drop_in_text"].encode())
+    if error is None:
+        for item in request["remove"]:
+            _take_back_site(item, web_root, manifest_path)
+            if remove_sftp_account(item["name"]):
+                removed.append(item["name"])
+    return {"created": created, "keys_changed": keys_changed, "removed": removed,
+            "drop_in_changed": drop_in_changed, "error": error}
+
+
+def op_content_access_facts(request):
+    """What exists of the given accounts: {name: {"exists", "keys"}} (keys: the keys
+    file's text, None when absent)."""
+    keys_dir = request["keys_dir"]
+    facts = {}
+    for name in request["names"]:
+        keys = read_bytes(os.path.join(keys_dir, _checked_account(name)), keys_dir)
+        facts[name] = {"exists": _sftp_user(name) is not None,
+                       "keys": None if keys is None else keys.decode("utf-8", "replace")}
+    drop_in = read_bytes(request["drop_in"])
+    return {"accounts": facts,
+            "drop_in": None if drop_in is None else drop_in.decode("utf-8", "replace")}
+
+
+OPERATIONS["content_access"] = op_content_access
+OPERATIONS["content_access_facts"] = op_content_access_facts
+
+
 if __name__ == "__main__":
     main()

@@ -125,7 +125,7 @@ def test_drop_in_has_one_locked_down_match_block_per_account(ed_line):
     assert [block.split("\n")[0] for block in blocks] == ["web-dinkes", "web-dinsos"]
     first = blocks[0]
     for directive in ("ChrootDirectory /var/www/sftp/dinkes",
-                      "ForceCommand internal-sftp -u 0022 -d /situs",
+                      "ForceCommand internal-sftp -u 0022",
                       "AuthorizedKeysFile /etc/ssh/provisioner-keys/web-dinkes",
                       "PasswordAuthentication no", "AllowTcpForwarding no",
                       "X11Forwarding no", "PermitTTY no", "PermitTunnel no"):
@@ -176,10 +176,10 @@ def test_instructions_are_in_bahasa_indonesia_and_name_everything(ed_line):
     text = access.access_text(info)
     for part in ("Server   : web3.paserkab.go.id", "Port     : 22", "Pengguna : web-dinkes",
                  "ssh-ed25519 SHA256:abc", "SHA256:def", "sftp -P 22 web-dinkes@web3",
-                 "/situs/", "https://dinkes.paserkab.go.id/", "Sidik jari kunci server"):
+                 "/berkas/", "https://dinkes.paserkab.go.id/berkas/", "Sidik jari kunci server"):
         assert part in text
     empty = access.access_text(access.AccessInfo("dinkes", "d.example", "h", 22, "u", (), ()))
     assert "belum tercatat" in empty and "belum ada kunci" in empty
     data = info.as_json()
-    assert data["user"] == "web-dinkes" and data["folder"] == "/situs"
+    assert data["user"] == "web-dinkes" and data["upload_folder"] == "/berkas"
     assert data["host_key_fingerprints"] == ["ssh-ed25519 SHA256:abc"]

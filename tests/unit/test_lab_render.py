@@ -198,6 +198,7 @@ def test_sshd_config_is_key_only_and_passes_sshd_t(inventory: Inventory, lab: L.
     assert "ListenAddress 127.0.0.20:22" in text
     assert "PasswordAuthentication no" in text
     assert "PermitRootLogin prohibit-password" in text
+    assert f"Include {hp.sshd_drop_in_dir}/*.conf" in text
     hp.sshd_config.write_text(text)
     Path("/run/sshd").mkdir(exist_ok=True)
     checked = run("/usr/sbin/sshd", "-t", "-f", str(hp.sshd_config))
@@ -335,7 +336,8 @@ def test_production_shaped_configs_use_debian_paths_and_a_sudo_user(lab: L.Lab):
                  "client_body_temp_path /var/lib/nginx/client_body;"):
         assert line in nginx
     sshd = L.sshd_config(web3, hp, production=True)
-    assert "PermitRootLogin no" in sshd and "AllowUsers deploy" in sshd
+    assert "PermitRootLogin no" in sshd and "AllowGroups deploy provisioner-sftp" in sshd
+    assert sshd.splitlines()[2] == "Include /etc/ssh/sshd_config.d/*.conf"
     assert "AuthorizedKeysFile .ssh/authorized_keys" in sshd
     assert "PidFile /run/sshd.pid" in sshd
     assert "PermitRootLogin prohibit-password" in L.sshd_config(
