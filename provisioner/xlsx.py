@@ -30,7 +30,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from . import yamlsrc
 from .csvimport import Incoming
-from .errors import InputError, Problem
+from .errors import InputError, Problem, UsageError
 from .models import DELIVERY_COMPONENTS, MANAGEMENT_COMPONENTS, RECORD_TYPES, Agency, Inventory
 from .registry import CONTROL_RE
 
@@ -200,10 +200,14 @@ def _fill_sheet(ws: Worksheet, columns: tuple[Column, ...], rows: list[list[Any]
         header.fill = REQUIRED_FILL if column.required else HEADER_FILL
         header.alignment = Alignment(wrap_text=True, vertical="top")
         ws.column_dimensions[letter].width = column.width
+        # Text format, also for rows the clerk adds: a typed phone number keeps its leading 0.
+        ws.column_dimensions[letter].number_format = "@"
         for row_index in range(2, len(rows) + 2):
             cell = ws.cell(row=row_index, column=index)
-            cell.number_format = "@"  # text: a typed phone number keeps its leading 0
+            cell.number_format = "@"
             cell.alignment = Alignment(wrap_text=True, vertical="top")
+            if cell.data_type == "f":  # registry text starting with "=": never a live formula
+                cell.data_type = "s"
         if column.choices:
             validation = DataValidation(type="list", formula1=choices[column.choices],
                                         allow_blank=not column.required)
@@ -228,8 +232,11 @@ def export_workbook(inventory: Inventory, agencies: list[Agency], target: Path) 
     for name, columns in SHEETS.items():
         _fill_sheet(workbook.create_sheet(name), columns, rows[name], choices)
     tmp = target.with_name(f".{target.name}.tmp")
-    workbook.save(tmp)
-    tmp.replace(target)
+    try:
+        workbook.save(tmp)
+        tmp.replace(target)
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot write: {exc.strerror}") from None
     return {name: len(sheet_rows) for name, sheet_rows in rows.items()}
 
 

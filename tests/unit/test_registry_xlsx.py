@@ -13,6 +13,7 @@ from openpyxl.utils import get_column_letter
 
 from provisioner import xlsx
 from provisioner.csvimport import merge
+from provisioner.registry import load_inventory
 
 from .conftest import SAMPLE, SampleInventory, tree_digest
 
@@ -61,7 +62,9 @@ def test_export_layout(sample: SampleInventory, tmp_path: Path):
     instansi = workbook["Instansi"]
     formulas = {str(v.sqref).split(":")[0]: v.formula1
                 for v in instansi.data_validations.dataValidation}
-    assert formulas[f"{column_of('Instansi', 'host')}2"] == '"web1,web2,web3"'
+    hosts = load_inventory(sample.root, sample.state_dir).hosts
+    assert "web1" in hosts
+    assert formulas[f"{column_of('Instansi', 'host')}2"] == '"' + ",".join(sorted(hosts)) + '"'
     assert formulas[f"{column_of('Instansi', 'record_type')}2"] == '"A,CNAME"'
     assert formulas[f"{column_of('Instansi', 'sample')}2"] == '"ya,tidak"'
     assert [v.formula1 for v in layanan.data_validations.dataValidation] == ["=Instansi!$A$2:$A$1001"]
@@ -212,3 +215,14 @@ def test_a_missing_sheet_or_required_column_is_named(sample: SampleInventory, tm
     assert f"error: Layanan!{biaya}1: header: unknown column 'Harga'" in result.stderr
     assert "error: Layanan!1: biaya: required column missing" in result.stderr
     assert "error: Pengaduan: sheet: sheet missing" in result.stderr
+
+
+def test_registry_text_starting_with_equals_is_exported_as_text(sample: SampleInventory,
+                                                                tmp_path: Path):
+    data = sample.read("agencies/dinkes.yml")
+    data["services"][0]["biaya"] = "=Gratis"
+    sample.write("agencies/dinkes.yml", data)
+    path = export(sample, tmp_path, "dinkes")
+    cell = openpyxl.load_workbook(path)["Layanan"][f"{column_of('Layanan', 'biaya')}2"]
+    assert (cell.value, cell.data_type) == ("=Gratis", "s")
+    assert sample.cli("registry", "export", "dinkes", "-o", str(tmp_path / "no/such.xlsx")).exit_code == 2
