@@ -422,8 +422,9 @@ def read_workbook(path: Path) -> tuple[list[Incoming], list[Problem]]:
         for row in sheets[sheet][0]:
             slug = row.values.get("agency")
             if slug not in agencies:
+                missing = f"no agency {slug!r} on the Instansi sheet" if slug else "missing"
                 problems.append(Problem(row.cells.get("agency", f"{sheet}!A{row.number}"), None,
-                                        "agency", f"no agency {slug!r} on the Instansi sheet",
+                                        "agency", missing,
                                         "use a code from the Instansi sheet's first column"))
             by_agency.setdefault(slug, []).append(row)
     return [_agency(row, children[SERVICE_SHEET].get(slug, []), children[CHANNEL_SHEET].get(slug, []))

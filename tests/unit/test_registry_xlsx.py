@@ -128,6 +128,7 @@ def test_every_bad_cell_is_named_and_nothing_is_written(sample: SampleInventory,
     edit(path, "Layanan", biaya, None)
     edit(path, "Instansi", email, "not-an-address")
     edit(path, "Pengaduan", "A2", "nosuch")
+    edit(path, "Pengaduan", "A3", None)
     before = tree_digest(sample.root)
     result = sample.cli("registry", "import", "--yes", str(path))
     assert result.exit_code == 2
@@ -135,6 +136,7 @@ def test_every_bad_cell_is_named_and_nothing_is_written(sample: SampleInventory,
     assert f"error: Layanan!{biaya}: biaya: missing (hint: required: a text or a list of texts)" in lines
     assert f"error: Instansi!{email}: email: not an e-mail address: 'not-an-address'" in lines
     assert any(line.startswith("error: Pengaduan!A2: agency: no agency 'nosuch'") for line in lines)
+    assert any(line.startswith("error: Pengaduan!A3: agency: missing") for line in lines)
     assert tree_digest(sample.root) == before
 
 
