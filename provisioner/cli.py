@@ -62,6 +62,8 @@ app.add_typer(lab_app, name="lab")
 app.add_typer(registry_app, name="registry")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(timers_app, name="timers")
+backup_app = typer.Typer()  # its help: backup_run's docstring
+app.add_typer(backup_app, name="backup")
 
 
 class Format(str, Enum):
@@ -946,9 +948,14 @@ def offboard(ctx: typer.Context,
 @app.command("restore")
 @handles_errors
 def restore(ctx: typer.Context,
-            archive: Path = typer.Argument(..., metavar="ARCHIVE", dir_okay=False,
+            archive: Path = typer.Argument(..., metavar="ARCHIVE|AGENCY",
                                            help="The .tar.gz 'provisioner offboard' wrote "
-                                                "(its .sha256 file beside it)."),
+                                                "(its .sha256 file beside it); with "
+                                                "--from-backup, the agency's slug."),
+            from_backup: Optional[str] = typer.Option(
+                None, "--from-backup", metavar="latest|SNAPSHOT",
+                help="Restore the agency's site from the backup repository: its latest "
+                     "snapshot or the one with this id ('provisioner backup list AGENCY')."),
             yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop."),
             break_lock: bool = BREAK_LOCK_OPTION,
@@ -961,6 +968,8 @@ def restore(ctx: typer.Context,
     overwritten: the run stops before writing anything), the registry entry is set to
     'status: active', and onboarding runs for the agency: DNS record, vhost, a new
     certificate, verification. Exit 1 when a step failed; a re-run resumes.
+    With --from-backup the site comes from a restic snapshot instead (checked the same
+    way against the manifest stored with it).
     """
     if fmt is Format.json and not (yes or dry_run):
         raise UsageError("--format json cannot ask for confirmation",
@@ -973,10 +982,16 @@ def restore(ctx: typer.Context,
         (lambda _line: None)
     with offboarding.Restoring(inv, report, command=None if dry_run else command_line(),
                                break_lock=break_lock) as run:
-        rplan = run.plan(archive)
+        if from_backup is None:
+            rplan = run.plan(archive)
+        else:
+            from . import backup
+
+            report(f"fetching {archive.name} ({from_backup}) from the backup repository")
+            rplan = run.plan_archived(backup.fetch_from_backup(inv, str(archive), from_backup))
         slug = rplan.agency.slug
         if table_output:
-            _show_steps_plan(rplan.plan, f"restore of {slug} from {archive.name} "
+            _show_steps_plan(rplan.plan, f"restore of {slug} from {rplan.archive.path.name} "
                                          f"({rplan.archive.manifest['created_at']})")
         if dry_run:
             if not table_output:
@@ -986,11 +1001,110 @@ def restore(ctx: typer.Context,
             _confirm_or_stop(f"Restore {slug} and put its site online again?")
         result = run.apply(rplan, progress=_onboard_progress if table_output else None)
     if table_output:
-        _show_run(result, f"restore of {slug}", f"provisioner restore {archive}")
+        rerun = f"provisioner restore {archive}" + (f" --from-backup {from_backup}"
+                                                     if from_backup else "")
+        _show_run(result, f"restore of {slug}", rerun)
     else:
         emit_json({"plan": rplan.to_dict(), "result": result.to_dict()})
     if result.failed:
         raise typer.Exit(1)
+
+
+@backup_app.callback(invoke_without_command=True)
+@handles_errors
+def backup_run(ctx: typer.Context,
+               agencies: list[str] = typer.Option([], "--agency", "-a", metavar="AGENCY",
+                                                  help="Back up this agency (repeatable)."),
+               all_: bool = typer.Option(False, "--all", help="Every hosted agency."),
+               dry_run: bool = typer.Option(False, "--dry-run",
+                                            help="Fetch and stage, let restic say what it "
+                                                 "would store; no snapshot, no retention."),
+               break_lock: bool = BREAK_LOCK_OPTION,
+               fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Back up agencies' sites and the toolkit's state into the restic repository.
+
+    'provisioner backup --all' (or --agency SLUG ...): each site is fetched from its host
+    (one SSH round trip; an unchanged site only has its hashes compared and gets no new
+    snapshot) and stored as one snapshot tagged agency:<slug>; the inventory, audit log,
+    history and ACME account key as one tagged state. The repository (created on first
+    use), its password file and the retention are 'backup:' in group_vars/all.yml;
+    retention (restic forget --prune) is applied after every backup. Exit 1 when a
+    target failed. Subcommands: list, check, prune.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (all_ or agencies):
+        raise UsageError("name what to back up", hint="--all, or --agency SLUG (repeatable); "
+                                                      "see also: backup list, check, prune")
+    from . import backup
+
+    inv = ctx.obj.inventory()
+    targets = inv.select(agencies, all_=all_)
+    table_output = fmt is Format.table
+    report = (lambda line: err_console.print(line, markup=False)) if table_output else \
+        (lambda _line: None)
+    with backup.Backup(inv, report, command=None if dry_run else command_line(),
+                       break_lock=break_lock) as run:
+        result = run.run(targets, dry_run=dry_run)
+    if table_output:
+        table(["target", "status", "detail"], [[o.target, o.status, o.detail]
+                                               for o in result.outcomes],
+              title=f"backup to {result.repository}" + (" (dry run)" if dry_run else ""))
+        if result.retention is not None:
+            console.print(f"retention: {result.retention[0]} snapshot(s) kept, "
+                          f"{result.retention[1]} forgotten and pruned", markup=False)
+    else:
+        emit_json(result.to_dict())
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@backup_app.command("list")
+@handles_errors
+def backup_list(ctx: typer.Context,
+                agency: Optional[str] = typer.Argument(None, metavar="[AGENCY]",
+                                                       help="Only this agency's snapshots."),
+                fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """The repository's snapshots of this inventory (of one agency), oldest first."""
+    from . import backup
+
+    snapshots = backup.list_snapshots(ctx.obj.inventory(), agency)
+    if fmt is Format.json:
+        emit_json([s.to_dict() for s in snapshots])
+        return
+    if not snapshots:
+        console.print("no snapshots yet: run 'provisioner backup --all'")
+        return
+    table(["id", "time", "tags", "path"],
+          [[s.short_id, s.time[:19].replace("T", " "), ", ".join(s.tags), ", ".join(s.paths)]
+           for s in snapshots], title="backup snapshots")
+
+
+@backup_app.command("check")
+@handles_errors
+def backup_check(ctx: typer.Context) -> None:
+    """Verify the repository's structure and integrity (restic check); exit 1 on errors."""
+    from . import backup
+
+    console.print(backup.check(ctx.obj.inventory()), markup=False)
+
+
+@backup_app.command("prune")
+@handles_errors
+def backup_prune(ctx: typer.Context,
+                 dry_run: bool = typer.Option(False, "--dry-run",
+                                              help="Say what would be forgotten."),
+                 fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """Apply the retention of group_vars/all.yml (restic forget --prune) now."""
+    from . import backup
+
+    result = backup.prune(ctx.obj.inventory(), dry_run=dry_run)
+    if fmt is Format.json:
+        emit_json(result.to_dict())
+    else:
+        console.print(f"{result.kept} snapshot(s) kept, {result.removed} "
+                      + ("would be forgotten" if dry_run else "forgotten and pruned"),
+                      markup=False)
 
 
 CERT_ACTIONS = {"create": "order", "update": "renew", "noop": "keep"}

@@ -91,6 +91,11 @@ class LabError(ExternalError):
         super().__init__("lab", server, message, hint=hint)
 
 
+class BackupError(ExternalError):
+    def __init__(self, repository: str, message: str, *, hint: str | None = None):
+        super().__init__("restic", repository, message, hint=hint)
+
+
 class RenderError(ProvisionerError):
     """A value refused at render time (hostile host name or path); nothing was written."""
 

@@ -511,6 +511,12 @@ def ensure_tsig_key(path: Path, default_name: str) -> TsigKey:
     return key
 
 
+def ensure_backup_password(path: Path) -> None:
+    """Create the lab's backup repository password file (random, mode 0600) once."""
+    if not Path(path).exists():
+        write_file(path, secrets.token_urlsafe(32) + "\n", 0o600)
+
+
 def ensure_ssh_key(path: Path, comment: str) -> str:
     """Return the public key line of an ed25519 key, creating the key pair if missing."""
     path = Path(path)
@@ -1126,6 +1132,9 @@ class Lab:
         key = ensure_tsig_key(self.settings.tsig_key_file, f"{self.settings.inventory_id}-lab")
         self._prepare_dns(key.name)
         self._prepare_pdns(key)
+        if self.settings.backup and self.settings.backup.password_file.is_relative_to(
+                self.paths.dir):
+            ensure_backup_password(self.settings.backup.password_file)
         self._prepare_hosts()
         self._prepare_pebble()
 

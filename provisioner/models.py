@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 DELIVERY_COMPONENTS: tuple[str, ...] = (
     "persyaratan",
@@ -216,6 +217,15 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    """The restic repository, the 0600 file with its password, and what retention keeps."""
+
+    repository: Path
+    password_file: Path
+    retention: Mapping[str, int]  # restic --keep-<period>: daily, weekly, monthly, yearly
+
+
+@dataclass(frozen=True)
 class Settings:
     """Group vars: the zone and how to reach its DNS, ACME and hosts."""
 
@@ -233,6 +243,7 @@ class Settings:
     lab: LabSettings | None
     alerts: AlertSettings | None = None  # no alerts block: no alerts
     verify_allow_private: bool = False  # external agencies may be on loopback/private addresses
+    backup: BackupSettings | None = None  # no backup block: 'provisioner backup' refuses
 
 
 @dataclass(frozen=True)

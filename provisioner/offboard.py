@@ -136,6 +136,15 @@ def set_registry_status(agency: Agency, status: str, note: str) -> bool:
 # =========================================================================== archive format (pure)
 
 
+def check_received(snapshot: SiteSnapshot, host_name: str) -> None:
+    """Every fetched file (and the vhost) must hash to what the host computed."""
+    for rel, f in [*snapshot.files.items(), *([("vhost", snapshot.vhost)]
+                                               if snapshot.vhost else [])]:
+        if hashlib.sha256(f.data or b"").hexdigest() != f.sha256:
+            raise ProvisionerError(f"{rel}: the bytes received from {host_name} do not match "
+                                   "the hash the host computed", hint="re-run; nothing was removed")
+
+
 def archive_name(slug: str, when: dt.datetime, attempt: int = 0) -> str:
     stamp = when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{slug}-{stamp}{f'-{attempt}' if attempt else ''}{ARCHIVE_SUFFIX}"
@@ -254,40 +263,51 @@ def covers(manifest: Mapping[str, Any], snapshot: SiteSnapshot) -> bool:
                                       and vhost["sha256"] == snapshot.vhost.sha256)
 
 
+def _refused(origin: Path, why: str) -> UsageError:
+    return UsageError(f"{origin}: not a usable offboarding archive: {why}",
+                      hint="use the .tar.gz that 'provisioner offboard' wrote")
+
+
 def read_archive(data: bytes, origin: Path) -> ArchivedSite:
     """Parse an archive and check every member against the manifest's hashes.
 
     Raises UsageError naming the file when it is not a complete provisioner archive.
     """
-    def refuse(why: str) -> UsageError:
-        return UsageError(f"{origin}: not a usable offboarding archive: {why}",
-                          hint="use the .tar.gz that 'provisioner offboard' wrote")
-
     members: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             for member in tar.getmembers():
                 if not member.isfile() or member.name.startswith("/") or \
                         ".." in member.name.split("/"):
-                    raise refuse(f"unexpected member {member.name!r}")
+                    raise _refused(origin, f"unexpected member {member.name!r}")
                 members[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise _refused(origin, str(exc) or type(exc).__name__) from None
+    return archived_site(members, origin)
+
+
+def archived_site(members: dict[str, bytes], origin: Path) -> ArchivedSite:
+    """The archive's members (manifest.json, site/..., vhost/...; consumed) checked against
+    the manifest's hashes: the one check for an archive and for a site restored from a
+    backup, which holds the same members as files."""
+    try:
         manifest = json.loads(members.pop(MANIFEST_MEMBER))
-    except (tarfile.TarError, OSError, EOFError, KeyError, ValueError) as exc:
-        raise refuse(str(exc) or type(exc).__name__) from None
+    except (KeyError, ValueError) as exc:
+        raise _refused(origin, str(exc) or type(exc).__name__) from None
     if not isinstance(manifest, dict) or manifest.get("schema") != ARCHIVE_SCHEMA:
-        raise refuse("unknown manifest schema")
+        raise _refused(origin, "unknown manifest schema")
     files = {}
     for rel, entry in manifest["files"].items():
         content = members.pop(SITE_PREFIX + rel, None)
         if content is None or hashlib.sha256(content).hexdigest() != entry["sha256"]:
-            raise refuse(f"site/{rel} is missing or differs from its recorded sha256")
+            raise _refused(origin, f"site/{rel} is missing or differs from its recorded sha256")
         files[rel] = content
     vhost = members.pop(f"{VHOST_PREFIX}{manifest['agency']}.conf", None)
     if (manifest["vhost"] is None) != (vhost is None) or (
             vhost is not None and hashlib.sha256(vhost).hexdigest() != manifest["vhost"]["sha256"]):
-        raise refuse("the vhost is missing or differs from its recorded sha256")
+        raise _refused(origin, "the vhost is missing or differs from its recorded sha256")
     if members:
-        raise refuse(f"members not in the manifest: {', '.join(sorted(members)[:5])}")
+        raise _refused(origin, f"members not in the manifest: {', '.join(sorted(members)[:5])}")
     return ArchivedSite(origin, manifest, files, vhost)
 
 
@@ -681,12 +701,7 @@ class Offboarding(_LockedRun):
         state.archive = covering_archive(oplan.archive_dir, slug, snapshot)
         if state.archive is not None:
             return Outcome(slug, "archive", "ok", f"already archived in {state.archive.path}")
-        for rel, f in [*snapshot.files.items(), *([("vhost", snapshot.vhost)]
-                                                   if snapshot.vhost else [])]:
-            if hashlib.sha256(f.data or b"").hexdigest() != f.sha256:
-                raise ProvisionerError(f"{rel}: the bytes received from {oplan.host.name} do "
-                                       "not match the hash the host computed",
-                                       hint="re-run; nothing was removed")
+        check_received(snapshot, oplan.host.name)
         now = _now()
         manifest = make_manifest(oplan.agency, oplan.host, snapshot, oplan.cert, oplan.dns, now,
                                  self.command)
@@ -788,7 +803,11 @@ class Restoring(_LockedRun):
     back, marks the agency active and onboards it."""
 
     def plan(self, archive_path: Path) -> RestorePlan:
-        archived = load_archive(archive_path)
+        return self.plan_archived(load_archive(archive_path))
+
+    def plan_archived(self, archived: ArchivedSite) -> RestorePlan:
+        """The plan for an archive already read and checked (a file, or a backup's copy)."""
+        archive_path = archived.path
         slug = archived.agency
         agency = self.inventory.agencies.get(slug)
         if agency is None:

@@ -32,6 +32,7 @@ from .models import (
     AcmeSettings,
     Agency,
     AlertSettings,
+    BackupSettings,
     ComplaintChannel,
     RateLimit,
     EmailSettings,
@@ -68,7 +69,7 @@ SETTINGS_KEYS = (
     "acme_directory", "acme_contact", "tls_mode", "known_hosts_file",
     "record_ttl", "max_change_ratio", "acme_ca_bundle", "acme_revoke_on_offboard",
     "trust_roots", "lab", "alerts", "verify_allow_private", "acme_max_parallel_orders",
-    "acme_rate_limits", "acme_caa_identity",
+    "acme_rate_limits", "acme_caa_identity", "backup",
 )
 HOST_PATH_FIELDS = (
     "nginx_main_config", "nginx_sites_dir", "web_root", "acme_webroot", "tls_dir", "log_dir",
@@ -314,6 +315,7 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
     allow_private = _bool(c, data, "verify_allow_private", (), False)
     lab = _lab_settings(c, data.get("lab"), variables)
     alerts = _alert_settings(c, data.get("alerts"), variables, lab)
+    backup = _backup_settings(c, data.get("backup"), variables, lab)
 
     if tsig is not None:
         _check_secret_file(c, tsig, ("tsig_key_file",), lab)
@@ -336,6 +338,7 @@ def _load_settings(path: Path, variables: dict[str, str]) -> tuple[Settings | No
         lab=lab,
         alerts=alerts,
         verify_allow_private=allow_private,
+        backup=backup,
     ), []
 
 
@@ -446,6 +449,40 @@ def _alert_settings(c: _Collector, data: Any, variables: dict[str, str],
         c.add(prefix, "no channel configured", "add email, webhook or telegram (see README)")
     return AlertSettings(email=channels.get("email"), webhook=channels.get("webhook"),
                          telegram=channels.get("telegram"), cert_days=cert_days)
+
+
+BACKUP_RETENTION_PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
+
+
+def _backup_settings(c: _Collector, data: Any, variables: dict[str, str],
+                     lab: LabSettings | None) -> BackupSettings | None:
+    if data is None:
+        return None
+    prefix = ("backup",)
+    if not _mapping(c, data, prefix, ("repository", "password_file", "retention")):
+        return None
+    before = len(c.problems)
+    repository = _safe_path(c, data, "repository", variables, prefix)
+    password_file = _safe_path(c, data, "password_file", variables, prefix)
+    if password_file is not None:
+        _check_secret_file(c, password_file, (*prefix, "password_file"), lab)
+    retention = data.get("retention", {})
+    kept: dict[str, int] = {}
+    if _mapping(c, retention, (*prefix, "retention"), BACKUP_RETENTION_PERIODS):
+        for period, count in retention.items():
+            if period in BACKUP_RETENTION_PERIODS and (
+                    isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000):
+                c.add((*prefix, "retention", period), "must be a number of snapshots from 1 "
+                      "to 1000", "e.g. daily: 7, weekly: 4, monthly: 6")
+            elif period in BACKUP_RETENTION_PERIODS:
+                kept[period] = count
+        if not kept and len(c.problems) == before:
+            c.add((*prefix, "retention"), "keeps nothing",
+                  "e.g. {daily: 7, weekly: 4, monthly: 6}")
+    if len(c.problems) > before:
+        return None
+    return BackupSettings(repository=repository, password_file=password_file,
+                          retention={p: kept[p] for p in BACKUP_RETENTION_PERIODS if p in kept})
 
 
 def _mapping(c: _Collector, data: Any, prefix: tuple, keys: tuple[str, ...]) -> bool:
