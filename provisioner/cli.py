@@ -57,7 +57,8 @@ alerts_app = typer.Typer(help="Alerts on change after each sweep (e-mail, webhoo
                               "Telegram): test the channels, see what waits to be sent.",
                          no_args_is_help=True)
 timers_app = typer.Typer(help="The systemd timers: hourly sweep with alerts, weekly report "
-                              "to leadership, daily certificate renewal.", no_args_is_help=True)
+                              "to leadership, daily certificate renewal, daily backup.",
+                         no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 app.add_typer(registry_app, name="registry")
 app.add_typer(alerts_app, name="alerts")
@@ -1392,13 +1393,15 @@ SYSTEMD_DIR_OPTION = typer.Option(Path("/etc/systemd/system"), "--systemd-dir", 
 
 def _timer_units(ctx: typer.Context, *, every: bool = False) -> dict[str, str]:
     """The units for this inventory: the weekly report's only when it has someone to go
-    to (alerts.email.report_to), unless ``every``."""
+    to (alerts.email.report_to), the daily backup's only with a backup: block, unless
+    ``every``."""
     from . import timers
 
     inv = ctx.obj.inventory()
     email = inv.settings.alerts.email if inv.settings.alerts else None
     return timers.render_units(timers.this_installation(inv.root, inv.state_dir),
-                               report=every or bool(email and email.report_to))
+                               report=every or bool(email and email.report_to),
+                               backup=every or inv.settings.backup is not None)
 
 
 def _show_units(result: Any, fmt: Format) -> None:
@@ -1456,6 +1459,9 @@ def timers_install(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
         if not any(name.startswith(timers.REPORT_UNIT) for name in units):
             console.print("left out the weekly report (provisioner-report.*): no "
                           "alerts.email.report_to in group_vars/all.yml", markup=False)
+        if not any(name.startswith(timers.BACKUP_UNIT) for name in units):
+            console.print("left out the daily backup (provisioner-backup.*): no backup: "
+                          "in group_vars/all.yml", markup=False)
         _systemctl_note(result)
     _show_units(result, fmt)
 

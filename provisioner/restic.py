@@ -109,7 +109,7 @@ def parse_backup_summary(stdout: str) -> BackupSummary:
 
 def parse_snapshots(stdout: str) -> list[Snapshot]:
     """``restic snapshots --json``: oldest first."""
-    raw = json.loads(stdout or "[]")
+    raw = json.loads(stdout or "null") or []  # no snapshots: [] (or null)
     if not isinstance(raw, list):
         raise ValueError("not a list of snapshots")
     return [Snapshot(id=s["id"], short_id=s.get("short_id", s["id"][:8]), time=s["time"],

@@ -1,5 +1,5 @@
 """The systemd timers: an hourly sweep with alerts, the weekly leadership report, the daily
-certificate renewal.
+certificate renewal, the daily backup.
 
 The unit files are templates (``provisioner/data/systemd``) filled in with the
 inventory, the state dir, the user owning the state dir and the ``provisioner``
@@ -24,8 +24,10 @@ from .errors import ProvisionerError, UsageError
 
 TEMPLATE_DIR = Path(__file__).parent / "data" / "systemd"
 SYSTEM_DIR = Path("/etc/systemd/system")
-TIMERS = ("provisioner-sweep.timer", "provisioner-report.timer", "provisioner-renew.timer")
+TIMERS = ("provisioner-sweep.timer", "provisioner-report.timer", "provisioner-renew.timer",
+          "provisioner-backup.timer")
 REPORT_UNIT = "provisioner-report."
+BACKUP_UNIT = "provisioner-backup."
 UNITS = tuple(name for timer in TIMERS
               for name in (timer.replace(".timer", ".service"), timer))
 MARKER = "provisioner timers install"
@@ -71,9 +73,11 @@ EXAMPLE = UnitValues("/opt/provisioner/.venv/bin/provisioner", Path("/etc/provis
 """The values contrib/systemd is rendered with."""
 
 
-def render_units(values: UnitValues, *, report: bool = True) -> dict[str, str]:
+def render_units(values: UnitValues, *, report: bool = True,
+                 backup: bool = True) -> dict[str, str]:
     """Every unit file's name and text (pure); without the weekly report's units when
-    ``report`` is false (nobody to mail it to)."""
+    ``report`` is false (nobody to mail it to), without the backup's when ``backup`` is
+    false (no backup: block in group_vars)."""
     for name, value in (("executable", values.executable), ("inventory", values.inventory),
                         ("state dir", values.state_dir), ("user", values.user),
                         ("group", values.group)):
@@ -87,7 +91,8 @@ def render_units(values: UnitValues, *, report: bool = True) -> dict[str, str]:
               "protect_home": "read-only" if in_home else "yes", "installed_by": INSTALLED_BY}
     fields["service_common"] = Template(SERVICE_COMMON).substitute(fields)
     return {name: Template((TEMPLATE_DIR / name).read_text(encoding="utf-8")).substitute(fields)
-            for name in UNITS if report or not name.startswith(REPORT_UNIT)}
+            for name in UNITS if (report or not name.startswith(REPORT_UNIT))
+            and (backup or not name.startswith(BACKUP_UNIT))}
 
 
 def timers_of(units: dict[str, str]) -> tuple[str, ...]:
