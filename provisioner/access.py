@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
-import paramiko
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+from .models import SshdSettings
 
 # Key types an agency may use: OpenSSH's current defaults and hardware-backed keys.
 # DSA is gone from OpenSSH; RSA only at MIN_RSA_BITS and up.
@@ -174,18 +175,36 @@ def assign_account(slug: str, recorded: Mapping[str, str],
     return candidate
 
 
-def load_accounts(state_dir: Path) -> dict[str, str]:
-    """slug -> account, as recorded (an absent file: none yet)."""
+@dataclass(frozen=True)
+class Recorded:
+    """An account provisioner created: its name and the host it is on."""
+
+    account: str
+    host: str
+
+
+def load_accounts(state_dir: Path) -> dict[str, Recorded]:
+    """slug -> the recorded account (an absent file: none yet)."""
     path = state_dir / ACCOUNTS_FILE
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
-    return {str(slug): str(account) for slug, account in data.items()
-            if ACCOUNT_RE.match(str(account))}
+    return {str(slug): Recorded(str(entry["account"]), str(entry["host"]))
+            for slug, entry in data.items() if ACCOUNT_RE.match(str(entry["account"]))}
 
 
-def accounts_json(accounts: Mapping[str, str]) -> str:
-    return json.dumps(dict(sorted(accounts.items())), indent=2) + "\n"
+def accounts_json(accounts: Mapping[str, Recorded]) -> str:
+    return json.dumps({slug: {"account": r.account, "host": r.host}
+                       for slug, r in sorted(accounts.items())}, indent=2) + "\n"
+
+
+def save_accounts(state_dir: Path, accounts: Mapping[str, Recorded]) -> None:
+    """Written whole to a temp file and renamed: a crash leaves the old or the new file."""
+    path = state_dir / ACCOUNTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(accounts_json(accounts))
+    temp.replace(path)
 
 
 # ---------------------------------------------------------------- sshd drop-in
@@ -240,17 +259,10 @@ def keys_file(account: SftpAccount) -> str:
     return "".join(f"{key.line}\n" for key in account.keys)
 
 
-@dataclass(frozen=True)
-class SshdSettings:
-    """Where a host's sshd reads provisioner's drop-in and keys, and how it is tested and
-    reloaded. The defaults are Debian's (``systemctl reload ssh`` is the same SIGHUP to
-    the pid in /run/sshd.pid, after its own ``sshd -t``)."""
-
-    binary: PurePosixPath = PurePosixPath("/usr/sbin/sshd")
-    main_config: PurePosixPath = PurePosixPath("/etc/ssh/sshd_config")
-    drop_in: PurePosixPath = PurePosixPath("/etc/ssh/sshd_config.d/provisioner-sftp.conf")
-    keys_dir: PurePosixPath = PurePosixPath("/etc/ssh/provisioner-keys")
-    pid_file: PurePosixPath = PurePosixPath("/run/sshd.pid")
+# Host vars (hosts.yml) that place provisioner's sshd files -> SshdSettings fields.
+SSHD_HOST_VARS = {"sshd_binary": "binary", "sshd_config": "main_config",
+                  "sshd_config_dir": "config_dir", "sftp_keys_dir": "keys_dir",
+                  "sshd_pid_file": "pid_file"}
 
 
 def converge_request(accounts: Sequence[SftpAccount], removed: Sequence[SftpAccount],
@@ -275,6 +287,8 @@ def converge_request(accounts: Sequence[SftpAccount], removed: Sequence[SftpAcco
 
 def host_key_fingerprints(known_hosts_file: Path, address: str, port: int) -> list[str]:
     """The SHA256 fingerprints the known_hosts file holds for the host (paramiko reads it)."""
+    import paramiko  # deferred: the registry imports this module on every CLI run
+
     pattern = address if port == 22 else f"[{address}]:{port}"
     try:
         known = paramiko.HostKeys(str(known_hosts_file))

@@ -604,6 +604,22 @@ def render(ctx: typer.Context, agency: str = typer.Argument(..., help="The agenc
           title=f"{agency}: {len(rows)} files written to {output}")
 
 
+@app.command("access")
+@handles_errors
+def access_command(ctx: typer.Context, agency: str = typer.Argument(..., help="The agency's slug."),
+                   fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+    """How the agency's staff reach its site's files over SFTP (in Bahasa Indonesia):
+    host, port, user, the host key's SHA256 fingerprint, and what goes where."""
+    from . import access, access_plan
+
+    inv = ctx.obj.inventory()
+    info = access_plan.access_info(inv, inv.select([agency])[0])
+    if fmt is Format.json:
+        emit_json(info.as_json())
+        return
+    console.print(access.access_text(info), markup=False, highlight=False, end="")
+
+
 class SweepFormat(str, Enum):
     table = "table"
     json = "json"

@@ -78,9 +78,6 @@ NGINX_WORKER_USER = "www-data"
 # /etc/ssh the sshd drop-ins and agencies' SFTP keys provisioner writes.
 NAMESPACE_MOUNTS = ("/etc/nginx", "/etc/sudoers.d", "/var/www", "/var/log/nginx",
                     "/var/lib/nginx", "/home", "/run", "/etc/ssh")
-# Where provisioner puts its sshd drop-in (issue 17): Debian's folder on a production-shaped
-# host; a folder beside the lab's own sshd_config on the others.
-PRODUCTION_SSHD_DROP_IN_DIR = Path("/etc/ssh/sshd_config.d")
 SUDOERS_DROP_IN = "provisioner-lab"
 PEBBLE_MANAGEMENT_PORT = 15000
 READY_TIMEOUT = 20.0  # seconds a server may take to answer its probe after start
@@ -125,10 +122,6 @@ class HostPaths:
     @property
     def sshd_pid(self) -> Path:
         return self.run_dir / "sshd.pid"
-
-    @property
-    def sshd_drop_in_dir(self) -> Path:
-        return self.ssh_dir / "sshd_config.d"
 
     @property
     def nginx_pid(self) -> Path:
@@ -396,7 +389,7 @@ def sshd_config(host: Host, hp: HostPaths, production: bool = False) -> str:
         host_key=hp.host_key,
         pid_file="/run/sshd.pid" if production else hp.sshd_pid,
         authorized_keys=".ssh/authorized_keys" if production else hp.authorized_keys,
-        drop_in_dir=PRODUCTION_SSHD_DROP_IN_DIR if production else hp.sshd_drop_in_dir,
+        drop_in_dir=host.sshd.config_dir,
     )
 
 
@@ -1208,10 +1201,11 @@ class Lab:
         known: dict[str, list[str]] = {}
         for host in self.hosts:
             hp = self.paths.host(host)
-            for d in (hp.ssh_dir, hp.sshd_drop_in_dir, hp.run_dir, hp.temp_dir):
+            for d in (hp.ssh_dir, hp.run_dir, hp.temp_dir):
                 d.mkdir(parents=True, exist_ok=True)
             for d in (host.nginx_main_config.parent, host.nginx_sites_dir, host.web_root,
-                      host.acme_webroot, host.tls_dir, host.log_dir):
+                      host.acme_webroot, host.tls_dir, host.log_dir,
+                      Path(host.sshd.config_dir)):
                 self.local(host, d).mkdir(parents=True, exist_ok=True)
             if host.ssh_key_file not in client_keys:
                 client_keys[host.ssh_key_file] = ensure_ssh_key(host.ssh_key_file,
@@ -1261,6 +1255,17 @@ class Lab:
                        sudoers_drop_in(host.ssh_user), 0o440)
             self._prepare_home(host, hp)
         write_file(hp.namespace_script, namespace_script(host, hp), 0o755)
+        self._link_sshd_config(host, hp)
+
+    @staticmethod
+    def _link_sshd_config(host: Host, hp: HostPaths) -> None:
+        """The host's main sshd config path (Debian's, which ``sshd -t`` is run on before
+        a drop-in goes live) names the lab's own config inside the namespace."""
+        link = hp.outside(Path(host.sshd.main_config))
+        if link.is_symlink() and link.readlink() == hp.sshd_config:
+            return
+        link.unlink(missing_ok=True)
+        link.symlink_to(hp.sshd_config)
 
     def _prepare_home(self, host: Host, hp: HostPaths) -> None:
         """The sudo user's home in the namespace, with its ~/.ssh/authorized_keys (sshd

@@ -8,7 +8,7 @@ absolute, no field holds characters that could break a generated config).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Mapping
 
 DELIVERY_COMPONENTS: tuple[str, ...] = (
@@ -89,10 +89,28 @@ class Agency:
     offboarded: bool
     record_type: str  # "A" or "CNAME"
     source: Path  # the YAML file it came from
+    content_access: tuple[str, ...] = ()  # SFTP public key lines (registry-validated)
 
     @property
     def hosted(self) -> bool:
         return self.host is not None and not self.offboarded
+
+
+@dataclass(frozen=True)
+class SshdSettings:
+    """Where a host's sshd reads provisioner's SFTP drop-in and keys, and how it is tested
+    and reloaded. The defaults are Debian's; a reload is SIGHUP to the pid in
+    ``pid_file`` (what ``systemctl reload ssh`` does after its own ``sshd -t``)."""
+
+    binary: PurePosixPath = PurePosixPath("/usr/sbin/sshd")
+    main_config: PurePosixPath = PurePosixPath("/etc/ssh/sshd_config")
+    config_dir: PurePosixPath = PurePosixPath("/etc/ssh/sshd_config.d")
+    keys_dir: PurePosixPath = PurePosixPath("/etc/ssh/provisioner-keys")
+    pid_file: PurePosixPath = PurePosixPath("/run/sshd.pid")
+
+    @property
+    def drop_in(self) -> PurePosixPath:
+        return self.config_dir / "provisioner-sftp.conf"
 
 
 @dataclass(frozen=True)
@@ -115,6 +133,7 @@ class Host:
     tls_dir: Path
     log_dir: Path
     lab: bool
+    sshd: SshdSettings = SshdSettings()  # where agencies' SFTP accounts are configured
 
 
 @dataclass(frozen=True)

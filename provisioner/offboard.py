@@ -48,7 +48,7 @@ import yaml
 from acme import messages
 from cryptography import x509
 
-from . import ansible, site, tls
+from . import access, access_plan, ansible, site, tls
 from . import onboard as onboarding
 from .audit import AuditEntry, AuditLog, current_operator
 from .dns import DEFAULT_PROPAGATION_TIMEOUT, PropagationTimeout
@@ -664,6 +664,10 @@ class Offboarding(_LockedRun):
                                    cert_present=bool(pem),
                                    shared_cert=host is not None and cert_dir is None,
                                    revoke=self.inventory.settings.acme.revoke_on_offboard)
+        recorded = access.load_accounts(self.inventory.state_dir).get(agency.slug)
+        if recorded is not None:  # removed in the site step, before the last comparison
+            changes.append(Change(agency.slug, "access", "delete", recorded.account,
+                                  reason=f"SFTP account on {recorded.host}"))
         changes.append(registry_change(agency, "offboarded"))
         return OffboardPlan(agency, host, archive_dir, snapshot, archived, cert, dns_plan,
                             Plan(changes))
@@ -751,6 +755,7 @@ class Offboarding(_LockedRun):
         if oplan.host is None:
             return Outcome(slug, "site", "ok", "hosted elsewhere")
         client = self.client(oplan.host)
+        self._remove_access(oplan.agency)  # no upload can land after the comparison below
         current = client.site_snapshot(oplan.agency, content=False)
         if current.files and (state.archive is None or not state.archive.covers(current)):
             raise SafetyError("the site changed after it was archived: not removed",
@@ -760,6 +765,19 @@ class Offboarding(_LockedRun):
         if entries is None:
             return Outcome(slug, "site", "ok", "no site folder")
         return Outcome(slug, "site", "changed", f"deleted {entries} entries")
+
+    def _remove_access(self, agency: Agency) -> None:
+        """The agency's SFTP account goes (its host's drop-in rewritten without it)."""
+        state_dir = self.inventory.state_dir
+        recorded = access.load_accounts(state_dir)
+        if agency.slug not in recorded:
+            return
+        host_name = recorded[agency.slug].host
+        wanted = access_plan.host_access(self.inventory, host_name, recorded,
+                                         leaving=[agency.slug])
+        self.client(self.inventory.hosts[host_name]).content_access(wanted.request())
+        access.save_accounts(state_dir, wanted.recorded(recorded))
+        self.report(f"site: SFTP account {recorded[agency.slug].account} removed")
 
     def _cert(self, state: _OffboardState) -> Outcome:
         oplan, agency = state.plan, state.plan.agency

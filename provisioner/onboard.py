@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from . import ansible, ratelimit, site, tls
+from . import access, access_plan, ansible, ratelimit, site, tls
 from . import verify as verifying
 from .dns import DnsClient
 from .dnsops import DnsPlan, apply_dns, plan_dns
@@ -70,6 +70,8 @@ class OnboardPlan:
     timings: Mapping[str, float] = field(default_factory=dict)
     budget: ratelimit.Budget | None = None  # the CA's rate limits (tls step only)
     drift: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # slug -> vhost diff
+    # host -> its agencies' SFTP accounts, for every host of the run that has some (web step)
+    access: Mapping[str, access_plan.HostAccess] = field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:
@@ -319,9 +321,11 @@ class Session(LockedRun):
                                                 dt.datetime.now(dt.timezone.utc), renew_days)
             changes = list(dns_plan.plan) if dns_plan else []
             drift: dict[str, tuple[str, ...]] = {}
+            access_hosts: dict[str, access_plan.HostAccess] = {}
             if "web" in steps:
                 changes += self._web_changes(hosted, rendered, facts, installed, host_errors,
                                              drift)
+                changes += self._access_changes(sorted(facts), access_hosts)
             budget = None
             if "tls" in steps:
                 decisions = tls.for_this_ca(
@@ -335,7 +339,7 @@ class Session(LockedRun):
         return OnboardPlan(agencies=hosted, steps=tuple(steps), dns=dns_plan, plan=Plan(changes),
                            targets=targets, decisions=decisions, tls_ready=installed,
                            host_errors=host_errors, skipped=skipped, timings=dict(self.timings),
-                           budget=budget, drift=drift)
+                           budget=budget, drift=drift, access=access_hosts)
 
     @functools.cached_property
     def ledger(self) -> ratelimit.Ledger:
@@ -368,6 +372,25 @@ class Session(LockedRun):
             if site_facts and site_facts.vhost_drift is not None:
                 drift[agency.slug] = drift_diff(site.vhost_path(agency, host),
                                                 site_facts.vhost_drift, vhost)
+        return changes
+
+    def _access_changes(self, host_names: Sequence[str],
+                        access_hosts: dict[str, access_plan.HostAccess]) -> list[Change]:
+        """Agencies' SFTP accounts on the run's hosts; a host none of whose agencies has
+        content_access (and none had) is not asked. ``access_hosts`` gets the hosts
+        that have accounts."""
+        recorded = access.load_accounts(self.inventory.state_dir)
+        changes = []
+        for name in host_names:
+            wanted = access_plan.host_access(self.inventory, name, recorded)
+            if not wanted.keep and not wanted.remove:
+                continue
+            sshd = wanted.host.sshd
+            facts = self._client(name).call("content_access_facts", names=wanted.names,
+                                            keys_dir=str(sshd.keys_dir),
+                                            drop_in=str(sshd.drop_in))
+            access_hosts[name] = wanted
+            changes += access_plan.access_changes(wanted, facts)
         return changes
 
     def _host_facts(self, hosted: Sequence[Agency], rendered: Mapping[str, Mapping[str, bytes]]
@@ -430,6 +453,7 @@ class Session(LockedRun):
             with self._audited("web", oplan, outcomes):
                 record(self._deploy(oplan, [a for a in oplan.agencies if a.slug not in failed],
                                     oplan.tls_ready, reloads, progress, only_if_planned=True))
+                record(self._converge_access(oplan))
         if "tls" in oplan.steps:
             with self._audited("tls", oplan, outcomes):
                 record(self._certificates(oplan, failed, reloads, progress))
@@ -464,6 +488,29 @@ class Session(LockedRun):
         self.report(f"web: {len(bundles)} agencies on {len(report.hosts)} host(s), "
                     f"{sum(int(h.reloaded) for h in report.hosts.values())} reload(s)")
         return [d.outcome() for d in report.agencies.values()]
+
+    def _converge_access(self, oplan: OnboardPlan) -> list[Outcome]:
+        """Each host's SFTP accounts in one agent call (after the sites are in place);
+        the state dir records the accounts a host now has. A host whose accounts are
+        as planned is converged again when an account's site got new files from the web
+        step (written as root: they are handed to the account)."""
+        outcomes = []
+        deployed = {c.agency for c in oplan.plan if c.kind == "site" and c.mutating}
+        for name, wanted in sorted(oplan.access.items()):
+            involved = {a.slug for a in (*wanted.keep, *wanted.remove)} | {f"host {name}"}
+            changed = sorted({c.agency for c in oplan.plan
+                              if c.kind == "access" and c.mutating and c.agency in involved})
+            if not changed and not deployed & {a.slug for a in wanted.keep}:
+                continue
+            try:
+                self._client(name).content_access(wanted.request())
+            except ProvisionerError as exc:
+                outcomes += [Outcome(slug, "access", "failed", str(exc)) for slug in changed]
+                continue
+            state_dir = self.inventory.state_dir
+            access.save_accounts(state_dir, wanted.recorded(access.load_accounts(state_dir)))
+            outcomes += [Outcome(slug, "access", "changed", "SFTP account") for slug in changed]
+        return outcomes
 
     def _certificates(self, oplan: OnboardPlan, failed: set[str], reloads: dict[str, int],
                       progress: ansible.ProgressCallback | None) -> list[Outcome]:

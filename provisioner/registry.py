@@ -13,10 +13,10 @@ import difflib
 import ipaddress
 import re
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from . import yamlsrc
+from . import access, yamlsrc
 from .errors import InputError, Problem
 from .models import (
     DELIVERY_COMPONENTS,
@@ -43,6 +43,7 @@ from .models import (
     Nameserver,
     Service,
     Settings,
+    SshdSettings,
     TelegramSettings,
     WebhookSettings,
 )
@@ -61,7 +62,7 @@ AGENCY_REQUIRED = (
 )
 AGENCY_OPTIONAL = (
     "subdomain", "host", "external", "description", "complaint_channels",
-    "sample", "status", "record_type",
+    "sample", "status", "record_type", "content_access",
 )
 SERVICE_OPTIONAL = ("slug", "description", *MANAGEMENT_COMPONENTS)
 SETTINGS_KEYS = (
@@ -77,7 +78,7 @@ HOST_PATH_FIELDS = (
 HOST_KEYS = (
     "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
     "ansible_python_interpreter", "public_ipv4", "public_ipv6", "host_fqdn", "nginx_binary",
-    "ansible_become", "lab", *HOST_PATH_FIELDS,
+    "ansible_become", "lab", *HOST_PATH_FIELDS, *access.SSHD_HOST_VARS,
 )
 
 
@@ -646,6 +647,7 @@ def _host(c: _Collector, name: str, data: dict, keypath: tuple,
             or not nginx_binary.startswith("/"):
         c.add((*keypath, "nginx_binary"), "must be an absolute path without spaces or quotes")
     paths = {key: _safe_path(c, data, key, variables, keypath) for key in HOST_PATH_FIELDS}
+    sshd = _sshd_settings(c, data, variables, keypath)
     port = _port(c, data, "ansible_port", keypath, 22)
     lab = _bool(c, data, "lab", keypath, False)
     if not _bool(c, data, "ansible_become", keypath, user != "root") and user != "root":
@@ -656,8 +658,18 @@ def _host(c: _Collector, name: str, data: dict, keypath: tuple,
     return Host(
         name=name, ssh_address=str(ssh_address), ssh_port=port, ssh_user=user,
         ssh_key_file=key_file, public_ipv4=ipv4, public_ipv6=ipv6, fqdn=fqdn,
-        nginx_binary=nginx_binary, lab=lab, **paths,
+        nginx_binary=nginx_binary, lab=lab, sshd=sshd, **paths,
     )
+
+
+def _sshd_settings(c: _Collector, data: dict, variables: dict[str, str],
+                   keypath: tuple) -> SshdSettings:
+    """Where the host's sshd takes provisioner's SFTP drop-in and keys (Debian's paths
+    unless the host vars say otherwise)."""
+    given = {field: _safe_path(c, data, var, variables, keypath, required=False)
+             for var, field in access.SSHD_HOST_VARS.items()}
+    return SshdSettings(**{field: PurePosixPath(path)
+                                  for field, path in given.items() if path is not None})
 
 
 def _is_ip(value: Any) -> bool:
@@ -734,6 +746,7 @@ def _agency(c: _Collector, data: Any, path: Path, zone: str, hosts: dict[str, Ho
     channels = _channels(c, data.get("complaint_channels"))
     services = _services(c, data.get("services")) if ours or "services" in data else ()
     sample = _bool(c, data, "sample", (), False)
+    content_keys = _content_access(c, data.get("content_access"), ours)
     if c.problems:
         return None
     return Agency(
@@ -741,8 +754,25 @@ def _agency(c: _Collector, data: Any, path: Path, zone: str, hosts: dict[str, Ho
         description=description, email=email, opening_hours=hours, head=head,
         maklumat=maklumat, complaint_channels=channels, services=services, sample=sample,
         offboarded=status == "offboarded", record_type=record_type, source=path, name=name,
-        short_name=short_name, **texts,
+        short_name=short_name, content_access=content_keys, **texts,
     )
+
+
+def _content_access(c: _Collector, data: Any, ours: bool) -> tuple[str, ...]:
+    """``content_access: {keys: [...]}``: the agency's SFTP keys, as canonical lines."""
+    if data is None:
+        return ()
+    if not ours:
+        c.add(("content_access",), "only for an agency hosted here",
+              "remove it, or replace 'external' with 'host'")
+        return ()
+    if not _mapping(c, data, ("content_access",), ("keys",)):
+        return ()
+    keys, problems = access.parse_keys(data.get("keys", []))
+    for where, message in problems:
+        c.add(("content_access", "keys", *where), message,
+              "paste one line of the staff member's .pub file (ssh-keygen -t ed25519)")
+    return tuple(key.line for key in keys)
 
 
 def _placement(c: _Collector, data: dict, hosts: dict[str, Host]) -> tuple[str | None, str | None]:

@@ -1,9 +1,9 @@
-"""Agencies' chrooted SFTP on a real lab (issue 17, item 1): the host half.
+"""Agencies' chrooted SFTP on a real lab (issue 17, item 1).
 
-The module brings up its own lab (offset 185 inside PROVISIONER_TEST_NET), onboards two
-agencies on web3 (the production-shaped host: Debian's paths in its mount namespace, a
-sudo login) and gives one of them an SFTP account through the host agent, then logs in
-as that agency with paramiko against the host's real sshd. Keys are generated here.
+The module brings up its own lab (offset 185 inside PROVISIONER_TEST_NET), lists a key
+under one agency's content_access, onboards it and a neighbour on web3 (the
+production-shaped host: Debian's paths in its mount namespace, a sudo login), then logs
+in as that agency with paramiko against the host's real sshd. Keys are generated here.
 Tests run in file order and build on the earlier ones' state.
 """
 
@@ -14,15 +14,16 @@ import io
 import pwd
 import socket
 import ssl
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import paramiko
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption,
                                                           PrivateFormat, PublicFormat)
 
-from provisioner import access, site
+from provisioner import access, offboard, site
 from provisioner.errors import HostError
 from provisioner.hosts import HostClient
 
@@ -50,9 +51,27 @@ class Sftp:
         inventory = fault_lab.inventory
         self.host = inventory.hosts["web3"]
         self.known_hosts = inventory.settings.known_hosts_file
-        self.sshd = access.SshdSettings(main_config=PurePosixPath(
-            fault_lab.lab.lab.paths.host(self.host).sshd_config))
+        self.sshd = self.host.sshd
         self.key, self.key_line = new_key()
+
+    def set_keys(self, *key_lines: str) -> None:
+        """The agency file's content_access block (left out when no key is given)."""
+        path = self.lab.lab.inventory_dir / "agencies" / f"{SLUG}.yml"
+        text = path.read_text().split("\ncontent_access:")[0].rstrip("\n") + "\n"
+        if key_lines:
+            text += "content_access:\n  keys:\n" + "".join(f"    - {line}\n"
+                                                          for line in key_lines)
+        path.write_text(text)
+
+    def access_changes(self) -> list[dict]:
+        code, out = self.lab.json("plan", SLUG)
+        assert code == 0, out
+        return [c for c in out["changes"] if c["kind"] == "access"]
+
+    def onboard(self) -> dict:
+        code, out = self.lab.json("onboard", SLUG, "--yes")
+        assert code == 0, out["outcomes"]
+        return out
 
     def account(self, *key_lines: str) -> access.SftpAccount:
         agency = self.lab.inventory.agencies[SLUG]
@@ -94,11 +113,12 @@ def sftp(tmp_path_factory: pytest.TempPathFactory):
     helper = None
     try:
         fault_lab = FaultLab(test_lab)
+        helper = Sftp(fault_lab)
+        helper.set_keys(helper.key_line)
         code, out = fault_lab.json("onboard", SLUG, NEIGHBOUR, "--yes")
         assert code == 0, out["outcomes"]
-        helper = Sftp(fault_lab)
-        answer = helper.converge([helper.account(helper.key_line)])
-        assert answer["drop_in_changed"] and ACCOUNT in answer["keys_changed"]
+        assert [(o["agency"], o["status"]) for o in out["outcomes"]
+                if o["kind"] == "access"] == [(SLUG, "changed")]
         yield helper
     finally:
         if helper is not None and _exists(ACCOUNT):
@@ -114,12 +134,31 @@ def _exists(name: str) -> bool:
         return False
 
 
-def test_the_account_has_no_shell_and_a_rerun_changes_nothing(sftp: Sftp):
+def test_the_account_has_no_shell_is_recorded_and_a_rerun_changes_nothing(sftp: Sftp):
     user = pwd.getpwnam(ACCOUNT)
     assert user.pw_shell == "/usr/sbin/nologin" and user.pw_dir == "/"
+    assert access.load_accounts(sftp.lab.lab.state_dir) == {
+        SLUG: access.Recorded(ACCOUNT, "web3")}
+    assert sftp.access_changes() == []
+    out = sftp.onboard()
+    assert not [o for o in out["outcomes"] if o["kind"] == "access"]
     again = sftp.converge([sftp.account(sftp.key_line)])
     assert again == {"created": [], "keys_changed": [], "removed": [],
                      "drop_in_changed": False, "error": None}
+
+
+def test_access_tells_the_agency_how_to_connect(sftp: Sftp):
+    code, info = sftp.lab.json("access", SLUG)
+    assert code == 0
+    host_keys = access.host_key_fingerprints(sftp.known_hosts, sftp.host.ssh_address,
+                                             sftp.host.ssh_port)
+    assert host_keys and info["host_key_fingerprints"] == host_keys
+    assert (info["host"], info["port"], info["user"]) == ("web3.paserkab.go.id",
+                                                          sftp.host.ssh_port, ACCOUNT)
+    text = sftp.lab.cli("access", SLUG).stdout
+    assert f"Pengguna : {ACCOUNT}" in text and host_keys[0] in text
+    refused = sftp.lab.cli("access", NEIGHBOUR)
+    assert refused.exit_code == 2 and "content_access" in refused.stderr
 
 
 def test_an_uploaded_page_is_served_over_https(sftp: Sftp):
@@ -134,6 +173,22 @@ def test_an_uploaded_page_is_served_over_https(sftp: Sftp):
     assert sftp.https_get(f"/{access.UPLOAD_FOLDER}/halo.html") == (200, PAGE)
     status, body = sftp.https_get("/")
     assert status == 200 and body.endswith(b"<!-- disunting -->\n")
+
+
+def test_pages_onboarding_rewrites_stay_the_agencys_to_edit(sftp: Sftp):
+    path = sftp.lab.lab.inventory_dir / "agencies" / f"{SLUG}.yml"
+    data = yaml.safe_load(path.read_text())
+    data["services"][0]["biaya"] = "Tidak dipungut biaya (diperbarui)"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    out = sftp.onboard()
+    assert any(o["kind"] == "web" and o["status"] == "changed" for o in out["outcomes"])
+    agency = sftp.lab.inventory.agencies[SLUG]
+    local = sftp.lab.lab.lab.local(sftp.host, site.site_dir(agency, sftp.host))
+    account = pwd.getpwnam(ACCOUNT)
+    assert (local.stat().st_uid, local.stat().st_mode & 0o777) == (0, 0o755)  # the chroot
+    owners = {str(p.relative_to(local)): p.lstat().st_uid for p in local.rglob("*")}
+    assert owners.pop(site.MANIFEST_PATH) == 0
+    assert set(owners.values()) == {account.pw_uid}, owners
 
 
 def test_the_chroot_cannot_be_left_and_the_neighbour_is_out_of_sight(sftp: Sftp):
@@ -211,17 +266,26 @@ def test_a_drop_in_sshd_refuses_is_rolled_back(sftp: Sftp):
         assert channel.normalize("..") == "/"
 
 
-def test_removing_the_key_refuses_the_next_login(sftp: Sftp):
-    answer = sftp.converge([sftp.account()])
-    assert answer["keys_changed"] == [ACCOUNT] and not answer["drop_in_changed"]
+def test_removing_a_key_from_the_file_refuses_it_at_the_next_login(sftp: Sftp):
+    other_key, other_line = new_key()
+    sftp.set_keys(other_line)
+    [change] = sftp.access_changes()
+    assert (change["action"], change["name"]) == ("update", ACCOUNT)
+    assert change["old"] == [access.parse_public_key(sftp.key_line).fingerprint]
+    sftp.onboard()
     with pytest.raises(paramiko.AuthenticationException):
         sftp.connect()
+    with sftp.connect(other_key) as client, client.open_sftp() as channel:
+        assert "index.html" in channel.listdir("/")
+    assert sftp.access_changes() == []
 
 
-def test_removing_the_account_deletes_it_and_gives_the_site_back(sftp: Sftp):
-    answer = sftp.converge([], [sftp.account()])
-    assert answer["removed"] == [ACCOUNT] and answer["drop_in_changed"]
-    assert not _exists(ACCOUNT)
+def test_removing_the_block_deletes_the_account_and_gives_the_site_back(sftp: Sftp):
+    sftp.set_keys()
+    [change] = sftp.access_changes()
+    assert (change["action"], change["name"]) == ("delete", ACCOUNT)
+    sftp.onboard()
+    assert not _exists(ACCOUNT) and access.load_accounts(sftp.lab.lab.state_dir) == {}
     status, body = sftp.https_get(f"/{access.UPLOAD_FOLDER}/halo.html")
     assert (status, body) == (200, PAGE)  # the agency's content stays served
     with HostClient(sftp.host, sftp.known_hosts) as client:
@@ -229,3 +293,22 @@ def test_removing_the_account_deletes_it_and_gives_the_site_back(sftp: Sftp):
                             keys_dir=str(sftp.sshd.keys_dir), drop_in=str(sftp.sshd.drop_in))
     assert facts["accounts"][ACCOUNT] == {"exists": False, "keys": None}
     assert "Match User" not in facts["drop_in"]
+    assert sftp.access_changes() == []
+
+
+def test_offboarding_removes_the_account_after_the_archive(sftp: Sftp):
+    sftp.set_keys(sftp.key_line)
+    sftp.onboard()
+    assert _exists(ACCOUNT)
+    code, plan = sftp.lab.json("offboard", SLUG, "--dry-run")
+    assert code == 0
+    assert {"agency": SLUG, "kind": "access", "action": "delete"}.items() <= \
+        next(c for c in plan["plan"]["changes"] if c["kind"] == "access").items()
+    code, out = sftp.lab.json("offboard", SLUG, "--yes")
+    assert code == 0, out
+    assert not _exists(ACCOUNT) and access.load_accounts(sftp.lab.lab.state_dir) == {}
+    steps = [(o["kind"], o["status"]) for o in out["result"]["outcomes"]]
+    assert steps[0] == ("archive", "changed") and ("site", "changed") in steps
+    # What the agency uploaded over SFTP is in the archive taken before the account went.
+    archived = offboard.load_archive(Path(out["result"]["archive"]))
+    assert archived.site_files()[f"{access.UPLOAD_FOLDER}/halo.html"].data == PAGE

@@ -105,12 +105,12 @@ def test_assigned_accounts_are_recorded_unique_and_stable():
 
 def test_recorded_accounts_round_trip_through_the_state_dir(tmp_path):
     assert access.load_accounts(tmp_path) == {}
-    path = tmp_path / access.ACCOUNTS_FILE
-    path.parent.mkdir()
-    path.write_text(access.accounts_json({"dinsos": "web-dinsos", "dinkes": "web-dinkes",
-                                          }))
-    assert access.load_accounts(tmp_path) == {"dinkes": "web-dinkes", "dinsos": "web-dinsos"}
-    assert path.read_text().index("dinkes") < path.read_text().index("dinsos")
+    records = {"dinsos": access.Recorded("web-dinsos", "web2"),
+               "dinkes": access.Recorded("web-dinkes", "web1")}
+    access.save_accounts(tmp_path, records)
+    assert access.load_accounts(tmp_path) == records
+    text = (tmp_path / access.ACCOUNTS_FILE).read_text()
+    assert text.index("dinkes") < text.index("dinsos")
 
 
 def _account(name: str, slug: str, *lines: str) -> access.SftpAccount:
@@ -183,3 +183,81 @@ def test_instructions_are_in_bahasa_indonesia_and_name_everything(ed_line):
     data = info.as_json()
     assert data["user"] == "web-dinkes" and data["upload_folder"] == "/berkas"
     assert data["host_key_fingerprints"] == ["ssh-ed25519 SHA256:abc"]
+
+
+# ---------------------------------------------------------------- through the registry
+
+
+def _set_access(sample, slug: str, value) -> Path:
+    data = sample.read(f"agencies/{slug}.yml")
+    data["content_access"] = value
+    return sample.write(f"agencies/{slug}.yml", data)
+
+
+@pytest.mark.parametrize("value, field, fragment", [
+    ({"keys": ['command="/bin/sh" ssh-ed25519 AAAA x']}, "content_access.keys.0",
+     "not allowed"),
+    ({"keys": "ssh-ed25519 AAAA"}, "content_access.keys", "must be a list"),
+    ({"users": []}, "content_access.users", "unknown key"),
+    (["ssh-ed25519 AAAA"], "content_access", "mapping"),
+])
+def test_bad_content_access_is_one_line_naming_file_and_field(sample, value, field, fragment):
+    path = _set_access(sample, "dinkes", value)
+    result = sample.cli("registry", "check")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines()
+             if re.match(rf"error: {re.escape(str(path))}(:\d+)?: {re.escape(field)}: ", line)]
+    assert lines and fragment in lines[0] and "hint" in result.stderr, result.stderr
+    assert not sample.state_dir.exists()
+
+
+def test_valid_keys_reach_the_agency_canonically(sample, ed_line):
+    from provisioner import registry
+
+    _set_access(sample, "dinkes", {"keys": [ed_line + "  ", ed_line]})
+    inventory = registry.load_inventory(sample.root, sample.state_dir)
+    assert inventory.agencies["dinkes"].content_access == (ed_line,)
+    assert inventory.agencies["dkisp"].content_access == ()
+    web1 = inventory.hosts["web1"]
+    assert str(web1.sshd.drop_in).endswith("/lab/web1/ssh/sshd_config.d/provisioner-sftp.conf")
+
+
+def test_host_sshd_paths_are_checked_like_every_host_path(sample):
+    data = sample.read("hosts.yml")
+    data["all"]["children"]["webservers"]["hosts"]["web1"]["sshd_config_dir"] = "etc/ssh x"
+    path = sample.write("hosts.yml", data)
+    result = sample.cli("registry", "check")
+    assert result.exit_code == 2
+    assert re.search(rf"error: {re.escape(str(path))}:\d+: .*sshd_config_dir: not a safe "
+                     r"absolute path", result.stderr), result.stderr
+
+
+def test_host_plan_keeps_asked_accounts_and_removes_the_rest(sample, ed_line):
+    from provisioner import access_plan, registry
+
+    _set_access(sample, "dinkes", {"keys": [ed_line]})
+    inventory = registry.load_inventory(sample.root, sample.state_dir)
+    recorded = {"gone": access.Recorded("web-gone", "web1"),
+                "dkisp": access.Recorded("web-dkisp", "web2")}
+    plan = access_plan.host_access(inventory, "web1", recorded)
+    assert [(a.slug, a.name) for a in plan.keep] == [("dinkes", "web-dinkes")]
+    assert [(a.slug, a.name) for a in plan.remove] == [("gone", "web-gone")]
+    assert plan.recorded(recorded) == {"dinkes": access.Recorded("web-dinkes", "web1"),
+                                       "dkisp": access.Recorded("web-dkisp", "web2")}
+    leaving = access_plan.host_access(inventory, "web1", {}, leaving=["dinkes"])
+    assert leaving.keep == () and leaving.remove == ()
+    key = access.parse_public_key(ed_line)
+    facts = {"accounts": {"web-dinkes": {"exists": False, "keys": None},
+                          "web-gone": {"exists": True, "keys": ed_line + "\n"}},
+             "drop_in": None}
+    rows = [(c.agency, c.action, c.name, c.old, c.new)
+            for c in access_plan.access_changes(plan, facts)]
+    assert rows == [("dinkes", "create", "web-dinkes", (), (key.fingerprint,)),
+                    ("gone", "delete", "web-gone", (key.fingerprint,), ())]
+    converged = {"accounts": {"web-dinkes": {"exists": True, "keys": ed_line + "\n"},
+                              "web-gone": {"exists": False, "keys": None}},
+                 "drop_in": access.sshd_drop_in(plan.keep, plan.host.sshd.keys_dir)}
+    assert access_plan.access_changes(plan, converged) == []
+    edited = {**converged, "drop_in": converged["drop_in"] + "# by hand\n"}
+    [row] = access_plan.access_changes(plan, edited)
+    assert (row.agency, row.action, row.reason) == ("host web1", "update", "sshd drop-in")

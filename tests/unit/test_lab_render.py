@@ -198,7 +198,7 @@ def test_sshd_config_is_key_only_and_passes_sshd_t(inventory: Inventory, lab: L.
     assert "ListenAddress 127.0.0.20:22" in text
     assert "PasswordAuthentication no" in text
     assert "PermitRootLogin prohibit-password" in text
-    assert f"Include {hp.sshd_drop_in_dir}/*.conf" in text
+    assert f"Include {host.sshd.config_dir}/*.conf" in text
     hp.sshd_config.write_text(text)
     Path("/run/sshd").mkdir(exist_ok=True)
     checked = run("/usr/sbin/sshd", "-t", "-f", str(hp.sshd_config))
