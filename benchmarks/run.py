@@ -45,6 +45,7 @@ BENCHMARKS = (
     Benchmark("sweep_bench", "Sweep (issue 15)", True),
     Benchmark("onboard_bench", "Onboarding (issue 9)", True),
     Benchmark("verdict_bench", "Time to verdict (issue 15)", True),
+    Benchmark("backup_bench", "Backup with restic (issue 17)", True),
 )
 
 
