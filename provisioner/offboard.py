@@ -755,7 +755,7 @@ class Offboarding(_LockedRun):
         if oplan.host is None:
             return Outcome(slug, "site", "ok", "hosted elsewhere")
         client = self.client(oplan.host)
-        self._remove_access(oplan.agency)  # no upload can land after the comparison below
+        removed = self._remove_access(oplan.agency)  # no upload lands after the check below
         current = client.site_snapshot(oplan.agency, content=False)
         if current.files and (state.archive is None or not state.archive.covers(current)):
             raise SafetyError("the site changed after it was archived: not removed",
@@ -763,21 +763,23 @@ class Offboarding(_LockedRun):
         entries = client.remove_tree(site.site_dir(oplan.agency, oplan.host),
                                      oplan.host.web_root)
         if entries is None:
-            return Outcome(slug, "site", "ok", "no site folder")
-        return Outcome(slug, "site", "changed", f"deleted {entries} entries")
+            return Outcome(slug, "site", "changed" if removed else "ok",
+                           removed + "no site folder")
+        return Outcome(slug, "site", "changed", f"{removed}deleted {entries} entries")
 
-    def _remove_access(self, agency: Agency) -> None:
-        """The agency's SFTP account goes (its host's drop-in rewritten without it)."""
+    def _remove_access(self, agency: Agency) -> str:
+        """The agency's SFTP account goes (its host's drop-in rewritten without it); what
+        was done, as the start of the site step's detail."""
         state_dir = self.inventory.state_dir
         recorded = access.load_accounts(state_dir)
         if agency.slug not in recorded:
-            return
+            return ""
         host_name = recorded[agency.slug].host
         wanted = access_plan.host_access(self.inventory, host_name, recorded,
                                          leaving=[agency.slug])
         self.client(self.inventory.hosts[host_name]).content_access(wanted.request())
         access.save_accounts(state_dir, wanted.recorded(recorded))
-        self.report(f"site: SFTP account {recorded[agency.slug].account} removed")
+        return f"SFTP account {recorded[agency.slug].account} removed; "
 
     def _cert(self, state: _OffboardState) -> Outcome:
         oplan, agency = state.plan, state.plan.agency

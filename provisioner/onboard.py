@@ -386,9 +386,14 @@ class Session(LockedRun):
             if not wanted.keep and not wanted.remove:
                 continue
             sshd = wanted.host.sshd
-            facts = self._client(name).call("content_access_facts", names=wanted.names,
-                                            keys_dir=str(sshd.keys_dir),
-                                            drop_in=str(sshd.drop_in))
+            try:
+                facts = self._client(name).call("content_access_facts", names=wanted.names,
+                                                keys_dir=str(sshd.keys_dir),
+                                                drop_in=str(sshd.drop_in))
+            except ProvisionerError as exc:  # this host's accounts wait; the rest goes on
+                changes.append(Change(f"host {name}", "access", "conflict",
+                                      str(sshd.drop_in), reason=str(exc)))
+                continue
             access_hosts[name] = wanted
             changes += access_plan.access_changes(wanted, facts)
         return changes
@@ -446,6 +451,9 @@ class Session(LockedRun):
                     for agency in oplan.agencies if agency.host == host])
             record([Outcome(change.agency, "web", "failed", change.reason) for change in oplan.plan
                     if change.kind == "site" and change.action == "conflict"])
+            record([Outcome(change.agency, "access", "failed", change.reason)
+                    for change in oplan.plan
+                    if change.kind == "access" and change.action == "conflict"])
         if oplan.dns is not None:
             with self._audited("dns", oplan, outcomes):
                 record(self._apply_dns(oplan, force))

@@ -14,6 +14,7 @@ import io
 import pwd
 import socket
 import ssl
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import paramiko
@@ -266,6 +267,27 @@ def test_a_drop_in_sshd_refuses_is_rolled_back(sftp: Sftp):
         assert channel.normalize("..") == "/"
 
 
+def test_a_host_user_with_the_accounts_name_is_never_taken_over(sftp: Sftp):
+    squatter = access.derived_account(NEIGHBOUR)
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", squatter],
+                   check=True)
+    path = sftp.lab.lab.inventory_dir / "agencies" / f"{NEIGHBOUR}.yml"
+    before = path.read_text()
+    try:
+        path.write_text(before + f"content_access:\n  keys:\n    - {sftp.key_line}\n")
+        code, out = sftp.lab.json("onboard", NEIGHBOUR, "--yes")
+        assert code == 1
+        [failed] = [o for o in out["outcomes"] if o["kind"] == "access"]
+        assert (failed["agency"], failed["status"]) == ("host web3", "failed")
+        assert "not a provisioner SFTP account" in failed["detail"]
+        assert pwd.getpwnam(squatter).pw_shell == "/bin/sh"  # untouched
+        with sftp.connect() as client, client.open_sftp() as channel:  # the others still work
+            assert channel.normalize("..") == "/"
+    finally:
+        path.write_text(before)
+        subprocess.run(["userdel", squatter], check=True)
+
+
 def test_removing_a_key_from_the_file_refuses_it_at_the_next_login(sftp: Sftp):
     other_key, other_line = new_key()
     sftp.set_keys(other_line)
@@ -309,6 +331,8 @@ def test_offboarding_removes_the_account_after_the_archive(sftp: Sftp):
     assert not _exists(ACCOUNT) and access.load_accounts(sftp.lab.lab.state_dir) == {}
     steps = [(o["kind"], o["status"]) for o in out["result"]["outcomes"]]
     assert steps[0] == ("archive", "changed") and ("site", "changed") in steps
+    site_step = next(o for o in out["result"]["outcomes"] if o["kind"] == "site")
+    assert site_step["detail"].startswith(f"SFTP account {ACCOUNT} removed; deleted ")
     # What the agency uploaded over SFTP is in the archive taken before the account went.
     archived = offboard.load_archive(Path(out["result"]["archive"]))
     assert archived.site_files()[f"{access.UPLOAD_FOLDER}/halo.html"].data == PAGE
