@@ -3,7 +3,6 @@ the keys file and the agency's instructions. Keys are generated at run time."""
 
 from __future__ import annotations
 
-import base64
 import re
 import subprocess
 from pathlib import Path, PurePosixPath
