@@ -137,7 +137,7 @@ def test_html_report_in_bahasa_indonesia(sweep: SweepResult) -> None:
     assert len(rows) == 4
     assert "Dinas dinkes &lt;&amp;&gt;" in page  # agency text is escaped
     evidence = rows[-1].find(".//details")  # dinkes, all items published, is listed last
-    assert evidence.findtext("summary") == "Bukti (halaman dan cuplikan)"
+    assert evidence.findtext("summary") == "Bukti"
     assert "persyaratan /layanan/: \u201cpersyaratan <b>\ufffd[31m\u201d" in evidence.text_content()
     assert "Hanya dalam PDF atau gambar" in page and "/files/sop.pdf" in page
 
