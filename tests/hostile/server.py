@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..certkit import cert_pem, key_pem, new_ca, new_leaf, now
 
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[31m[bold red]Dinkes[/] [/x]\x9b6n\u202e"
 GOOD_PAGE = """<!DOCTYPE html><html lang="id"><head><meta charset="utf-8">
@@ -73,11 +73,6 @@ def page(title: str = "Layanan Publik | Dinas Contoh", heading: str = "Dinas Con
 
 # =========================================================================== certificates
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
 @dataclass
 class Authority:
     """The kit's CA (trusted by the code under test through ``ca_file``) and a second,
@@ -92,50 +87,24 @@ class Authority:
     @classmethod
     def create(cls, folder: Path) -> Authority:
         folder.mkdir(parents=True, exist_ok=True)
-        cert, key = _ca("hostile kit test CA")
+        cert, key = new_ca("hostile kit test CA")
         ca_file = folder / "kit-ca.pem"
-        ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return cls(folder, ca_file, cert, key, _ca(f"Rogue CA {ESCAPES}"))
+        ca_file.write_bytes(cert_pem(cert))
+        return cls(folder, ca_file, cert, key, new_ca(f"Rogue CA {ESCAPES}"))
 
     def leaf_files(self, label: str, names: list[str], *, expired: bool = False,
                    rogue: bool = False, subject: str | None = None) -> tuple[Path, Path]:
         """A certificate chain and key for ``names``, written as PEM files."""
         issuer, issuer_key = self.rogue if rogue else (self.cert, self.key)
-        now = dt.datetime.now(dt.timezone.utc)
-        start, end = ((now - dt.timedelta(days=90), now - dt.timedelta(days=2)) if expired
-                      else (now - dt.timedelta(days=1), now + dt.timedelta(days=60)))
-        key = ec.generate_private_key(ec.SECP256R1())
-        san = [x509.IPAddress(ipaddress.ip_address(n)) if n[-1].isdigit() else x509.DNSName(n)
-               for n in names]
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
-                                                            subject or names[0])]))
-                .issuer_name(issuer.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(start).not_valid_after(end)
-                .add_extension(x509.SubjectAlternativeName(san), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-                .sign(issuer_key, hashes.SHA256()))
+        start, end = ((now() - dt.timedelta(days=90), now() - dt.timedelta(days=2)) if expired
+                      else (None, None))
+        cert, key = new_leaf(issuer, issuer_key, names, not_before=start, not_after=end,
+                             subject=subject)
         chain = self.folder / f"{label}.pem"
         key_file = self.folder / f"{label}.key"
-        chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM)
-                          + issuer.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(_key_pem(key))
+        chain.write_bytes(cert_pem(cert, issuer))
+        key_file.write_bytes(key_pem(key))
         return chain, key_file
-
-
-def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                         False), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert, key
 
 
 # =========================================================================== behaviours

@@ -8,10 +8,8 @@ The channel tests need no lab. The end-to-end test sweeps two agency sites on th
 
 from __future__ import annotations
 
-import datetime as dt
 import email
 import email.policy
-import ipaddress
 import json
 import secrets
 import socket
@@ -28,15 +26,12 @@ import pytest
 import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from provisioner import alerts
 from provisioner.alerts import Change, DeliveryError, EmailChannel, TelegramChannel, WebhookChannel
 from provisioner.models import EmailSettings, TelegramSettings, WebhookSettings
 
+from ..certkit import cert_pem, key_pem, new_ca, new_leaf
 from .conftest import TestLab, make_test_inventory, run_cli
 from .test_verify import NGINX_DEFAULT_PAGE, SiteSpec, Sites, served_sites
 
@@ -60,34 +55,12 @@ class TlsFiles:
 
 def make_tls_files(folder: Path) -> TlsFiles:
     """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alerts test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=7))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                       False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), False)
-            .sign(ca_key, hashes.SHA256()))
+    ca, ca_key = new_ca("alerts test CA", days=7)
+    leaf, key = new_leaf(ca, ca_key, [LOOPBACK])
     files = TlsFiles(folder / "ca.pem", folder / "smtp.pem", folder / "smtp.key")
-    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    files.ca.write_bytes(cert_pem(ca))
+    files.cert.write_bytes(cert_pem(leaf))
+    files.key.write_bytes(key_pem(key))
     files.key.chmod(0o600)
     return files
 

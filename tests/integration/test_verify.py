@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import ipaddress
 import json
 import shutil
 import socket
@@ -33,9 +32,7 @@ import dns.update
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioner import site
 from provisioner.dns import load_tsig_key
@@ -43,6 +40,7 @@ from provisioner.lab import add_loopback, loopback_addresses, remove_loopback
 from provisioner.models import Inventory
 from provisioner.registry import load_inventory
 
+from ..certkit import cert_pem, key_pem, new_ca, new_leaf
 from .conftest import SAMPLE_INVENTORY, CliResult, TestLab, make_test_inventory, run_cli
 
 pytestmark = pytest.mark.integration
@@ -107,42 +105,15 @@ class Pem:
     key: bytes
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
 def make_ca() -> tuple[Pem, x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "verify test CA")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                         False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256()))
-    return Pem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)), cert, key
+    cert, key = new_ca("verify test CA")
+    return Pem(cert_pem(cert), key_pem(key)), cert, key
 
 
 def make_leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, names: list[str],
               ips: list[str], not_before: dt.datetime, not_after: dt.datetime) -> Pem:
-    key = ec.generate_private_key(ec.SECP256R1())
-    san = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           False)
-            .sign(ca_key, hashes.SHA256()))
-    return Pem(cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(
-        serialization.Encoding.PEM), _key_pem(key))
+    cert, key = new_leaf(ca, ca_key, names + ips, not_before=not_before, not_after=not_after)
+    return Pem(cert_pem(cert, ca), key_pem(key))
 
 
 # =========================================================================== sites
