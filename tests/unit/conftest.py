@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,19 @@ class SampleInventory:
 
     def cli(self, *args: str) -> Result:
         return run_cli("--inventory", str(self.root), "--state-dir", str(self.state_dir), *args)
+
+    def assert_one_settings_error(self, field: str, words: str, secret: str) -> None:
+        """``registry check`` refuses group_vars/all.yml in one line naming the file, its
+        line and ``field``, exit 2, never shows ``secret`` and changes nothing."""
+        before = tree_digest(self.root)
+        result = self.cli("registry", "check")
+        assert result.exit_code == 2 and result.exception is None
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert re.match(rf"error: \S*group_vars/all\.yml:\d+: {re.escape(field)}: .*"
+                        rf"{re.escape(words)}", lines[0]), lines[0]
+        assert secret not in result.stdout + result.stderr
+        assert "Traceback" not in result.stderr and tree_digest(self.root) == before
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from provisioner.models import AlertSettings, EmailSettings, TelegramSettings, WebhookSettings
 from provisioner.registry import load_inventory
 
-from .conftest import SAMPLE, SampleInventory, tree_digest
+from .conftest import SAMPLE, SampleInventory
 
 PASSWORD = "hunter2-is-not-a-password-0123"
 
@@ -105,15 +105,7 @@ def test_a_bad_setting_is_one_line_naming_file_and_field(sample: SampleInventory
                                                          tmp_path: Path, block, field: str,
                                                          words: str) -> None:
     with_alerts(sample, block(tmp_path))
-    before = tree_digest(sample.root)
-    result = sample.cli("registry", "check")
-    assert result.exit_code == 2 and result.exception is None
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert re.match(rf"error: \S*group_vars/all\.yml:\d+: {re.escape(field)}: .*"
-                    rf"{re.escape(words)}", lines[0]), lines[0]
-    assert PASSWORD not in result.stdout + result.stderr
-    assert "Traceback" not in result.stderr and tree_digest(sample.root) == before
+    sample.assert_one_settings_error(field, words, PASSWORD)
 
 
 def test_report_mail_needs_leadership_addresses(sample: SampleInventory, tmp_path: Path) -> None:

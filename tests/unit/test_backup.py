@@ -13,7 +13,7 @@ from provisioner.errors import UsageError
 from provisioner.models import BackupSettings
 from provisioner.registry import load_inventory
 
-from .conftest import SAMPLE, SampleInventory, tree_digest
+from .conftest import SAMPLE, SampleInventory
 
 PASSWORD = "correct-horse-battery-staple-0123456789"
 
@@ -80,15 +80,7 @@ BAD = [
 def test_a_bad_backup_setting_is_one_line_naming_file_and_field(
         sample: SampleInventory, tmp_path: Path, make, field: str, words: str) -> None:
     with_backup(sample, make(tmp_path))
-    before = tree_digest(sample.root)
-    result = sample.cli("registry", "check")
-    assert result.exit_code == 2 and result.exception is None
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert re.match(rf"error: \S*group_vars/all\.yml:\d+: {re.escape(field)}: .*"
-                    rf"{re.escape(words)}", lines[0]), lines[0]
-    assert PASSWORD not in result.stdout + result.stderr
-    assert tree_digest(sample.root) == before
+    sample.assert_one_settings_error(field, words, PASSWORD)
 
 
 def test_without_a_backup_block_the_commands_say_where_to_add_it(sample: SampleInventory) -> None:
