@@ -22,9 +22,23 @@ from provisioner.models import Agency, Inventory
 from provisioner.registry import load_inventory
 from tests.leakcheck import find_leaks, tsig_secrets
 
-from .conftest import CliResult, TestLab, run_cli
+from .conftest import TEST_NET, CliResult, TestLab, run_cli, start_test_lab
 
 STOP_TIMEOUT = 10.0
+
+
+@contextmanager
+def onboarded_lab(root: Path, offset: int, slugs: Iterable[str]) -> Iterator[FaultLab]:
+    """A private lab at ``offset`` in the test prefix with ``slugs`` onboarded, brought
+    down at the end."""
+    test_lab = start_test_lab(root, TEST_NET, offset=offset)
+    try:
+        fault_lab = FaultLab(test_lab)
+        code, out = fault_lab.json("onboard", *slugs, "--yes")
+        assert code == 0, out["outcomes"]
+        yield fault_lab
+    finally:
+        test_lab.lab.down()
 
 
 @dataclass

@@ -28,8 +28,8 @@ from provisioner.dns import DnsClient, Operation, UpdateBatch
 from provisioner.models import LETS_ENCRYPT_LIMITS, Nameserver
 from tests import hostile_dns
 
-from .conftest import TEST_NET, run_cli, start_test_lab
-from .faultkit import FaultLab
+from .conftest import TEST_NET, run_cli
+from .faultkit import FaultLab, onboarded_lab
 
 OFFSET = 175
 BASE = ("dinkes",)  # onboarded once: the ACME account exists
@@ -37,14 +37,8 @@ BASE = ("dinkes",)  # onboarded once: the ACME account exists
 
 @pytest.fixture(scope="module")
 def dlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultLab]:
-    test_lab = start_test_lab(tmp_path_factory.mktemp("doctor"), TEST_NET, offset=OFFSET)
-    try:
-        fault_lab = FaultLab(test_lab)
-        code, out = fault_lab.json("onboard", *BASE, "--yes")
-        assert code == 0, out["outcomes"]
+    with onboarded_lab(tmp_path_factory.mktemp("doctor"), OFFSET, BASE) as fault_lab:
         yield fault_lab
-    finally:
-        test_lab.lab.down()
 
 
 def doctor(dlab: FaultLab, inventory_dir: Path | None = None

@@ -26,22 +26,15 @@ from hypothesis import strategies as st
 from provisioner import dnsops, offboard, onboard, site, tls
 from tests.unit.test_registry_hostile import AGENCY_PATHS, SAMPLE_AGENCY, set_path, values
 
-from .conftest import TEST_NET, start_test_lab
-from .faultkit import FaultLab, file_states
+from .faultkit import FaultLab, file_states, onboarded_lab
 
 BASE = ("dinkes", "setda", "kesbangpol", "bpbd", "dkisp")  # web1 x3, web2 x2
 
 
 @pytest.fixture(scope="module")
 def flab(tmp_path_factory: pytest.TempPathFactory):
-    test_lab = start_test_lab(tmp_path_factory.mktemp("faults"), TEST_NET, offset=150)
-    try:
-        fault_lab = FaultLab(test_lab)
-        code, out = fault_lab.json("onboard", *BASE, "--yes")
-        assert code == 0, out["outcomes"]
+    with onboarded_lab(tmp_path_factory.mktemp("faults"), 150, BASE) as fault_lab:
         yield fault_lab
-    finally:
-        test_lab.lab.down()
 
 
 def outcomes(out: dict, slug: str) -> dict[str, dict]:
