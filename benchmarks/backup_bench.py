@@ -35,9 +35,9 @@ from typing import Any
 import labkit
 from labkit import TimedRun, markdown_table
 
-from provisioner import site  # labkit has put the repository on sys.path
-from provisioner.lab import Lab
-from provisioner.registry import load_inventory
+from provisioner.lab.lab import Lab
+from provisioner.registry.load import load_inventory
+from provisioner.site import render as site  # labkit has put the repository on sys.path
 
 SECTION = "backup_bench"
 INCREMENTAL_GOAL = 0.2  # the incremental run <= 0.2x the first

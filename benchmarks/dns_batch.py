@@ -16,12 +16,12 @@ Goal: the batch, propagation included, well under a second.
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import yaml
@@ -29,11 +29,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provisioner import dnsops, dnsplan  # noqa: E402
-from provisioner.dns import DnsClient  # noqa: E402
-from provisioner.lab import Lab  # noqa: E402
-from provisioner.models import Inventory  # noqa: E402
-from provisioner.registry import load_inventory  # noqa: E402
+from provisioner.dns import plan as dnsplan
+from provisioner.dns import step as dnsops  # noqa: E402
+from provisioner.dns.client import DnsClient  # noqa: E402
+from provisioner.lab.lab import Lab  # noqa: E402
+from provisioner.registry.load import load_inventory  # noqa: E402
+from provisioner.registry.models import Inventory  # noqa: E402
 from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # noqa: E402
 
 

@@ -43,10 +43,10 @@ from typing import Any, Mapping, Sequence
 import labkit
 from labkit import TimedRun, markdown_table
 
-from provisioner import onboard  # labkit has put the repository on sys.path
-from provisioner.lab import Lab
-from provisioner.models import MAX_PARALLEL_ORDERS, Inventory
-from provisioner.registry import load_inventory
+from provisioner.lab.lab import Lab
+from provisioner.lifecycle import onboard  # labkit has put the repository on sys.path
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import MAX_PARALLEL_ORDERS, Inventory
 
 SECTION = "onboard_bench"
 PHASES = onboard.PHASES  # plan, dns, web, tls, verify
@@ -57,7 +57,7 @@ RERUN_GOAL = 0.5  # re-run <= 0.5x the first run
 # Indonesia = ~550 regional governments x 40 agencies, one host per regency.
 SCENARIOS = (("province: 10 regencies", 10, 10 * 40, 10),
              ("Indonesia: 550 regional governments", 550, 550 * 40, 550))
-ANSIBLE_MAX_FORKS = 50  # provisioner.ansible: forks = min(hosts, 50)
+ANSIBLE_MAX_FORKS = 50  # provisioner.hosts.ansible: forks = min(hosts, 50)
 LE_ORDERS_PER_3H = 300  # Let's Encrypt: new orders per account per 3 hours
 LE_CERTS_PER_DOMAIN_WEEK = 50  # certificates per registered domain per 7 days
 LE_REGISTRATIONS_PER_IP_3H = 10  # new accounts per IPv4 address per 3 hours

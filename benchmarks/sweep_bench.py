@@ -3,7 +3,7 @@
 Brings up a private lab (real BIND ns1 + ns2, nginx, on PREFIX.(X+offset)) and serves
 N generated agencies from it: one wildcard A record, one wildcard vhost and a wildcard
 certificate from a throwaway CA, and a real starter site per agency (rendered by
-provisioner.site). Then, in one run:
+provisioner.site.render). Then, in one run:
 
 * sweep: `provisioner sweep --format jsonl` as a child process (the real CLI: loads the
   N-agency inventory, verifies, stores history); its CPU and peak memory come from
@@ -63,10 +63,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provisioner import site  # noqa: E402
-from provisioner.dns import load_tsig_key  # noqa: E402
-from provisioner.lab import Lab  # noqa: E402
-from provisioner.registry import load_inventory  # noqa: E402
+from provisioner.dns.client import load_tsig_key  # noqa: E402
+from provisioner.lab.lab import Lab  # noqa: E402
+from provisioner.registry.load import load_inventory  # noqa: E402
+from provisioner.site import render as site  # noqa: E402
 from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # noqa: E402
 
 PROVISIONER = [sys.executable, "-m", "provisioner"]
@@ -270,8 +270,8 @@ def sweep_run(bench: Bench, inventory_dir: Path, sites: int, concurrency: int, o
 def home_page_only(inventory_dir: Path, state_dir: Path, ca_file: Path, concurrency: int) -> None:
     """In a child process: the sweep with service pages left unread (the home page is still
     read for https.content): about the share of the work blackbox_exporter's probes do."""
-    import provisioner.verify as verify
-    from provisioner import sweep
+    import provisioner.verify.verifier as verify
+    from provisioner.verify import sweep
     from provisioner.verify.content import score_publication
 
     async def home_only(site, path, home, rules):

@@ -39,11 +39,11 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
-from . import tls
-from .dns import DnsClient, Prerequisite, UpdateBatch, normalize_name
+from .dns.client import DnsClient, Prerequisite, UpdateBatch, normalize_name
 from .errors import ProvisionerError
-from .hosts import MIN_FREE_BYTES, HostClient
-from .models import Host, Inventory, Nameserver
+from .hosts.agent import MIN_FREE_BYTES, HostClient
+from .registry.models import Host, Inventory, Nameserver
+from .tls import certificates as tls
 
 STATUSES = ("pass", "warn", "fail", "skip")
 PROBE_NAME = "_provisioner-doctor"  # a name whose TXT the TSIG probe says must exist

@@ -16,8 +16,8 @@ from pathlib import Path
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from provisioner import demo
-from provisioner.registry import load_inventory
+from provisioner.lab import demo
+from provisioner.registry.load import load_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def main() -> None:
             full_page(driver, report.as_uri(), args.out / "report.png", 1280)
             full_page(driver, f"https://{agency.fqdn}/", args.out / "site-home.png", 1280)
             service = agency.services[0]
-            from provisioner import site
+            from provisioner.site import render as site
             full_page(driver, f"https://{agency.fqdn}/{site.service_path(service)}",
                       args.out / "site-service.png", 1280)
         finally:

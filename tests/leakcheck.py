@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from provisioner.secrets import PEM_PRIVATE_KEY_HEADER, tsig_secrets_in
+from provisioner.safety.secrets import PEM_PRIVATE_KEY_HEADER, tsig_secrets_in
 
 
 @dataclass(frozen=True)

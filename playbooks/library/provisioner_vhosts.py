@@ -6,7 +6,7 @@ how nginx is tested and reloaded) have one definition:
 
 * Ansible runs it as the module ``provisioner_vhosts`` (``main``): apply a bundle
   of agencies' site files and vhosts as one transaction per host.
-* ``provisioner/hosts.py`` sends it over SSH to ``python3`` and runs ``serve_forever``:
+* ``provisioner/hosts/agent.py`` sends it over SSH to ``python3`` and runs ``serve_forever``:
   one request per line (facts, preflight, write/remove files, reload nginx; for
   offboarding and restore: snapshot a site, remove a vhost as a tested transaction,
   remove a folder, put a site back).
@@ -376,7 +376,7 @@ def parse_manifest(data):
 
 
 def plan_site_files(new_hashes, deployed, current, manifest_path):
-    """path -> (action, reason): the same rules as provisioner.site.plan_site_files.
+    """path -> (action, reason): the same rules as provisioner.site.render.plan_site_files.
 
     ``new_hashes``: what we generate now; ``deployed``: what we generated last time
     (None before the first deploy); ``current``: what is on the host. A file that
@@ -452,7 +452,7 @@ def apply_site_files(site_fd, files, manifest_path):
 
 # =========================================================================== owned files
 
-OWNED_MARK = b"# provisioner-sha256: "  # provisioner.site.owned_file writes it
+OWNED_MARK = b"# provisioner-sha256: "  # provisioner.site.render.owned_file writes it
 MAX_DRIFT_SHOWN = 1 << 16  # bytes of a hand-edited vhost sent back for plan's diff
 
 

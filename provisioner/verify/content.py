@@ -32,9 +32,10 @@ import yaml
 from lxml import etree
 
 from ..errors import InputError, Problem
+from ..paths import DATA_DIR
 from .model import CheckResult, Evidence, Publication, Status, result
 
-RULES_FILE = Path(__file__).resolve().parent.parent / "data" / "scoring.yml"
+RULES_FILE = DATA_DIR / "scoring.yml"
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 8x faster
 
 SKIP_TAGS = ("script", "style", "noscript", "template", "svg")

@@ -16,9 +16,9 @@ import asyncio
 import logging
 from urllib.parse import urlsplit
 
-from . import Target, VerifyContext, verify_target
 from .health import SiteStopped, SiteWatch, Stop
 from .model import CHECKS, NO_CERT, WEB_CHECKS, AgencyResult, CheckResult, Status, result, skipped
+from .verifier import Target, VerifyContext, verify_target
 
 LOG = logging.getLogger(__name__)
 MAX_REASON = 200  # characters of an exception's message kept in a reason

@@ -1,6 +1,6 @@
 """What a verification produces: check results, the certificate seen, the verdict.
 
-Re-exported by ``provisioner.verify``; kept in its own module so the check modules
+Re-exported by ``provisioner.verify.verifier``; kept in its own module so the check modules
 (dns, tls, http, content) can build results without importing the orchestrator.
 """
 

@@ -8,7 +8,7 @@ Fixtures for every integration test:
 
 * ``lab`` (session): a ``TestLab`` that is up for the whole session and brought
   down at the end, even on failure. Attributes: ``inventory_dir``, ``state_dir``,
-  ``inventory`` (loaded ``Inventory``), ``lab`` (``provisioner.lab.Lab``),
+  ``inventory`` (loaded ``Inventory``), ``lab`` (``provisioner.lab.lab.Lab``),
   ``prefix``, ``up_report``.
 * ``cli`` (session): ``cli(*args, subprocess=False) -> CliResult(exit_code,
   stdout, stderr)`` runs ``provisioner --inventory ... --state-dir ... ARGS``
@@ -35,9 +35,9 @@ from typer.testing import CliRunner
 
 from provisioner.cli import app
 from provisioner.errors import LabError
-from provisioner.lab import Lab, UpReport
-from provisioner.models import Inventory
-from provisioner.registry import load_inventory
+from provisioner.lab.lab import Lab, UpReport
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import Inventory
 
 SAMPLE_INVENTORY = Path(__file__).resolve().parents[2] / "inventory"
 TEST_NET = os.environ.get("PROVISIONER_TEST_NET", "127.0.1")

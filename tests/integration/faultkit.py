@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from provisioner import ansible, dnsplan, site
-from provisioner.dns import DnsClient
-from provisioner.models import Agency, Inventory
-from provisioner.registry import load_inventory
+from provisioner.dns import plan as dnsplan
+from provisioner.dns.client import DnsClient
+from provisioner.hosts import ansible
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import Agency, Inventory
+from provisioner.site import render as site
 from tests.leakcheck import find_leaks, tsig_secrets
 
 from .conftest import TEST_NET, CliResult, TestLab, run_cli, start_test_lab

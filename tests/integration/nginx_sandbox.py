@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from provisioner.models import Host
+from provisioner.registry.models import Host
 
 NGINX = "/usr/sbin/nginx"
 MAIN_CONF = """\

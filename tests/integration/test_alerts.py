@@ -27,13 +27,19 @@ import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from provisioner import alerts
-from provisioner.alerts import Change, DeliveryError, EmailChannel, TelegramChannel, WebhookChannel
-from provisioner.models import EmailSettings, TelegramSettings, WebhookSettings
+from provisioner.registry.models import EmailSettings, TelegramSettings, WebhookSettings
+from provisioner.verify import alerts
+from provisioner.verify.alerts import (
+    Change,
+    DeliveryError,
+    EmailChannel,
+    TelegramChannel,
+    WebhookChannel,
+)
 
 from ..certkit import cert_pem, key_pem, new_ca, new_leaf
 from .conftest import TestLab, make_test_inventory, run_cli
-from .test_verify import NGINX_DEFAULT_PAGE, SiteSpec, Sites, served_sites
+from .test_verify import NGINX_DEFAULT_PAGE, Sites, SiteSpec, served_sites
 
 LOOPBACK = "127.0.0.1"
 ZONE = "paserkab.go.id"

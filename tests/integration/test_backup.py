@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provisioner import site
+from provisioner.site import render as site
 from tests.leakcheck import find_leaks
 
 from .conftest import TEST_NET, start_test_lab

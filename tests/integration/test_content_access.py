@@ -21,12 +21,17 @@ import paramiko
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption,
-                                                          PrivateFormat, PublicFormat)
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
-from provisioner import access, offboard, site
 from provisioner.errors import HostError
-from provisioner.hosts import HostClient
+from provisioner.hosts.agent import HostClient
+from provisioner.lifecycle import access, offboard
+from provisioner.site import render as site
 
 from .conftest import TEST_NET, start_test_lab
 from .faultkit import FaultLab

@@ -30,12 +30,12 @@ import dns.update
 import pytest
 import yaml
 
-from provisioner import dnsops, dnsplan
-from provisioner.dns import DnsClient
+from provisioner.dns import plan as dnsplan
+from provisioner.dns import step as dnsops
+from provisioner.dns.client import DnsClient, load_tsig_key
 from provisioner.errors import DNSError
-from provisioner.dns import load_tsig_key
-from provisioner.models import Inventory
-from provisioner.registry import load_inventory
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import Inventory
 
 from .conftest import SAMPLE_INVENTORY, CliResult, TestLab, make_test_inventory, run_cli
 

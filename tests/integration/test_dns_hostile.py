@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provisioner.dns import Answer, Querier
+from provisioner.dns.client import Answer, Querier
 from provisioner.verify.dns import (
     DnsOutcome,
     Expected,

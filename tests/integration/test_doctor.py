@@ -23,9 +23,10 @@ import pytest
 import yaml
 
 from provisioner import doctor as doctoring
-from provisioner import ratelimit, tls
-from provisioner.dns import DnsClient, Operation, UpdateBatch
-from provisioner.models import LETS_ENCRYPT_LIMITS, Nameserver
+from provisioner.dns.client import DnsClient, Operation, UpdateBatch
+from provisioner.registry.models import LETS_ENCRYPT_LIMITS, Nameserver
+from provisioner.tls import certificates as tls
+from provisioner.tls import ratelimit
 from tests import hostile_dns
 
 from .conftest import TEST_NET, run_cli

@@ -23,7 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from provisioner import dnsops, offboard, onboard, site, tls
+from provisioner.dns import step as dnsops
+from provisioner.lifecycle import offboard, onboard
+from provisioner.site import render as site
+from provisioner.tls import certificates as tls
 from tests.unit.test_registry_hostile import AGENCY_PATHS, SAMPLE_AGENCY, set_path, values
 
 from .faultkit import FaultLab, file_states, onboarded_lab

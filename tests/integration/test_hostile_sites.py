@@ -21,14 +21,14 @@ import pytest
 import yaml
 from lxml import html as lxml_html
 
-from provisioner.sweep import reasons, verify_all
-from provisioner.verify import AgencyResult, Target, make_context, run, url_target
+from provisioner.verify.sweep import reasons, verify_all
+from provisioner.verify.verifier import AgencyResult, Target, make_context, run, url_target
 from tests import hostile_dns
 from tests.hostile.server import KINDS, Authority, HostileKit, KitSite, kit_sites
 
 from .conftest import CliResult, TestLab, run_cli
 from .test_sweep import PROM_SAMPLE
-from .test_verify import SiteSpec, Sites, dns_update, served_sites
+from .test_verify import Sites, SiteSpec, dns_update, served_sites
 
 pytestmark = pytest.mark.integration
 

@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import ansible, dnsops, site, tls
-from provisioner.dns import DnsClient
+from provisioner.dns import step as dnsops
+from provisioner.dns.client import DnsClient
 from provisioner.errors import HostError
-from provisioner.hosts import HostClient
-from provisioner.models import Agency, Host, Inventory
+from provisioner.hosts import ansible
+from provisioner.hosts.agent import HostClient
+from provisioner.registry.models import Agency, Host, Inventory
+from provisioner.site import render as site
+from provisioner.tls import certificates as tls
 
 pytestmark = pytest.mark.integration
 

@@ -38,11 +38,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from provisioner.dns.client import load_tsig_key
 from provisioner.errors import LabError
-from provisioner.dns import load_tsig_key
-from provisioner.lab import Lab, closed_ancestor, process_cmdline
-from provisioner.models import Host
-from provisioner.registry import load_inventory
+from provisioner.lab.lab import Lab, closed_ancestor, process_cmdline
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import Host
 
 from .conftest import TEST_NET, TestLab, run_cli, start_test_lab
 

@@ -20,8 +20,9 @@ import httpx
 import pytest
 from cryptography import x509
 
-from provisioner import offboard, site
-from provisioner.lab import PEBBLE_MANAGEMENT_PORT
+from provisioner.lab.lab import PEBBLE_MANAGEMENT_PORT
+from provisioner.lifecycle import offboard
+from provisioner.site import render as site
 
 from .conftest import TEST_NET, start_test_lab
 from .faultkit import FaultLab, file_states

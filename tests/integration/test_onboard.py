@@ -23,8 +23,9 @@ import pytest
 import yaml
 from cryptography import x509
 
-from provisioner import ansible, site
-from provisioner.registry import load_inventory
+from provisioner.hosts import ansible
+from provisioner.registry.load import load_inventory
+from provisioner.site import render as site
 
 from .conftest import TEST_NET, TestLab, run_cli, start_test_lab
 

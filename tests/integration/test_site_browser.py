@@ -17,8 +17,8 @@ import selenium_axe_python
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from provisioner import site
-from provisioner.registry import load_inventory
+from provisioner.registry.load import load_inventory
+from provisioner.site import render as site
 
 from .conftest import SAMPLE_INVENTORY, TEST_NET
 from .nginx_sandbox import RunningNginx, sandbox_host, write_main_conf

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from provisioner import site
-from provisioner.registry import load_inventory
+from provisioner.registry.load import load_inventory
+from provisioner.site import render as site
 
 from .conftest import SAMPLE_INVENTORY, TEST_NET
 from .nginx_sandbox import (

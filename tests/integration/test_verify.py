@@ -34,11 +34,11 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from provisioner import site
-from provisioner.dns import load_tsig_key
-from provisioner.lab import add_loopback, loopback_addresses, remove_loopback
-from provisioner.models import Inventory
-from provisioner.registry import load_inventory
+from provisioner.dns.client import load_tsig_key
+from provisioner.lab.lab import add_loopback, loopback_addresses, remove_loopback
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import Inventory
+from provisioner.site import render as site
 
 from ..certkit import cert_pem, key_pem, new_ca, new_leaf
 from .conftest import SAMPLE_INVENTORY, CliResult, TestLab, make_test_inventory, run_cli

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from provisioner import access
+from provisioner.lifecycle import access
 
 
 def public_line(key, comment: str = "operator@dinkes") -> str:
@@ -211,7 +211,7 @@ def test_bad_content_access_is_one_line_naming_file_and_field(sample, value, fie
 
 
 def test_valid_keys_reach_the_agency_canonically(sample, ed_line):
-    from provisioner import registry
+    from provisioner.registry import load as registry
 
     _set_access(sample, "dinkes", {"keys": [ed_line + "  ", ed_line]})
     inventory = registry.load_inventory(sample.root, sample.state_dir)
@@ -232,7 +232,8 @@ def test_host_sshd_paths_are_checked_like_every_host_path(sample):
 
 
 def test_host_plan_keeps_asked_accounts_and_removes_the_rest(sample, ed_line):
-    from provisioner import access_plan, registry
+    from provisioner.lifecycle import access_plan
+    from provisioner.registry import load as registry
 
     _set_access(sample, "dinkes", {"keys": [ed_line]})
     inventory = registry.load_inventory(sample.root, sample.state_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import site
+from provisioner.site import render as site
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(

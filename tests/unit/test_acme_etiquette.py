@@ -1,4 +1,4 @@
-"""How the ACME client waits (provisioner/tls.py): polling with backoff inside a deadline,
+"""How the ACME client waits (provisioner/tls/certificates.py): polling with backoff inside a deadline,
 ``Retry-After`` on polls and on refusals (429, 503). Pure code: real ``requests`` responses
 and acme's real network layer over a scripted transport, a fake clock, no sleeping."""
 
@@ -14,9 +14,9 @@ import requests
 from acme import errors as acme_errors
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from provisioner import tls
 from provisioner.errors import AcmeError, ProvisionerError
-from provisioner.models import AcmeSettings
+from provisioner.registry.models import AcmeSettings
+from provisioner.tls import certificates as tls
 
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.timezone.utc)
 NONCE = "bm9uY2Utb25l"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from provisioner import registry
-from provisioner.models import LETS_ENCRYPT_LIMITS, MAX_PARALLEL_ORDERS, RateLimit
+from provisioner.registry import load as registry
+from provisioner.registry.models import LETS_ENCRYPT_LIMITS, MAX_PARALLEL_ORDERS, RateLimit
 
 from .conftest import SampleInventory, tree_digest
 

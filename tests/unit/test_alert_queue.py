@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from provisioner import history
+from provisioner.verify import history
 
 NOW = dt.datetime(2026, 1, 5, 1, 0, tzinfo=dt.timezone.utc)
 

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.models import AlertSettings, EmailSettings, TelegramSettings, WebhookSettings
-from provisioner.registry import load_inventory
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import (
+    AlertSettings,
+    EmailSettings,
+    TelegramSettings,
+    WebhookSettings,
+)
 
 from .conftest import SAMPLE, SampleInventory
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import alerts
-from provisioner.alerts import Change, changes, next_state, render
+from provisioner.verify import alerts
+from provisioner.verify.alerts import Change, changes, next_state, render
 
 SWEEP = "2026-01-05T01:00:00+00:00"
 OK = {"active": True, "cert_due": False, "band": "A"}
@@ -216,8 +216,8 @@ def test_a_broken_history_skips_the_alerts_but_not_the_sweep(sample, tmp_path: P
     from types import SimpleNamespace
 
     from provisioner.cli import Lang, _send_alerts
-    from provisioner.registry import load_inventory
-    from provisioner.sweep import summarise
+    from provisioner.registry.load import load_inventory
+    from provisioner.verify.sweep import summarise
 
     settings = sample.read("group_vars/all.yml")
     settings["alerts"] = {"webhook": {"url": "http://127.0.0.1:9/never-reached"}}
@@ -230,8 +230,8 @@ def test_a_broken_history_skips_the_alerts_but_not_the_sweep(sample, tmp_path: P
 
 
 def test_certificates_are_alerted_at_the_sweeps_warning_threshold() -> None:
-    from provisioner.models import ALERT_CERT_DAYS, RENEW_DAYS
-    from provisioner.sweep import EXPIRY_WARN_DAYS
+    from provisioner.registry.models import ALERT_CERT_DAYS, RENEW_DAYS
+    from provisioner.verify.sweep import EXPIRY_WARN_DAYS
 
     assert ALERT_CERT_DAYS == EXPIRY_WARN_DAYS < RENEW_DAYS
     assert [c.kind for c in changes({"dinkes": OK}, [record(days=25)])] == []

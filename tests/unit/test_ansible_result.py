@@ -1,4 +1,4 @@
-"""ansible-runner events -> data (provisioner/ansible.py): pure, table-driven.
+"""ansible-runner events -> data (provisioner/hosts/ansible.py): pure, table-driven.
 
 The event shapes are those ansible-runner 2.4 / ansible-core 2.19 emit (recorded
 from runs against the lab, trimmed to the fields that matter).
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.ansible import (
+from provisioner.hosts.ansible import (
     HostStats,
     Progress,
     SiteBundle,

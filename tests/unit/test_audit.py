@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.audit import AuditEntry, AuditLog, current_operator
 from provisioner.errors import ProvisionerError
-from provisioner.secrets import REDACTED, Redactor, read_secret_file
+from provisioner.safety.audit import AuditEntry, AuditLog, current_operator
+from provisioner.safety.secrets import REDACTED, Redactor, read_secret_file
 from tests.unit.conftest import run_cli
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import backup, offboard, restic, timers
 from provisioner.errors import UsageError
-from provisioner.models import BackupSettings
-from provisioner.registry import load_inventory
+from provisioner.lifecycle import backup, offboard, restic, timers
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import BackupSettings
 
 from .conftest import SAMPLE, SampleInventory
 

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 DEFERRED = (
-    "provisioner.ansible", "provisioner.hosts", "provisioner.lab", "provisioner.tls",
-    "provisioner.onboard", "provisioner.offboard", "provisioner.site", "provisioner.sweep",
-    "provisioner.verify", "provisioner.history", "provisioner.report", "provisioner.xlsx", "openpyxl",
+    "provisioner.hosts.ansible", "provisioner.hosts.agent", "provisioner.lab.lab", "provisioner.tls.certificates",
+    "provisioner.lifecycle.onboard", "provisioner.lifecycle.offboard", "provisioner.site.render", "provisioner.verify.sweep",
+    "provisioner.verify.verifier", "provisioner.verify.history", "provisioner.verify.report", "provisioner.registry.xlsx", "openpyxl",
     "ansible_runner", "paramiko", "acme", "httpx", "requests",
 )
 

@@ -7,12 +7,18 @@ import dataclasses
 import dns.rdatatype
 import pytest
 
-from provisioner import dnsplan
-from provisioner.dns import (Expectation, Operation, Prerequisite, RRset, ZoneState,
-                             update_message)
-from provisioner.dnsplan import DesiredName
+from provisioner.dns import plan as dnsplan
+from provisioner.dns.client import (
+    Expectation,
+    Operation,
+    Prerequisite,
+    RRset,
+    ZoneState,
+    update_message,
+)
+from provisioner.dns.plan import DesiredName
 from provisioner.plan import Change, Outcome, Plan
-from provisioner.registry import load_inventory
+from provisioner.registry.load import load_inventory
 
 ZONE = "paserkab.go.id"
 ID = "paserkab-dkisp"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from provisioner import onboard, site
-from provisioner.hosts import preflight_problems
-from provisioner.registry import load_inventory
+from provisioner.hosts.agent import preflight_problems
+from provisioner.lifecycle import onboard
+from provisioner.registry.load import load_inventory
+from provisioner.site import render as site
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = "/etc/nginx/sites-enabled/dinkes.conf"

@@ -13,10 +13,6 @@ from pathlib import Path
 import pytest
 
 from provisioner.cli import visible
-from provisioner.report import html as report_html
-from provisioner.report import json_text, jsonl, junit, prom
-from provisioner.sweep import SweepResult, reasons, record_of, summarise
-from provisioner.verify import Target
 from provisioner.verify.content import load_rules
 from provisioner.verify.guard import (
     crash_reason,
@@ -27,6 +23,10 @@ from provisioner.verify.guard import (
 )
 from provisioner.verify.health import Stop, inward_kind
 from provisioner.verify.model import NO_CERT, AgencyResult, Status, result, skipped
+from provisioner.verify.report import html as report_html
+from provisioner.verify.report import json_text, jsonl, junit, prom
+from provisioner.verify.sweep import SweepResult, reasons, record_of, summarise
+from provisioner.verify.verifier import Target
 
 from .conftest import SampleInventory
 
@@ -247,7 +247,7 @@ def test_a_hosted_agency_still_needs_its_service_data(sample: SampleInventory) -
 
 
 def test_verify_allow_private_is_a_boolean_setting(sample: SampleInventory) -> None:
-    from provisioner.registry import load_inventory
+    from provisioner.registry.load import load_inventory
 
     assert load_inventory(sample.root, sample.state_dir).settings.verify_allow_private
     data = sample.read("group_vars/all.yml")

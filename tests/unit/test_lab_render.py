@@ -20,12 +20,12 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from provisioner import lab as L
-from provisioner.dns import parse_tsig_key
+from provisioner.dns.client import parse_tsig_key
 from provisioner.errors import InputError, LabError
-from provisioner.models import Inventory
-from provisioner.registry import load_inventory
-from provisioner.scaffold import render_inventory
+from provisioner.lab import lab as L
+from provisioner.registry.init import render_inventory
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import Inventory
 
 SAMPLE = Path(__file__).resolve().parents[2] / "inventory"
 

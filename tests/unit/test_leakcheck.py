@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from provisioner.secrets import Redactor
+from provisioner.safety.secrets import Redactor
 from tests.leakcheck import Leak, find_leaks, main, tsig_secrets
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import ansible
 from provisioner.errors import LockedError
-from provisioner.locking import LockHolder, inventory_lock, pid_alive, run_lock
-from provisioner.registry import load_inventory
+from provisioner.hosts import ansible
+from provisioner.registry.load import load_inventory
+from provisioner.safety.lock import LockHolder, inventory_lock, pid_alive, run_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys
-from provisioner.locking import inventory_lock
+from provisioner.safety.lock import inventory_lock
 with inventory_lock(sys.argv[1], sys.argv[2]):
     print("locked", flush=True)
     sys.stdin.read()  # hold the lock until the test closes stdin

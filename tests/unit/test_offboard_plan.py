@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provisioner import offboard
 from provisioner.errors import ProvisionerError, UsageError
-from provisioner.hosts import SiteFile, SiteSnapshot
-from provisioner.registry import load_inventory
+from provisioner.hosts.agent import SiteFile, SiteSnapshot
+from provisioner.lifecycle import offboard
+from provisioner.registry.load import load_inventory
 
 from .conftest import SAMPLE
 

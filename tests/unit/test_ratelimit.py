@@ -1,4 +1,4 @@
-"""The ACME rate-limit ledger (provisioner/ratelimit.py), driven with a fake clock."""
+"""The ACME rate-limit ledger (provisioner/tls/ratelimit.py), driven with a fake clock."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import ratelimit
 from provisioner.errors import ProvisionerError
-from provisioner.models import LETS_ENCRYPT_LIMITS, RateLimit
-from provisioner.ratelimit import CERTIFICATES, FAILURES, ORDERS, Demand, Event
+from provisioner.registry.models import LETS_ENCRYPT_LIMITS, RateLimit
+from provisioner.tls import ratelimit
+from provisioner.tls.ratelimit import CERTIFICATES, FAILURES, ORDERS, Demand, Event
 
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.timezone.utc)
 HOUR = dt.timedelta(hours=1)

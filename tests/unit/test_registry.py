@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from provisioner import registry
+from provisioner.registry import load as registry
 
 from .conftest import SAMPLE, SampleInventory, run_cli, tree_digest
 

@@ -11,9 +11,9 @@ import openpyxl
 import pytest
 from openpyxl.utils import get_column_letter
 
-from provisioner import xlsx
-from provisioner.csvimport import merge
-from provisioner.registry import load_inventory
+from provisioner.registry import xlsx
+from provisioner.registry.csvimport import merge
+from provisioner.registry.load import load_inventory
 
 from .conftest import SAMPLE, SampleInventory, tree_digest
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from lxml import html as lxml_html
 
-from provisioner.history import SweepPoint
-from provisioner.report import html, jsonl, junit, prom, write_atomic
-from provisioner.sweep import RECORD_SCHEMA, SweepResult, record_of, summarise
 from provisioner.verify.content import load_rules, score_publication
+from provisioner.verify.history import SweepPoint
 from provisioner.verify.model import AgencyResult, CertInfo, CheckResult, Evidence, Status
+from provisioner.verify.report import html, jsonl, junit, prom, write_atomic
+from provisioner.verify.sweep import RECORD_SCHEMA, SweepResult, record_of, summarise
 
 RULES = load_rules()
 START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.timezone.utc)
@@ -166,7 +166,7 @@ def test_write_atomic_never_replaces_a_device(tmp_path):
     import os
     import stat
 
-    from provisioner.report import write_atomic
+    from provisioner.verify.report import write_atomic
 
     write_atomic(Path("/dev/null"), "discarded\n")
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

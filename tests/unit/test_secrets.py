@@ -12,8 +12,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from provisioner.errors import InputError
-from provisioner.secrets import (REDACTED, Redactor, private_file_problem, read_secret_file,
-                                 require_private_file, tsig_secrets_in)
+from provisioner.safety.secrets import (
+    REDACTED,
+    Redactor,
+    private_file_problem,
+    read_secret_file,
+    require_private_file,
+    tsig_secrets_in,
+)
 
 RAW = b"0123456789abcdef0123456789abcdef"
 SECRET = base64.b64encode(RAW).decode()

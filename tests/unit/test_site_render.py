@@ -1,4 +1,4 @@
-"""The starter site and vhost renderer (provisioner/site.py): pure, table-driven."""
+"""The starter site and vhost renderer (provisioner/site/render.py): pure, table-driven."""
 
 from __future__ import annotations
 
@@ -12,11 +12,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from provisioner import site
 from provisioner.cli import app
 from provisioner.errors import RenderError
-from provisioner.models import DELIVERY_COMPONENTS, MANAGEMENT_COMPONENTS, ComplaintChannel, Head
-from provisioner.registry import load_inventory
+from provisioner.registry.load import load_inventory
+from provisioner.registry.models import (
+    DELIVERY_COMPONENTS,
+    MANAGEMENT_COMPONENTS,
+    ComplaintChannel,
+    Head,
+)
+from provisioner.site import render as site
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path("/nonexistent/provisioner-state")  # loading only resolves paths under it

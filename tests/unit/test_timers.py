@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import timers
 from provisioner.errors import UsageError
+from provisioner.lifecycle import timers
 
 from .conftest import SampleInventory
 

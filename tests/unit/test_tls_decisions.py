@@ -1,4 +1,4 @@
-"""Renewal decisions, certificate facts, targets and records (provisioner/tls.py): pure."""
+"""Renewal decisions, certificate facts, targets and records (provisioner/tls/certificates.py): pure."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from provisioner import tls
-from provisioner.registry import load_inventory
+from provisioner.registry.load import load_inventory
+from provisioner.tls import certificates as tls
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = load_inventory(REPO / "inventory", Path("/nonexistent/provisioner-state"))

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from provisioner.verify import run
 from provisioner.verify.http import (
     MAX_BODY,
     HttpClient,
@@ -32,6 +31,7 @@ from provisioner.verify.http import (
 )
 from provisioner.verify.model import Status
 from provisioner.verify.tls import make_contexts
+from provisioner.verify.verifier import run
 
 NAME = "dinkes.paserkab.go.id"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"

@@ -2,7 +2,7 @@
 
 The module (playbooks/library/provisioner_vhosts.py) is imported and its core
 function ``apply_bundle`` called directly, with bundles built by
-provisioner.ansible.bundle_bytes, against a real nginx master started here on a
+provisioner.hosts.ansible.bundle_bytes, against a real nginx master started here on a
 loopback address of this run's prefix (PROVISIONER_TEST_NET) and a free port.
 """
 
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from provisioner import site
-from provisioner.ansible import SiteBundle, bundle_bytes
+from provisioner.hosts.ansible import SiteBundle, bundle_bytes
+from provisioner.site import render as site
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(

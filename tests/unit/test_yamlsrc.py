@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from provisioner import yamlsrc
 from provisioner.errors import InputError
+from provisioner.registry import yamlsrc
 
 DOC = """\
 text: plain

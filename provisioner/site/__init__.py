@@ -1,0 +1,1 @@
+"""The starter site and the nginx virtual host, rendered (pure)."""
