@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from provisioner.hosts import ansible  # noqa: E402
-from provisioner.lab.lab import Lab  # noqa: E402
+from provisioner.lab.control import Lab  # noqa: E402
 from provisioner.registry.load import load_inventory  # noqa: E402
 from provisioner.registry.models import Inventory  # noqa: E402
 from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # noqa: E402

@@ -35,7 +35,7 @@ from typing import Any
 import labkit
 from labkit import TimedRun, markdown_table
 
-from provisioner.lab.lab import Lab
+from provisioner.lab.control import Lab
 from provisioner.registry.load import load_inventory
 from provisioner.site import render as site  # labkit has put the repository on sys.path
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from provisioner.dns import plan as dnsplan
 from provisioner.dns import step as dnsops  # noqa: E402
 from provisioner.dns.client import DnsClient  # noqa: E402
-from provisioner.lab.lab import Lab  # noqa: E402
+from provisioner.lab.control import Lab  # noqa: E402
 from provisioner.registry.load import load_inventory  # noqa: E402
 from provisioner.registry.models import Inventory  # noqa: E402
 from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # noqa: E402

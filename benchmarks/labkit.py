@@ -35,7 +35,7 @@ MAX_WEB_HOSTS = 10  # web1..web10 on the sample's .20-.29 (acme is .30)
 _SAMPLE_ADDRESS = re.compile(r"\b127\.0\.0\.(\d{1,3})\b")
 
 sys.path.insert(0, str(ROOT))
-from provisioner.lab.lab import Lab  # noqa: E402
+from provisioner.lab.control import Lab  # noqa: E402
 
 # =========================================================================== inventory + lab
 

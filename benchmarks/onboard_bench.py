@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 import labkit
 from labkit import TimedRun, markdown_table
 
-from provisioner.lab.lab import Lab
+from provisioner.lab.control import Lab
 from provisioner.lifecycle import onboard  # labkit has put the repository on sys.path
 from provisioner.registry.load import load_inventory
 from provisioner.registry.models import MAX_PARALLEL_ORDERS, Inventory

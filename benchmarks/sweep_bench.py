@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from provisioner.dns.client import load_tsig_key  # noqa: E402
-from provisioner.lab.lab import Lab  # noqa: E402
+from provisioner.lab.control import Lab  # noqa: E402
 from provisioner.registry.load import load_inventory  # noqa: E402
 from provisioner.site import render as site  # noqa: E402
 from tests.integration.conftest import SAMPLE_INVENTORY, make_test_inventory  # noqa: E402

@@ -310,7 +310,7 @@ def init(directory: Path = typer.Argument(..., metavar="DIR"),
 # --------------------------------------------------------------------------- lab
 
 def _lab(ctx: typer.Context):
-    from ..lab.lab import Lab  # imported here: the lab's dependencies are not needed elsewhere
+    from ..lab.control import Lab  # imported here: the lab's dependencies are not needed elsewhere
 
     return Lab(ctx.obj.inventory())
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import ExternalError, UsageError
-from ..lab.lab import LabPaths
+from ..lab.layout import LabPaths
 from ..paths import PLAYBOOK_DIR
 from ..plan import Outcome
 from ..registry.models import Agency, Host, Inventory

@@ -20,7 +20,7 @@ from ..verify import history, sweep
 from ..verify.content import load_rules
 from ..verify.report import html as report_html
 from ..verify.report import write_atomic
-from .lab import Lab, UpReport
+from .control import Lab, UpReport
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Fixtures for every integration test:
 
 * ``lab`` (session): a ``TestLab`` that is up for the whole session and brought
   down at the end, even on failure. Attributes: ``inventory_dir``, ``state_dir``,
-  ``inventory`` (loaded ``Inventory``), ``lab`` (``provisioner.lab.lab.Lab``),
+  ``inventory`` (loaded ``Inventory``), ``lab`` (``provisioner.lab.control.Lab``),
   ``prefix``, ``up_report``.
 * ``cli`` (session): ``cli(*args, subprocess=False) -> CliResult(exit_code,
   stdout, stderr)`` runs ``provisioner --inventory ... --state-dir ... ARGS``
@@ -35,7 +35,7 @@ from typer.testing import CliRunner
 
 from provisioner.cli import app
 from provisioner.errors import LabError
-from provisioner.lab.lab import Lab, UpReport
+from provisioner.lab.control import Lab, UpReport
 from provisioner.registry.load import load_inventory
 from provisioner.registry.models import Inventory
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from provisioner.lab.lab import PEBBLE_MANAGEMENT_PORT
+from provisioner.lab.render import PEBBLE_MANAGEMENT_PORT
 from provisioner.lifecycle import offboard
 from provisioner.site import render as site
 

@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioner.dns.client import load_tsig_key
-from provisioner.lab.lab import add_loopback, loopback_addresses, remove_loopback
+from provisioner.lab.loopback import add_loopback, loopback_addresses, remove_loopback
 from provisioner.registry.load import load_inventory
 from provisioner.registry.models import Inventory
 from provisioner.site import render as site
