@@ -29,8 +29,7 @@ from .render import (
     NGINX_WORKER_USER,
     known_hosts_lines,
     merge_known_hosts,
-    named_primary_conf,
-    named_secondary_conf,
+    named_conf,
     namespace_script,
     nginx_conf,
     nginx_namespace_script,
@@ -104,10 +103,10 @@ class LabFiles(LabTopology):
         self._prepare_pebble()
 
     def _prepare_dns(self, key_name: str) -> None:
-        for name, text in (("ns1", named_primary_conf(self.settings, self.paths, key_name)),
-                           ("ns2", named_secondary_conf(self.settings, self.paths, key_name))):
+        for name in ("ns1", "ns2"):
             self.paths.ns_dir(name).mkdir(parents=True, exist_ok=True)
-            write_file(self.paths.named_conf(name), text)
+            write_file(self.paths.named_conf(name),
+                       named_conf(self.settings, self.paths, key_name, name))
         zone_file = self.paths.zone_file("ns1", self.settings.zone)
         if not zone_file.exists():
             self.write_fresh_zone()

@@ -99,6 +99,10 @@ class DnsEndpoints:
     ns2: str
     ns2_port: int
 
+    def endpoint(self, server: str) -> tuple[str, int]:
+        """Address and port of "ns1" or "ns2"."""
+        return (self.ns1, self.ns1_port) if server == "ns1" else (self.ns2, self.ns2_port)
+
 
 def dns_endpoints(settings: Settings) -> DnsEndpoints:
     lab = require_lab(settings)
@@ -106,36 +110,29 @@ def dns_endpoints(settings: Settings) -> DnsEndpoints:
     return DnsEndpoints(lab.ns1, settings.primary.port, lab.ns2, ns2_port)
 
 
-def named_primary_conf(settings: Settings, paths: LabPaths, key_name: str) -> str:
+NAMED_TEMPLATES = {"ns1": "named-primary.conf.j2", "ns2": "named-secondary.conf.j2"}
+
+
+def named_conf(settings: Settings, paths: LabPaths, key_name: str, server: str) -> str:
+    """The config of ns1 (the primary) or ns2 (the secondary, transferring from ns1):
+    each listens on its own endpoint and names the other's."""
     ep = dns_endpoints(settings)
+    address, port = ep.endpoint(server)
     return render(
-        "named-primary.conf.j2",
+        NAMED_TEMPLATES[server],
         zone=settings.zone,
-        dir=paths.ns_dir("ns1"),
-        zone_file=paths.zone_file("ns1", settings.zone),
+        dir=paths.ns_dir(server),
+        zone_file=paths.zone_file(server, settings.zone),
         tsig_key_file=settings.tsig_key_file,
         key_name=key_name,
-        address=ep.ns1,
-        port=ep.ns1_port,
+        address=address,
+        port=port,
+        primary_address=ep.ns1,
+        primary_port=ep.ns1_port,
         secondary_address=ep.ns2,
         secondary_port=ep.ns2_port,
     )
 
-
-def named_secondary_conf(settings: Settings, paths: LabPaths, key_name: str) -> str:
-    ep = dns_endpoints(settings)
-    return render(
-        "named-secondary.conf.j2",
-        zone=settings.zone,
-        dir=paths.ns_dir("ns2"),
-        zone_file=paths.zone_file("ns2", settings.zone),
-        tsig_key_file=settings.tsig_key_file,
-        key_name=key_name,
-        address=ep.ns2,
-        port=ep.ns2_port,
-        primary_address=ep.ns1,
-        primary_port=ep.ns1_port,
-    )
 
 def nginx_conf(host: Host, hp: HostPaths, production: bool = False) -> str:
     """The main config; a production-shaped host's uses Debian's paths (its namespace)."""

@@ -98,7 +98,7 @@ def key_file(inventory: Inventory) -> Path:
 
 def test_primary_config_allows_updates_and_transfers_with_the_key(
         inventory: Inventory, lab: Lab, key_file: Path):
-    text = render.named_primary_conf(inventory.settings, lab.paths, "lab-key")
+    text = render.named_conf(inventory.settings, lab.paths, "lab-key", "ns1")
     assert 'allow-update { key "lab-key"; };' in text
     assert 'allow-transfer { key "lab-key"; 127.0.0.11; };' in text
     assert "listen-on port 53 { 127.0.0.10; };" in text
@@ -113,7 +113,7 @@ def test_primary_config_allows_updates_and_transfers_with_the_key(
 
 def test_secondary_config_transfers_from_the_primary(inventory: Inventory, lab: Lab,
                                                      key_file: Path):
-    text = render.named_secondary_conf(inventory.settings, lab.paths, "lab-key")
+    text = render.named_conf(inventory.settings, lab.paths, "lab-key", "ns2")
     assert "type secondary;" in text
     assert "primaries { 127.0.0.10 port 53; };" in text
     assert "transfer-source 127.0.0.11;" in text
@@ -126,18 +126,18 @@ def test_the_two_named_instances_share_no_state_file(inventory: Inventory, lab: 
         return {line.split('"')[1] for line in text.splitlines()
                 if any(k in line for k in ("pid-file", "session-keyfile", "lock-file", "file \""))}
 
-    one = paths(render.named_primary_conf(inventory.settings, lab.paths, "lab-key"))
-    two = paths(render.named_secondary_conf(inventory.settings, lab.paths, "lab-key"))
+    one = paths(render.named_conf(inventory.settings, lab.paths, "lab-key", "ns1"))
+    two = paths(render.named_conf(inventory.settings, lab.paths, "lab-key", "ns2"))
     assert one and two and one.isdisjoint(two)
 
 
-@pytest.mark.parametrize("render_conf", [render.named_primary_conf, render.named_secondary_conf])
+@pytest.mark.parametrize("role", ["ns1", "ns2"])
 def test_named_configs_pass_named_checkconf(inventory: Inventory, lab: Lab, key_file: Path,
-                                            tmp_path: Path, render_conf):
+                                            tmp_path: Path, role: str):
     for server in ("ns1", "ns2"):
         lab.paths.ns_dir(server).mkdir(parents=True)  # named-checkconf changes into it
     conf = tmp_path / "named.conf"
-    conf.write_text(render_conf(inventory.settings, lab.paths, "lab-key"))
+    conf.write_text(render.named_conf(inventory.settings, lab.paths, "lab-key", role))
     checked = run("named-checkconf", str(conf))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
