@@ -149,17 +149,11 @@ def nginx_conf(host: Host, hp: HostPaths, production: bool = False) -> str:
 
 
 def sshd_config(host: Host, hp: HostPaths, production: bool = False) -> str:
-    return render(
-        "sshd_config.j2",
-        host=host.name,
-        address=host.ssh_address,
-        port=host.ssh_port,
-        user=host.ssh_user,
-        host_key=hp.host_key,
-        pid_file="/run/sshd.pid" if production else hp.sshd_pid,
-        authorized_keys=".ssh/authorized_keys" if production else hp.authorized_keys,
-        drop_in_dir=host.sshd.config_dir,
-    )
+    return render("sshd_config.j2", host=host.name, address=host.ssh_address,
+                  port=host.ssh_port, user=host.ssh_user, host_key=hp.host_key,
+                  pid_file="/run/sshd.pid" if production else hp.sshd_pid,
+                  authorized_keys=".ssh/authorized_keys" if production else hp.authorized_keys,
+                  drop_in_dir=host.sshd.config_dir)
 
 
 def namespace_script(host: Host, hp: HostPaths) -> str:

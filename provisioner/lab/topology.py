@@ -42,6 +42,12 @@ def _loopback_ipv4(value: str, what: str) -> str:
     return str(addr)
 
 
+def _in_new_namespace(script: Path, argv: tuple[str, ...]) -> tuple[str, ...]:
+    """``argv`` in a mount namespace of its own, prepared by ``script`` (which then execs it)."""
+    return (UNSHARE_BINARY, "--mount", "--propagation", "private", "--", SHELL, str(script),
+            *argv)
+
+
 class LabTopology:
     """What the lab of one inventory is: its hosts, addresses and servers, where each
     host's files live on this machine, and how Ansible reaches the hosts."""
@@ -155,19 +161,13 @@ class LabTopology:
         hp = self.paths.host(host)
         argv: tuple[str, ...] = (SSHD_BINARY, "-D", "-e", "-f", str(hp.sshd_config))
         if self.production(host):
-            argv = (UNSHARE_BINARY, "--mount", "--propagation", "private", "--", SHELL,
-                    str(hp.namespace_script), *argv)
+            argv = _in_new_namespace(hp.namespace_script, argv)
         return ServerSpec(
-            name=f"{host.name}-sshd",
-            role=f"{host.name} OpenSSH",
-            address=f"{host.ssh_address}:{host.ssh_port}",
-            argv=argv,
-            cwd=hp.dir,
-            log=hp.sshd_log,
-            marker=str(hp.sshd_config),
+            name=f"{host.name}-sshd", role=f"{host.name} OpenSSH",
+            address=f"{host.ssh_address}:{host.ssh_port}", argv=argv, cwd=hp.dir,
+            log=hp.sshd_log, marker=str(hp.sshd_config),
             probe=lambda t, a=host.ssh_address, p=host.ssh_port: probe_ssh(a, p, t),
-            program=SSHD_BINARY,
-            namespace=self.production(host),
+            program=SSHD_BINARY, namespace=self.production(host),
         )
 
     def _nginx_spec(self, host: Host) -> ServerSpec:
@@ -180,8 +180,7 @@ class LabTopology:
                                  "-e", str(error_log), "-g", "daemon off;")
         marker, stage = str(host.nginx_main_config), 1
         if not self.production(host) and hp.nginx_namespace_script.exists():
-            argv = (UNSHARE_BINARY, "--mount", "--propagation", "private", "--", SHELL,
-                    str(hp.nginx_namespace_script), *argv)
+            argv = _in_new_namespace(hp.nginx_namespace_script, argv)
         if self.production(host):
             marker, stage = f"{hp.dir}/", 2
             argv = self.on_host(host, (host.nginx_binary, "-p", f"{hp.dir}/", "-c",
