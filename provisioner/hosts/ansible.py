@@ -37,7 +37,7 @@ from ..paths import PLAYBOOK_DIR
 from ..plan import Outcome
 from ..registry.models import Agency, Host, Inventory
 from ..site import render as site
-from .agent import REMOTE_PYTHON
+from .agent import HOST_LIB, REMOTE_PYTHON
 
 DEPLOY_PLAYBOOK = "onboard.yml"
 PING_PLAYBOOK = "ping.yml"
@@ -260,6 +260,7 @@ def runner_env(dirs: AnsibleDirs) -> dict[str, str]:
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_TIMEOUT": "15",
         "ANSIBLE_LIBRARY": str(PLAYBOOK_DIR / "library"),
+        "ANSIBLE_MODULE_UTILS": str(HOST_LIB.parent),  # ships hostlib with the agent module
         "ANSIBLE_ROLES_PATH": str(PLAYBOOK_DIR / "roles"),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
