@@ -37,6 +37,7 @@ from ..paths import PLAYBOOK_DIR
 from ..plan import Outcome
 from ..registry.models import Agency, Host, Inventory
 from ..site import render as site
+from . import hostlib
 from .agent import HOST_LIB, REMOTE_PYTHON
 
 DEPLOY_PLAYBOOK = "onboard.yml"
@@ -337,16 +338,11 @@ def running_playbooks(inventory: Inventory) -> list[int]:
     it. Its command line names the runner inventory inside the state dir."""
     workspace = str(ansible_dirs(inventory).private_data) + os.sep
     found = []
-    for process in Path("/proc").iterdir():
-        if not process.name.isdigit():
-            continue
-        try:
-            argv = (process / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue  # ended meanwhile, or not ours to read
-        if any(os.path.basename(arg) == "ansible-playbook" for arg in argv[:2]) \
+    for pid in hostlib.pids():
+        argv = hostlib.process_argv(pid)  # None: ended meanwhile, or not ours to read
+        if argv and any(os.path.basename(arg) == "ansible-playbook" for arg in argv[:2]) \
                 and any(arg.startswith(workspace) for arg in argv):
-            found.append(int(process.name))
+            found.append(pid)
     return sorted(found)
 
 
