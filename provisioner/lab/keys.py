@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
-import os
 import re
 import secrets
 from pathlib import Path
@@ -18,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..dns.client import TsigKey, load_tsig_key
 from ..errors import LabError
+from ..hosts import hostlib
 from .render import tsig_key_text
 
 MAX_KEPT_ROOTS = 20  # Pebble roots of earlier starts kept in the trust file
@@ -32,15 +32,7 @@ def write_file(path: Path, data: str | bytes, mode: int = 0o644) -> bool:
             return False
     except OSError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, raw)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    hostlib.write_atomic(str(path), raw, mode)  # creates the folder when missing
     return True
 
 

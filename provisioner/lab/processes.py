@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import LabError
+from ..hosts import hostlib
 from .keys import write_file
 from .layout import LabPaths
 from .probes import READY_PROBE_TIMEOUT, Probe
@@ -35,51 +36,20 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, None when it does not exist."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return fields[0], int(fields[1])
-
-
-def process_cmdline(pid: int) -> str | None:
-    """The command line of a live process (zombies and missing processes: None)."""
-    stat = _proc_stat(pid)
-    if stat is None or stat[0] in ("Z", "X"):
-        return None
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or None
-
-
-def process_exe(pid: int) -> str | None:
-    """The program file a process runs ("(deleted)" stripped: the package was upgraded)."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
-    except OSError:
-        return None
-
-
 def _alive(pid: int) -> bool:
     child = _children.get(pid)
     if child is not None:
         return child.poll() is None
-    return process_cmdline(pid) is not None
+    return hostlib.process_cmdline(pid) is not None
 
 
 def _descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (e.g. sshd's per-connection processes)."""
     parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat and stat[0] not in ("Z", "X"):
-                parents.setdefault(stat[1], []).append(int(entry.name))
+    for other in hostlib.pids():
+        stat = hostlib.proc_stat(other)
+        if stat and stat.state not in hostlib.ENDED_STATES:
+            parents.setdefault(stat.ppid, []).append(other)
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
@@ -91,21 +61,11 @@ def _descendants(pid: int) -> list[int]:
 def namespace_members(pid: int) -> list[int]:
     """Every other live process in the mount namespace of ``pid`` (none when it shares
     this process's namespace: that is the machine's, not a lab host's)."""
-    try:
-        namespace = os.readlink(f"/proc/{pid}/ns/mnt")
-        if namespace == os.readlink("/proc/self/ns/mnt"):
-            return []
-    except OSError:
+    namespace = hostlib.mount_namespace(pid)
+    if namespace is None or namespace == hostlib.mount_namespace(os.getpid()):
         return []
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != pid:
-            try:
-                if os.readlink(entry / "ns" / "mnt") == namespace:
-                    members.append(int(entry.name))
-            except OSError:
-                continue
-    return members
+    return [other for other in hostlib.pids()
+            if other != pid and hostlib.mount_namespace(other) == namespace]
 
 
 def terminate(pids: Iterable[int], timeout: float = STOP_TIMEOUT) -> None:
@@ -180,8 +140,8 @@ def running_pid(paths: LabPaths, spec: ServerSpec) -> int | None:
     pid = read_pid(paths.pid_file(spec.name))
     if pid is None:
         return None
-    cmdline = process_cmdline(pid)
-    exe = process_exe(pid)
+    cmdline = hostlib.process_cmdline(pid)
+    exe = hostlib.process_exe(pid)
     if cmdline and spec.marker in cmdline and exe \
             and os.path.realpath(exe) == os.path.realpath(spec.executable):
         return pid
@@ -278,11 +238,10 @@ def close_ssh_masters(paths: LabPaths) -> int:
     """
     pattern = re.compile(r"ControlPath=\"?" + re.escape(str(paths.dir)) + "/")
     masters = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            cmdline = process_cmdline(int(entry.name))
-            if cmdline and cmdline.split()[0].endswith("ssh") and pattern.search(cmdline):
-                masters.append(int(entry.name))
+    for pid in hostlib.pids():
+        cmdline = hostlib.process_cmdline(pid)
+        if cmdline and cmdline.split()[0].endswith("ssh") and pattern.search(cmdline):
+            masters.append(pid)
     sockets = [s for s in paths.control_dir.glob("*") if s.is_socket()]
     for sock in sockets:
         subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab"],

@@ -40,9 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioner.dns.client import load_tsig_key
 from provisioner.errors import LabError
+from provisioner.hosts.hostlib import process_cmdline
 from provisioner.lab.control import Lab
 from provisioner.lab.prepare import closed_ancestor
-from provisioner.lab.processes import process_cmdline
 from provisioner.registry.load import load_inventory
 from provisioner.registry.models import Host
 

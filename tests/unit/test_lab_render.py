@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 
 from provisioner.dns.client import parse_tsig_key
 from provisioner.errors import InputError, LabError
-from provisioner.lab import keys, layout, prepare, processes, render, topology
+from provisioner.hosts import hostlib
+from provisioner.lab import keys, layout, prepare, render, topology
 from provisioner.lab.control import Lab
 from provisioner.registry.init import render_inventory
 from provisioner.registry.load import load_inventory
@@ -399,8 +400,8 @@ def test_write_file_sets_the_mode_and_reports_changes(tmp_path: Path):
 
 
 def test_process_cmdline_of_a_missing_process_is_none():
-    assert processes.process_cmdline(2 ** 22 + 1) is None
-    assert "pytest" in (processes.process_cmdline(__import__("os").getpid()) or "")
+    assert hostlib.process_cmdline(2 ** 22 + 1) is None
+    assert "pytest" in (hostlib.process_cmdline(__import__("os").getpid()) or "")
 
 
 def test_the_production_shaped_host_is_what_init_writes_but_its_address_and_sudo_user():
