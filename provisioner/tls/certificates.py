@@ -42,7 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import josepy as jose
 import requests
@@ -70,6 +70,7 @@ from ..registry.models import (
 from ..safety.secrets import read_secret_file
 from ..site import render as site
 from . import ratelimit
+from .names import name_matches
 
 ORDER_TIMEOUT = 90.0  # seconds for one order: validation, finalization, download
 # Seconds between polls of an authorization or order: the first after about a second,
@@ -125,18 +126,6 @@ def installed_certs(facts: HostFacts) -> dict[Path, CertInfo | None]:
     return {path: cert_info(pem.encode()) if pem else None for path, pem in facts.certs.items()}
 
 
-def name_covered(name: str, cert_names: Iterable[str]) -> bool:
-    """True when a certificate name matches ``name`` (a wildcard covers one label)."""
-    name = name.lower().rstrip(".")
-    for pattern in (n.lower().rstrip(".") for n in cert_names):
-        if pattern == name:
-            return True
-        if pattern.startswith("*.") and name.count(".") == pattern.count(".") \
-                and name.split(".", 1)[1] == pattern[2:]:
-            return True
-    return False
-
-
 # =========================================================================== renewal decisions (pure)
 
 
@@ -158,7 +147,7 @@ def decide(cert: CertInfo | None, names: Sequence[str], now: dt.datetime,
     """Whether a certificate for ``names`` must be ordered, renewed or kept."""
     if cert is None:
         return CertDecision("order", "no certificate installed")
-    missing = [n for n in names if not name_covered(n, cert.names)]
+    missing = [n for n in names if not name_matches(n, cert.names)]
     if missing:
         return CertDecision("renew", f"does not cover {', '.join(missing)}")
     if cert.not_after <= now:

@@ -30,7 +30,7 @@ import functools
 import re
 import ssl
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
@@ -250,7 +250,7 @@ class Site:
             self.handshake = handshake_of(transport.get_extra_info("ssl_object"),
                                           self._chain_problem)
 
-    def _failure(self, target: str, exc: Exception) -> ProbeFailure:
+    def _failure(self, target: str, exc: Exception, method: str = "GET") -> ProbeFailure:
         where, timeout = self.where, self.client.timeout
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             return ProbeFailure(Status.FAIL, f"{where}: handshake failed: "
@@ -266,21 +266,22 @@ class Site:
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return ProbeFailure(Status.ERROR, f"{where}: no connection within {timeout:g}s")
         if isinstance(exc, aiohttp.SocketTimeoutError):
-            return ProbeFailure(Status.ERROR, f"GET {target}: no answer within {timeout:g}s")
+            return ProbeFailure(Status.ERROR, f"{method} {target}: no answer within {timeout:g}s")
         if isinstance(exc, TimeoutError):
-            return ProbeFailure(Status.ERROR, f"GET {target}: the answer took longer than "
+            return ProbeFailure(Status.ERROR, f"{method} {target}: the answer took longer than "
                                               f"{2 * timeout:g}s")
         if isinstance(exc, aiohttp.ServerDisconnectedError) or (  # nginx's "return 444"
                 isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET):
-            return ProbeFailure(Status.FAIL, f"GET {target}: the server closed the connection "
+            return ProbeFailure(Status.FAIL, f"{method} {target}: the server closed the connection "
                                              "without an answer")
         if isinstance(exc, aiohttp.ClientPayloadError):
-            return ProbeFailure(Status.ERROR, f"GET {target}: the body could not be read "
+            return ProbeFailure(Status.ERROR, f"{method} {target}: the body could not be read "
                                               f"({shown(str(exc))})")
         if isinstance(exc, aiohttp.ClientResponseError):
-            return ProbeFailure(Status.ERROR, f"GET {target}: not an HTTP answer "
+            return ProbeFailure(Status.ERROR, f"{method} {target}: not an HTTP answer "
                                               f"({shown(exc.message)})")
-        return ProbeFailure(Status.ERROR, f"GET {target}: {shown(str(exc) or type(exc).__name__)}")
+        return ProbeFailure(Status.ERROR,
+                            f"{method} {target}: {shown(str(exc) or type(exc).__name__)}")
 
     async def get_following(self, target: str) -> tuple[str, Response]:
         """GET, following redirects that stay on this site (https://name/ -> /beranda/).
@@ -435,3 +436,36 @@ def content_result(response: Response, page: PageAnalysis, rules: ScoringRules) 
         return result("https.content", Status.FAIL, f"{reason} (title {page.title!r})")
     return result("https.content", Status.PASS,
                   f"{page.text_chars} letters of content, title {page.title!r}")
+
+
+# =========================================================================== one request
+
+def request_once(method: str, url: str, *, timeout: float,
+                 ssl_context: ssl.SSLContext | None = None, json: Any = None,
+                 headers: Mapping[str, str] | None = None) -> Response:
+    """One request outside a sweep (the TLS guardrails, the lab's probes), in an event
+    loop and session of its own, with the verifier's caps (headers, MAX_BODY) and no
+    redirect followed: the answer, whatever its status, or a ProbeFailure in the
+    verifier's words. ``ssl_context``: the trust for https:// (default: the system's);
+    ``headers`` may name another Host than the URL's."""
+    return asyncio.run(_request_once(method, url, timeout, ssl_context, json, headers or {}))
+
+
+async def _request_once(method: str, url: str, timeout: float,
+                        ssl_context: ssl.SSLContext | None, json: Any,
+                        headers: Mapping[str, str]) -> Response:
+    context = ssl_context or ssl.create_default_context()
+    client = HttpClient(TlsContexts(context, context), timeout)
+    parts = urlsplit(url)
+    site = client.site(url, parts.hostname or "", parts.hostname or "")
+    target = _path_of(url)
+    try:
+        answer = await client.session.request(
+            method, url, headers={**client.headers, **headers}, json=json,
+            allow_redirects=False, ssl=context if site.https else True)
+        async with answer:
+            return await _read(answer)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        raise site._failure(target, exc, method) from None
+    finally:
+        await client.close()

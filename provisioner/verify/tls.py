@@ -20,7 +20,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from ..errors import InputError, Problem
-from .model import CertInfo, CheckResult, Status, ip_literal, result
+from ..tls.names import name_matches
+from .model import CertInfo, CheckResult, Status, result
 
 WARN_DAYS = 21
 FAIL_DAYS = 7
@@ -91,21 +92,6 @@ def parse_certificate(der: bytes) -> CertFacts:
 def _common_name(name: x509.Name) -> str | None:
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(values[0].value) if values else None
-
-
-def name_matches(name: str, cert_names: tuple[str, ...]) -> bool:
-    """RFC 6125: exact match, or a wildcard standing for exactly the leftmost label."""
-    name = name.lower().rstrip(".")
-    if ip_literal(name) is not None:
-        return name in cert_names
-    for pattern in cert_names:
-        if pattern == name:
-            return True
-        if pattern.startswith("*.") and "." in name:
-            label, rest = name.split(".", 1)
-            if label and rest == pattern[2:] and rest.count(".") >= 1:
-                return True
-    return False
 
 
 # =========================================================================== handshake

@@ -65,22 +65,6 @@ def test_decide(current, names, days, action, reason):
     assert tls.decide(current, names, NOW, days) == tls.CertDecision(action, reason, renewal)
 
 
-# --------------------------------------------------------------------------- name matching
-
-@pytest.mark.parametrize("name,cert_names,covered", [
-    ("dinkes.paserkab.go.id", ["dinkes.paserkab.go.id"], True),
-    ("DINKES.paserkab.go.id.", ["dinkes.paserkab.go.id"], True),
-    ("dinkes.paserkab.go.id", ["*.paserkab.go.id"], True),
-    ("a.dinkes.paserkab.go.id", ["*.paserkab.go.id"], False),  # one label only
-    ("paserkab.go.id", ["*.paserkab.go.id"], False),
-    ("dinkes.paserkab.go.id", ["*.go.id"], False),
-    ("dinkes.paserkab.go.id", [], False),
-    ("*.paserkab.go.id", ["*.paserkab.go.id"], True),
-])
-def test_name_covered(name, cert_names, covered):
-    assert tls.name_covered(name, cert_names) is covered
-
-
 # --------------------------------------------------------------------------- cert_info
 
 def _pem(names: list[str], serial: int) -> bytes:
