@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from ..dns.client import load_tsig_key
 from ..errors import HostError, LabError
 from ..hosts.agent import HostClient, host_agent
 from ..registry.models import Host
+from ..verify.http import request_once
+from ..verify.tls import ProbeFailure
 from .keys import merge_roots, write_file
 from .loopback import ensure_addresses, remove_addresses
 from .prepare import LabFiles
@@ -171,19 +171,25 @@ class Lab(LabFiles):
         """Fetch Pebble's issuing root (new at every start) into trust_roots[0]."""
         base = f"https://{self.lab.acme}:{PEBBLE_MANAGEMENT_PORT}"
         context = ssl.create_default_context(cafile=str(self.acme_ca_file))
-        try:
-            root = httpx.get(f"{base}/roots/0", verify=context, timeout=5)
-            intermediate = httpx.get(f"{base}/intermediates/0", verify=context, timeout=5)
-            root.raise_for_status()
-            intermediate.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise LabError("acme", f"cannot fetch Pebble's roots from {base}: {exc}") from None
-        write_file(self.paths.pebble_intermediates, intermediate.text)
-        write_file(self.paths.pebble_dir / "root.pem", root.text)
+        root = _fetch_pem(f"{base}/roots/0", context)
+        intermediate = _fetch_pem(f"{base}/intermediates/0", context)
+        write_file(self.paths.pebble_intermediates, intermediate)
+        write_file(self.paths.pebble_dir / "root.pem", root)
         if self.settings.trust_roots:
             target = self.settings.trust_roots[0]
             existing = target.read_text() if target.exists() else ""
-            write_file(target, merge_roots(root.text, existing))
+            write_file(target, merge_roots(root, existing))
+
+
+def _fetch_pem(url: str, context: ssl.SSLContext) -> str:
+    """A PEM file from Pebble's management API (its roots and intermediates)."""
+    try:
+        response = request_once("GET", url, ssl_context=context, timeout=5)
+    except ProbeFailure as exc:
+        raise LabError("acme", f"cannot fetch Pebble's roots: {exc}") from None
+    if response.status != 200:
+        raise LabError("acme", f"cannot fetch Pebble's roots: GET {url}: HTTP {response.status}")
+    return response.body.decode()
 
 
 def _empty_dir(path: Path) -> int:

@@ -3,6 +3,7 @@ ACME directory."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
-import httpx
+
+from ..verify.http import request_once
+from ..verify.tls import ProbeFailure
 
 # A server that is still starting does not answer (UDP: no error at all): probe briefly
 # and often while waiting, patiently for 'lab status'.
@@ -66,11 +69,11 @@ def probe_tcp(address: str, ports: Iterable[int], timeout: float = 1.0) -> Probe
 def probe_acme(url: str, ca_file: Path, timeout: float = 2.0) -> Probe:
     try:
         context = ssl.create_default_context(cafile=str(ca_file))
-        response = httpx.get(url, verify=context, timeout=timeout)
-        directory = response.json() if response.status_code == 200 else {}
-    except (OSError, ssl.SSLError, httpx.HTTPError, ValueError) as exc:
+        response = request_once("GET", url, ssl_context=context, timeout=timeout)
+        directory = json.loads(response.body) if response.status == 200 else {}
+    except (OSError, ssl.SSLError, ProbeFailure, ValueError) as exc:
         return Probe(False, f"{exc.__class__.__name__}: {exc}")
     if "newNonce" in directory:
         return Probe(True, "directory answers")
-    return Probe(False, f"HTTP {response.status_code}, no ACME directory")
+    return Probe(False, f"HTTP {response.status}, no ACME directory")
 
