@@ -158,9 +158,15 @@ def none_if_absent(exc):
     raise exc
 
 
-def _own_folder(path):
-    """The folder of ``path`` (``.`` for a bare file name): the trusted root by default."""
-    return os.path.dirname(path) or "."
+@contextlib.contextmanager
+def parent_folder(path, root=None, create=False):
+    """(descriptor of the folder that holds ``path``, the file's name): the folders between
+    the trusted ``root`` (default: the file's own folder) and the file are walked without
+    following a symlink, and created when ``create``; ValueError unless below ``root``."""
+    root = root or os.path.dirname(path) or "."
+    parents, name = below_root(path, root)
+    with folder(root, parents, create) as parent:
+        yield parent, name
 
 
 # =========================================================================== reading
@@ -216,10 +222,8 @@ def read_below(dir_fd, rel):
 def read_file(path, root=None):
     """(content, stat) of the regular file ``path`` below the trusted ``root`` (default:
     its own folder); None when absent."""
-    root = root or _own_folder(path)
-    parents, name = below_root(path, root)
     try:
-        with folder(root, parents) as parent:
+        with parent_folder(path, root) as (parent, name):
             return read_at(parent, name)
     except OSError as exc:
         return none_if_absent(exc)
@@ -268,9 +272,7 @@ def write_atomic(path, data, mode=FILE_MODE, root=None, mtime=None, create=True,
     The folders between the trusted ``root`` (default: the file's own folder) and the file
     are never followed; they and ``root`` are created (0755) when ``create``. With
     ``sync_folder`` the rename itself is made durable (fsync of the folder)."""
-    root = root or _own_folder(path)
-    parents, name = below_root(path, root)
-    with folder(root, parents, create=create) as parent:
+    with parent_folder(path, root, create) as (parent, name):
         write_at(parent, name, data, mode, mtime)
         if sync_folder:
             os.fsync(parent)
@@ -286,10 +288,8 @@ def unlink_at(dir_fd, name):
 
 def remove_file(path, root=None):
     """Remove ``path`` (folders below ``root`` never followed); False when absent."""
-    root = root or _own_folder(path)
-    parents, name = below_root(path, root)
     try:
-        with folder(root, parents) as parent:
+        with parent_folder(path, root) as (parent, name):
             return unlink_at(parent, name)
     except OSError as exc:
         return bool(none_if_absent(exc))
