@@ -108,7 +108,6 @@ nginx_tests:
 """
 
 BUNDLE_SCHEMA = "provisioner/bundle/v1"
-MANIFEST_SCHEMA = "provisioner/site-manifest/v1"
 NGINX_TIMEOUT = 60
 RELOAD_SETTLE = 10.0  # seconds the master gets to retire the workers of the old config
 ACCEPTING_WORKER = "nginx: worker process"  # a retiring worker's title adds "is shutting down"
@@ -124,12 +123,8 @@ def parse_manifest(data):
     if data is None:
         return None
     try:
-        document = json.loads(data)
-        files = document["files"]
-        if document.get("schema") != MANIFEST_SCHEMA or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-            return None
-    except (ValueError, KeyError, TypeError, AttributeError):
+        files = hostlib.manifest_files(data)
+    except ValueError:
         return None
     for rel in files:
         try:
@@ -190,17 +185,7 @@ def apply_site_files(site_fd, files, manifest_path):
 
 # =========================================================================== owned files
 
-OWNED_MARK = b"# provisioner-sha256: "  # provisioner.site.render.owned_file writes it
 MAX_DRIFT_SHOWN = 1 << 16  # bytes of a hand-edited vhost sent back for plan's diff
-
-
-def owned_state(data):
-    """"intact" for a file we own as we wrote it, "drift" for one we own that was changed
-    by hand since, None for anything else (no mark in its first line: not ours)."""
-    if data is None or not data.startswith(OWNED_MARK):
-        return None
-    mark, _newline, body = data.partition(b"\n")
-    return "intact" if mark[len(OWNED_MARK):] == hostlib.sha256_hex(body).encode() else "drift"
 
 
 def keep_aside(folder_path, prefix, data, now):
@@ -218,7 +203,7 @@ def drifted_vhosts(sites_dir):
         with hostlib.folder(sites_dir) as dir_fd:
             for name in sorted(os.listdir(dir_fd)):
                 content = hostlib.read_at(dir_fd, name)
-                if content is not None and owned_state(content[0]) == "drift":
+                if content is not None and hostlib.owned_state(content[0]) == "drift":
                     found.append(os.path.join(sites_dir, name))
     except OSError as exc:
         hostlib.none_if_absent(exc)
@@ -325,7 +310,7 @@ class VhostTransaction:
     touched; a rejected file is restored to its previous content (or removed when it
     is new) and kept aside in ``rejected_dir``.
 
-    A vhost of ours changed by hand since we wrote it (drift, ``owned_state``) is moved
+    A vhost of ours changed by hand since we wrote it (drift, ``hostlib.owned_state``) is moved
     aside into ``rejected_dir`` (``<slug>.conf.drift-<UTC time>``) before anything is
     tested, and counts as absent: the hand-edited file, broken or not, can no longer keep
     its own agency's repair from passing ``nginx -t``.
@@ -339,7 +324,7 @@ class VhostTransaction:
         self.new = {slug: new for slug, (_path, new) in vhosts.items()}
         self.old = {slug: hostlib.read_bytes(path) for slug, path in self.paths.items()}
         self.drifted = {slug: old for slug, old in self.old.items()
-                        if owned_state(old) == "drift"}
+                        if hostlib.owned_state(old) == "drift"}
         self.old.update(dict.fromkeys(self.drifted))
         self.changed = sorted(slug for slug in vhosts if self.old[slug] != self.new[slug])
         self.installed = set()
@@ -717,7 +702,7 @@ def op_facts(request):
         agencies[entry["slug"]] = {
             "vhost_sha256": hostlib.sha256_hex(vhost) if vhost is not None else None,
             "vhost_drift": vhost[:MAX_DRIFT_SHOWN].decode("utf-8", "replace")
-            if owned_state(vhost) == "drift" else None,
+            if hostlib.owned_state(vhost) == "drift" else None,
             "deployed": deployed,
             "current": current,
         }

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import posixpath
 import stat
@@ -296,6 +297,40 @@ def remove_file(path, root=None):
 
 
 # =========================================================================== site files
+
+MANIFEST_SCHEMA = "provisioner/site-manifest/v1"
+OWNED_MARK = b"# provisioner-sha256: "
+
+
+def manifest_files(data):
+    """The path -> sha256 map of a site manifest (what we generated last time); ValueError
+    when ``data`` is not one."""
+    try:
+        document = json.loads(data)
+        files = document["files"]
+        if document.get("schema") != MANIFEST_SCHEMA or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise ValueError("unexpected schema")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(str(exc)) from None
+    return dict(files)
+
+
+def owned_file(body):
+    """A file the toolkit owns on a host: its first line carries the sha256 of the rest,
+    so the host agent can tell our file as written (intact), our file changed by hand
+    (drift: restored by the next onboarding) and a file that is not ours (no mark)."""
+    return OWNED_MARK + sha256_hex(body).encode() + b"\n" + body
+
+
+def owned_state(data):
+    """"intact" for a file we own as we wrote it, "drift" for one we own that was changed
+    by hand since, None for anything else (no mark in its first line: not ours)."""
+    if data is None or not data.startswith(OWNED_MARK):
+        return None
+    mark, _newline, body = data.partition(b"\n")
+    return "intact" if mark[len(OWNED_MARK):] == sha256_hex(body).encode() else "drift"
+
 
 def plan_site_files(new_hashes, deployed, current, manifest_path):
     """path -> (action, reason): what a deploy does to each file of one agency's site.
