@@ -18,11 +18,13 @@ this file: Ansible packs it as ``ansible.module_utils.hostlib`` (``ANSIBLE_MODUL
 set by provisioner/hosts/ansible.py), and agent.py sends its source first and makes it
 importable as ``hostlib`` (so does ``agent.host_agent`` on the controller).
 
-Why one file of this size (and not a package): it is one program shipped whole. Ansible
-runs a module as one file plus the module_utils it imports, and the SSH agent is started
-from its source on stdin; everything in it is the host's half of a controller operation
-(the vhost transaction, site files, offboarding and restore, content access), reached
-through ``OPERATIONS`` or ``main``. What is shared with the controller lives in hostlib.
+Why one file of about 1,100 lines: it is one program, shipped whole to every host.
+Ansible runs a module as one file plus the module_utils it imports, and the SSH agent
+starts from sources sent on stdin; every further file would be one more thing both ways
+of shipping must list, for no sharing gained, since nothing below runs anywhere but on a
+host: the host's half of each controller operation (the vhost transaction, site files,
+offboarding and restore, content access), reached through ``OPERATIONS`` or ``main``.
+What the controller uses too lives in hostlib.
 
 The vhost transaction ("never break a neighbour"): changed vhost files are swapped
 in, ``nginx -t`` tests the whole config, and on failure the batch is bisected to find
@@ -134,7 +136,7 @@ def parse_manifest(data):
             raise ValueError("the deployed manifest names a path outside the site: %r (edited "
                              "by hand? remove the manifest and deploy again)" % rel[:100]) \
                 from None
-    return dict(files)
+    return files
 
 
 def site_state_at(site_fd, paths, manifest_path):
