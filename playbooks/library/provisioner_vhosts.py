@@ -18,11 +18,13 @@ this file: Ansible packs it as ``ansible.module_utils.hostlib`` (``ANSIBLE_MODUL
 set by provisioner/hosts/ansible.py), and agent.py sends its source first and makes it
 importable as ``hostlib`` (so does ``agent.host_agent`` on the controller).
 
-Why one file of this size (and not a package): it is one program shipped whole. Ansible
-runs a module as one file plus the module_utils it imports, and the SSH agent is started
-from its source on stdin; everything in it is the host's half of a controller operation
-(the vhost transaction, site files, offboarding and restore, content access), reached
-through ``OPERATIONS`` or ``main``. What is shared with the controller lives in hostlib.
+Why one file of about 1,100 lines: it is one program, shipped whole to every host.
+Ansible runs a module as one file plus the module_utils it imports, and the SSH agent
+starts from sources sent on stdin; every further file would be one more thing both ways
+of shipping must list, for no sharing gained, since nothing below runs anywhere but on a
+host: the host's half of each controller operation (the vhost transaction, site files,
+offboarding and restore, content access), reached through ``OPERATIONS`` or ``main``.
+What the controller uses too lives in hostlib.
 
 The vhost transaction ("never break a neighbour"): changed vhost files are swapped
 in, ``nginx -t`` tests the whole config, and on failure the batch is bisected to find
@@ -108,7 +110,6 @@ nginx_tests:
 """
 
 BUNDLE_SCHEMA = "provisioner/bundle/v1"
-MANIFEST_SCHEMA = "provisioner/site-manifest/v1"
 NGINX_TIMEOUT = 60
 RELOAD_SETTLE = 10.0  # seconds the master gets to retire the workers of the old config
 ACCEPTING_WORKER = "nginx: worker process"  # a retiring worker's title adds "is shutting down"
@@ -124,12 +125,8 @@ def parse_manifest(data):
     if data is None:
         return None
     try:
-        document = json.loads(data)
-        files = document["files"]
-        if document.get("schema") != MANIFEST_SCHEMA or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-            return None
-    except (ValueError, KeyError, TypeError, AttributeError):
+        files = hostlib.manifest_files(data)
+    except ValueError:
         return None
     for rel in files:
         try:
@@ -139,7 +136,7 @@ def parse_manifest(data):
             raise ValueError("the deployed manifest names a path outside the site: %r (edited "
                              "by hand? remove the manifest and deploy again)" % rel[:100]) \
                 from None
-    return dict(files)
+    return files
 
 
 def site_state_at(site_fd, paths, manifest_path):
@@ -190,17 +187,7 @@ def apply_site_files(site_fd, files, manifest_path):
 
 # =========================================================================== owned files
 
-OWNED_MARK = b"# provisioner-sha256: "  # provisioner.site.render.owned_file writes it
 MAX_DRIFT_SHOWN = 1 << 16  # bytes of a hand-edited vhost sent back for plan's diff
-
-
-def owned_state(data):
-    """"intact" for a file we own as we wrote it, "drift" for one we own that was changed
-    by hand since, None for anything else (no mark in its first line: not ours)."""
-    if data is None or not data.startswith(OWNED_MARK):
-        return None
-    mark, _newline, body = data.partition(b"\n")
-    return "intact" if mark[len(OWNED_MARK):] == hostlib.sha256_hex(body).encode() else "drift"
 
 
 def keep_aside(folder_path, prefix, data, now):
@@ -218,7 +205,7 @@ def drifted_vhosts(sites_dir):
         with hostlib.folder(sites_dir) as dir_fd:
             for name in sorted(os.listdir(dir_fd)):
                 content = hostlib.read_at(dir_fd, name)
-                if content is not None and owned_state(content[0]) == "drift":
+                if content is not None and hostlib.owned_state(content[0]) == "drift":
                     found.append(os.path.join(sites_dir, name))
     except OSError as exc:
         hostlib.none_if_absent(exc)
@@ -325,7 +312,7 @@ class VhostTransaction:
     touched; a rejected file is restored to its previous content (or removed when it
     is new) and kept aside in ``rejected_dir``.
 
-    A vhost of ours changed by hand since we wrote it (drift, ``owned_state``) is moved
+    A vhost of ours changed by hand since we wrote it (drift, ``hostlib.owned_state``) is moved
     aside into ``rejected_dir`` (``<slug>.conf.drift-<UTC time>``) before anything is
     tested, and counts as absent: the hand-edited file, broken or not, can no longer keep
     its own agency's repair from passing ``nginx -t``.
@@ -339,7 +326,7 @@ class VhostTransaction:
         self.new = {slug: new for slug, (_path, new) in vhosts.items()}
         self.old = {slug: hostlib.read_bytes(path) for slug, path in self.paths.items()}
         self.drifted = {slug: old for slug, old in self.old.items()
-                        if owned_state(old) == "drift"}
+                        if hostlib.owned_state(old) == "drift"}
         self.old.update(dict.fromkeys(self.drifted))
         self.changed = sorted(slug for slug in vhosts if self.old[slug] != self.new[slug])
         self.installed = set()
@@ -717,7 +704,7 @@ def op_facts(request):
         agencies[entry["slug"]] = {
             "vhost_sha256": hostlib.sha256_hex(vhost) if vhost is not None else None,
             "vhost_drift": vhost[:MAX_DRIFT_SHOWN].decode("utf-8", "replace")
-            if owned_state(vhost) == "drift" else None,
+            if hostlib.owned_state(vhost) == "drift" else None,
             "deployed": deployed,
             "current": current,
         }

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import posixpath
 import stat
@@ -158,9 +159,15 @@ def none_if_absent(exc):
     raise exc
 
 
-def _own_folder(path):
-    """The folder of ``path`` (``.`` for a bare file name): the trusted root by default."""
-    return os.path.dirname(path) or "."
+@contextlib.contextmanager
+def parent_folder(path, root=None, create=False):
+    """(descriptor of the folder that holds ``path``, the file's name): the folders between
+    the trusted ``root`` (default: the file's own folder) and the file are walked without
+    following a symlink, and created when ``create``; ValueError unless below ``root``."""
+    root = root or os.path.dirname(path) or "."
+    parents, name = below_root(path, root)
+    with folder(root, parents, create) as parent:
+        yield parent, name
 
 
 # =========================================================================== reading
@@ -216,10 +223,8 @@ def read_below(dir_fd, rel):
 def read_file(path, root=None):
     """(content, stat) of the regular file ``path`` below the trusted ``root`` (default:
     its own folder); None when absent."""
-    root = root or _own_folder(path)
-    parents, name = below_root(path, root)
     try:
-        with folder(root, parents) as parent:
+        with parent_folder(path, root) as (parent, name):
             return read_at(parent, name)
     except OSError as exc:
         return none_if_absent(exc)
@@ -268,9 +273,7 @@ def write_atomic(path, data, mode=FILE_MODE, root=None, mtime=None, create=True,
     The folders between the trusted ``root`` (default: the file's own folder) and the file
     are never followed; they and ``root`` are created (0755) when ``create``. With
     ``sync_folder`` the rename itself is made durable (fsync of the folder)."""
-    root = root or _own_folder(path)
-    parents, name = below_root(path, root)
-    with folder(root, parents, create=create) as parent:
+    with parent_folder(path, root, create) as (parent, name):
         write_at(parent, name, data, mode, mtime)
         if sync_folder:
             os.fsync(parent)
@@ -286,16 +289,48 @@ def unlink_at(dir_fd, name):
 
 def remove_file(path, root=None):
     """Remove ``path`` (folders below ``root`` never followed); False when absent."""
-    root = root or _own_folder(path)
-    parents, name = below_root(path, root)
     try:
-        with folder(root, parents) as parent:
+        with parent_folder(path, root) as (parent, name):
             return unlink_at(parent, name)
     except OSError as exc:
         return bool(none_if_absent(exc))
 
 
 # =========================================================================== site files
+
+MANIFEST_SCHEMA = "provisioner/site-manifest/v1"
+OWNED_MARK = b"# provisioner-sha256: "
+
+
+def manifest_files(data):
+    """The path -> sha256 map of a site manifest (what we generated last time); ValueError
+    when ``data`` is not one."""
+    try:
+        document = json.loads(data)
+        files = document["files"]
+        if document.get("schema") != MANIFEST_SCHEMA or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise ValueError("unexpected schema")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(str(exc)) from None
+    return dict(files)
+
+
+def owned_file(body):
+    """A file the toolkit owns on a host: its first line carries the sha256 of the rest,
+    so the host agent can tell our file as written (intact), our file changed by hand
+    (drift: restored by the next onboarding) and a file that is not ours (no mark)."""
+    return OWNED_MARK + sha256_hex(body).encode() + b"\n" + body
+
+
+def owned_state(data):
+    """"intact" for a file we own as we wrote it, "drift" for one we own that was changed
+    by hand since, None for anything else (no mark in its first line: not ours)."""
+    if data is None or not data.startswith(OWNED_MARK):
+        return None
+    mark, _newline, body = data.partition(b"\n")
+    return "intact" if mark[len(OWNED_MARK):] == sha256_hex(body).encode() else "drift"
+
 
 def plan_site_files(new_hashes, deployed, current, manifest_path):
     """path -> (action, reason): what a deploy does to each file of one agency's site.

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import BackupError, ProvisionerError, UsageError
+from ..hosts import hostlib
 from ..hosts.agent import SiteSnapshot
 from ..registry.models import Agency, Inventory
 from ..safety import audit
@@ -97,16 +98,6 @@ def _inside(folder: Path, rel: str) -> Path:
     return folder.joinpath(*parts)
 
 
-def _write_member(path: Path, data: bytes, mode: int, mtime: float) -> None:
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.unlink(missing_ok=True)
-    tmp.write_bytes(data)
-    tmp.chmod(mode)
-    os.utime(tmp, (mtime, mtime))
-    os.replace(tmp, path)
-
-
 def stage_site(folder: Path, manifest: Mapping[str, Any], files: Mapping[str, bytes],
                vhost: bytes | None) -> None:
     """Lay the site out in ``folder`` as an archive's members; a file the previous staging
@@ -119,16 +110,17 @@ def stage_site(folder: Path, manifest: Mapping[str, Any], files: Mapping[str, by
         wanted.add(path)
         if previous.get(rel) == entry and path.is_file():
             continue
-        _write_member(path, files[rel], entry["mode"], entry["mtime"])
+        hostlib.write_atomic(path, files[rel], entry["mode"], mtime=entry["mtime"])
     vhost_path = folder / offboard.VHOST_PREFIX.rstrip("/") / f"{manifest['agency']}.conf"
     if vhost is not None:
         wanted.add(vhost_path)
     if vhost is not None and (staged.get("vhost") != manifest["vhost"] or not vhost_path.is_file()):
-        _write_member(vhost_path, vhost, manifest["vhost"]["mode"], manifest["vhost"]["mtime"])
+        hostlib.write_atomic(vhost_path, vhost, manifest["vhost"]["mode"],
+                             mtime=manifest["vhost"]["mtime"])
     _remove_unwanted(folder, wanted | {folder / offboard.MANIFEST_MEMBER})
-    _write_member(folder / offboard.MANIFEST_MEMBER,
-                  json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n", 0o600,
-                  dt.datetime.now(dt.timezone.utc).timestamp())
+    hostlib.write_atomic(folder / offboard.MANIFEST_MEMBER,
+                         json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n",
+                         0o600, mtime=dt.datetime.now(dt.timezone.utc).timestamp())
 
 
 def _remove_unwanted(folder: Path, wanted: set[Path]) -> None:

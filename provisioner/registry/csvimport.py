@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from ..errors import InputError, Problem
+from ..hosts import hostlib
 from .load import LABEL_RE, validate_agency_data
 from .models import DELIVERY_COMPONENTS, MANAGEMENT_COMPONENTS, Inventory
 
@@ -243,11 +244,8 @@ def plan_import(inventory: Inventory, agencies: list[Incoming], *, source: str,
 def apply_plan(result: ImportResult) -> ImportResult:
     """Write the planned changes (each file replaced atomically, its mode kept)."""
     for change in result.changes:
-        tmp = change.path.with_name(f".{change.path.name}.import-tmp")
-        tmp.write_text(change.text, encoding="utf-8")
-        if not change.created:
-            tmp.chmod(change.path.stat().st_mode & 0o7777)
-        tmp.replace(change.path)
+        mode = None if change.created else change.path.stat().st_mode & 0o7777
+        hostlib.write_atomic(change.path, change.text.encode("utf-8"), mode, create=False)
         result.written.append(change.path)
     result.would_write = []
     return result

@@ -16,6 +16,7 @@ nothing, and the cell could not be named as a formula).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import re
 import zipfile
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from openpyxl.worksheet.datavalidation import DataValidation
 from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import InputError, Problem, UsageError
+from ..hosts import hostlib
 from . import yamlsrc
 from .csvimport import Incoming
 from .load import CONTROL_RE
@@ -231,10 +233,10 @@ def export_workbook(inventory: Inventory, agencies: list[Agency], target: Path) 
     guide["A1"].font = Font(bold=True, size=14)
     for name, columns in SHEETS.items():
         _fill_sheet(workbook.create_sheet(name), columns, rows[name], choices)
-    tmp = target.with_name(f".{target.name}.tmp")
+    data = io.BytesIO()
+    workbook.save(data)
     try:
-        workbook.save(tmp)
-        tmp.replace(target)
+        hostlib.write_atomic(target, data.getvalue(), mode=None, create=False)
     except OSError as exc:
         raise UsageError(f"{target}: cannot write: {exc.strerror}") from None
     return {name: len(sheet_rows) for name, sheet_rows in rows.items()}

@@ -27,7 +27,7 @@ import jinja2
 
 from ..errors import RenderError
 from ..hosts import hostlib
-from ..hosts.hostlib import sha256_hex
+from ..hosts.hostlib import MANIFEST_SCHEMA, owned_file, sha256_hex
 from ..paths import TEMPLATES_DIR
 from ..registry.load import LABEL_RE, UNSAFE_RE, URL_RE, is_hostname
 from ..registry.models import (
@@ -43,7 +43,6 @@ from ..registry.models import (
 )
 
 SCHEMA = "provisioner/standar-pelayanan/v1"
-MANIFEST_SCHEMA = "provisioner/site-manifest/v1"
 MANIFEST_PATH = ".provisioner-manifest.json"
 DATA_PATH = "standar-pelayanan.json"
 STATIC_ASSETS = ("assets/situs.css", "assets/logo.svg")
@@ -229,16 +228,11 @@ def manifest_bytes(agency: Agency, files: dict[str, bytes]) -> bytes:
 def parse_manifest(data: bytes, origin: str = MANIFEST_PATH) -> dict[str, str]:
     """The path -> sha256 map of a deployed manifest; RenderError when it is not one."""
     try:
-        document = json.loads(data)
-        files = document["files"]
-        if document.get("schema") != MANIFEST_SCHEMA or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-            raise ValueError("unexpected schema")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return hostlib.manifest_files(data)
+    except ValueError as exc:
         raise RenderError(f"{origin}: not a provisioner site manifest ({exc})",
                           hint="move the file aside; without a manifest every differing "
                                "page is kept as edited") from None
-    return dict(files)
 
 
 Action = Literal["create", "update", "unchanged", "keep-edited", "remove"]
@@ -413,16 +407,6 @@ def render_vhost(agency: Agency, host: Host, settings: Settings, *, tls_ready: b
         "cert": cert_paths(agency, host, settings) if tls_ready else None,
     }
     return owned_file(_nginx_env().get_template("vhost.conf.j2").render(context).encode())
-
-
-OWNED_MARK = b"# provisioner-sha256: "
-
-
-def owned_file(body: bytes) -> bytes:
-    """A file the toolkit owns on a host: its first line carries the sha256 of the rest,
-    so the host agent can tell our file as written (intact), our file changed by hand
-    (drift: restored by the next onboarding) and a file that is not ours (no mark)."""
-    return OWNED_MARK + sha256_hex(body).encode() + b"\n" + body
 
 
 @functools.cache

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import tldextract
 
 from ..errors import ProvisionerError
+from ..hosts import hostlib
 from ..registry.models import LETS_ENCRYPT_LIMITS, RateLimit
 
 CERTIFICATES = "certificates_per_registered_domain"
@@ -299,14 +299,4 @@ def _unreadable(path: Path, exc: Exception) -> ProvisionerError:
 def _write_private(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically with a 0600 file (the mode set before any byte)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with open(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    hostlib.write_atomic(path, data, 0o600)

@@ -133,11 +133,12 @@ def test_a_process_that_does_not_exist():
 
 
 def test_argv_cmdline_exe_and_children_of_a_child():
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "x y"],
-                             stdin=subprocess.PIPE)
+    code = "import sys; print(flush=True); sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code, "x y"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
     try:
-        assert hostlib.process_argv(child.pid) == [sys.executable, "-c",
-                                                   "import sys; sys.stdin.read()", "x y"]
+        child.stdout.readline()  # it runs python now (the exec is done)
+        assert hostlib.process_argv(child.pid) == [sys.executable, "-c", code, "x y"]
         assert hostlib.process_cmdline(child.pid) == " ".join(child.args)
         assert hostlib.process_exe(child.pid) == os.path.realpath(sys.executable)
         assert child.pid in hostlib.children(os.getpid())

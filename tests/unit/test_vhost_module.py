@@ -250,11 +250,11 @@ GARBAGE = b"this line was typed by hand\n"
 
 def test_owned_files_tell_intact_from_drift_from_not_ours():
     ours = site.owned_file(b"server { }\n")
-    assert module.owned_state(ours) == "intact"
-    assert module.owned_state(ours + GARBAGE) == "drift"
-    assert module.owned_state(ours.replace(b"{ }", b"{}")) == "drift"
-    assert module.owned_state(b"server { }\n") is None
-    assert module.owned_state(None) is None
+    assert hostlib.owned_state(ours) == "intact"
+    assert hostlib.owned_state(ours + GARBAGE) == "drift"
+    assert hostlib.owned_state(ours.replace(b"{ }", b"{}")) == "drift"
+    assert hostlib.owned_state(b"server { }\n") is None
+    assert hostlib.owned_state(None) is None
 
 
 def test_a_vhost_of_ours_broken_by_hand_is_restored_and_the_edit_kept_aside(host: Host):

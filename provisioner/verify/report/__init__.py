@@ -6,13 +6,12 @@ jsonl (the source of truth), junit (CI), prom (Prometheus textfile), html (leade
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from ...errors import ProvisionerError
+from ...hosts import hostlib
 
 # What JSON leaves raw with ensure_ascii=False and a terminal would obey: DEL, the C1
 # controls (\x9b is CSI), line and paragraph separators, bidirectional overrides.
@@ -43,15 +42,7 @@ def write_atomic(path: Path, text: str | Iterable[str]) -> None:
             raise ProvisionerError(f"cannot write {path}: {exc.strerror or exc}") from None
         return
     try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.writelines(_pieces(text))
-            os.chmod(temp, 0o644)
-            os.replace(temp, path)
-        except BaseException:
-            os.unlink(temp)
-            raise
+        hostlib.write_atomic(path, "".join(_pieces(text)).encode("utf-8"), 0o644, create=False)
     except OSError as exc:
         raise ProvisionerError(f"cannot write {path}: {exc.strerror or exc}") from None
 
