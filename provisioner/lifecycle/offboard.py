@@ -58,7 +58,9 @@ from ..registry.load import load_inventory
 from ..registry.models import Agency, Host, Inventory
 from ..safety.audit import AuditEntry, AuditLog, current_operator
 from ..site import render as site
-from ..tls import certificates as tls
+from ..tls.acme import AcmeAccount, acme_call
+from ..tls.certs import CertInfo, cert_info, records_dir
+from ..tls.decisions import cert_targets
 from . import access, access_plan
 from . import onboard as onboarding
 
@@ -185,7 +187,7 @@ def _file_entry(f: SiteFile) -> dict[str, Any]:
 
 
 def make_manifest(agency: Agency, host: Host, snapshot: SiteSnapshot,
-                  cert: tls.CertInfo | None, dns_plan: DnsPlan | None, when: dt.datetime,
+                  cert: CertInfo | None, dns_plan: DnsPlan | None, when: dt.datetime,
                   command: str | None) -> dict[str, Any]:
     """What an archive holds and where it came from (every file's hash and mode)."""
     return {
@@ -429,7 +431,7 @@ def archive_change(agency: Agency, snapshot: SiteSnapshot | None, archived: Path
 
 
 def removal_changes(agency: Agency, host: Host | None, snapshot: SiteSnapshot | None,
-                    cert: tls.CertInfo | None, cert_present: bool, shared_cert: bool,
+                    cert: CertInfo | None, cert_present: bool, shared_cert: bool,
                     revoke: bool) -> list[Change]:
     """The vhost, site and certificate rows of an offboarding plan."""
     slug = agency.slug
@@ -494,7 +496,7 @@ class OffboardPlan:
     archive_dir: Path
     snapshot: SiteSnapshot | None
     archived: Path | None  # an intact archive that already holds the host's content
-    cert: tls.CertInfo | None
+    cert: CertInfo | None
     dns: DnsPlan
     plan: Plan
 
@@ -606,17 +608,17 @@ class _LockedRun(onboarding.LockedRun):
 def _own_cert_dir(inventory: Inventory, agency: Agency, host: Host) -> Path | None:
     """The folder of the agency's own certificate; None when it shares a wildcard one.
     (Certificate targets exist only for hosted agencies: asked as if still active.)"""
-    targets = tls.cert_targets(inventory, [replace(agency, offboarded=False)])
+    targets = cert_targets(inventory, [replace(agency, offboarded=False)])
     if not targets or targets[0].key != agency.slug:
         return None
     return site.cert_paths(agency, host, inventory.settings).fullchain.parent
 
 
-def _cert_info(pem: str | None) -> tls.CertInfo | None:
+def _cert_info(pem: str | None) -> CertInfo | None:
     if not pem:
         return None
     try:
-        return tls.cert_info(pem.encode())
+        return cert_info(pem.encode())
     except ProvisionerError:
         return None
 
@@ -630,8 +632,8 @@ def revoke_certificate(inventory: Inventory, pem: str) -> str:
     reported, not raised, and the offboarding goes on.
     """
     cert = x509.load_pem_x509_certificate(pem.encode())
-    account = tls.AcmeAccount(inventory.settings, inventory.state_dir)
-    with tls.acme_call(f"certificate serial {cert.serial_number:x}"):
+    account = AcmeAccount(inventory.settings, inventory.state_dir)
+    with acme_call(f"certificate serial {cert.serial_number:x}"):
         client = account.client()
         try:
             client.revoke(cert, REVOKE_REASON)
@@ -798,7 +800,7 @@ class Offboarding(_LockedRun):
             done.append(revoke_certificate(self.inventory, pem))
         if client.remove_tree(cert_dir, oplan.host.tls_dir) is not None:
             done.append(f"deleted {cert_dir}")
-        record = tls.records_dir(self.inventory.state_dir) / f"{agency.slug}.json"
+        record = records_dir(self.inventory.state_dir) / f"{agency.slug}.json"
         if record.exists():
             record.unlink()
             done.append("controller record removed")

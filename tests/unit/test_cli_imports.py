@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 DEFERRED = (
-    "provisioner.hosts.ansible", "provisioner.hosts.agent", "provisioner.lab.lab", "provisioner.tls.certificates",
+    "provisioner.hosts.ansible", "provisioner.hosts.agent", "provisioner.lab.lab",
+    "provisioner.tls.acme", "provisioner.tls.certs", "provisioner.tls.decisions",
+    "provisioner.tls.issuer", "provisioner.tls.listing", "provisioner.tls.served",
     "provisioner.lifecycle.onboard", "provisioner.lifecycle.offboard", "provisioner.site.render", "provisioner.verify.sweep",
     "provisioner.verify.verifier", "provisioner.verify.history", "provisioner.verify.report", "provisioner.registry.xlsx", "openpyxl",
     "ansible_runner", "paramiko", "acme", "httpx", "requests",
