@@ -45,8 +45,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
-from acme import messages
-from cryptography import x509
 
 from ..dns.client import DEFAULT_PROPAGATION_TIMEOUT, PropagationTimeout
 from ..dns.step import DnsPlan, apply_dns, plan_dns
@@ -58,7 +56,7 @@ from ..registry.load import load_inventory
 from ..registry.models import Agency, Host, Inventory
 from ..safety.audit import AuditEntry, AuditLog, current_operator
 from ..site import render as site
-from ..tls.acme import AcmeAccount, acme_call
+from ..tls.acme import revoke_certificate
 from ..tls.certs import CertInfo, cert_info, records_dir
 from ..tls.decisions import cert_targets
 from . import access, access_plan
@@ -71,8 +69,6 @@ VHOST_PREFIX = "vhost/"
 ARCHIVE_SUFFIX = ".tar.gz"
 CHECKSUM_SUFFIX = ".sha256"
 ARCHIVES_DIR = "archives"
-REVOKE_REASON = 5  # RFC 5280 CRLReason cessationOfOperation: the site is closed
-TRANSIENT_ACME_PROBLEMS = ("serverInternal", "rateLimited", "badNonce")
 OFFBOARD_STEPS = ("archive", "dns", "vhost", "site", "cert", "registry")
 
 Report = Callable[[str], None]
@@ -621,29 +617,6 @@ def _cert_info(pem: str | None) -> CertInfo | None:
         return cert_info(pem.encode())
     except ProvisionerError:
         return None
-
-
-def revoke_certificate(inventory: Inventory, pem: str) -> str:
-    """Revoke a certificate at the ACME CA with the account that ordered it; what happened.
-
-    AcmeError when the CA cannot be reached or fails for now (a re-run tries again). A
-    CA that answers with a final refusal (say, it does not know the certificate: another
-    CA or directory issued it) cannot be asked again with a better outcome: that is
-    reported, not raised, and the offboarding goes on.
-    """
-    cert = x509.load_pem_x509_certificate(pem.encode())
-    account = AcmeAccount(inventory.settings, inventory.state_dir)
-    with acme_call(f"certificate serial {cert.serial_number:x}"):
-        client = account.client()
-        try:
-            client.revoke(cert, REVOKE_REASON)
-        except messages.Error as exc:
-            if exc.code == "alreadyRevoked":
-                return "already revoked"
-            if exc.code in TRANSIENT_ACME_PROBLEMS:
-                raise
-            return f"NOT revoked (the CA refused: {exc.detail or exc.code})"
-    return "revoked"
 
 
 class Offboarding(_LockedRun):

@@ -5,7 +5,7 @@
 * one order: placed with a certificate key (ECDSA P-256, made here, never logged), the
   challenges it asks for, answered, polled, finalized, downloaded (``start_order``,
   ``finish_order``); every order and failed validation goes to the rate-limit ledger;
-* revocation of a certificate with the account that ordered it;
+* revocation of a certificate with the account that ordered it (offboarding);
 * etiquette: authorizations and orders are polled with backoff (``poll``: first after
   about a second, growing, capped, inside the order's deadline) and a ``Retry-After``
   the CA sends is honoured, on polls and on 429/503 refusals (``PatientNetwork``).
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import AcmeError, ProvisionerError
-from ..registry.models import AcmeSettings, Settings
+from ..registry.models import AcmeSettings, Inventory, Settings
 from ..safety.secrets import read_secret_file
 from . import ratelimit
 from .certs import CertTarget
@@ -48,6 +48,8 @@ POLL_FIRST, POLL_GROWTH, POLL_MAX = 1.0, 1.5, 8.0
 # A CA that answers 429 or 503 with a Retry-After this short is asked again (a few times);
 # a longer wait ends the order with the time the CA gave.
 BUSY_WAIT_MAX, BUSY_RETRIES = 30.0, 3
+REVOKE_REASON = 5  # RFC 5280 CRLReason cessationOfOperation: the site is closed
+TRANSIENT_ACME_PROBLEMS = ("serverInternal", "rateLimited", "badNonce")
 USER_AGENT = "provisioner (regency agency hosting)"
 T = TypeVar("T")
 
@@ -383,3 +385,29 @@ def _finalize(client: acme_client.ClientV2, order: messages.OrderResource,
     if body.status == messages.STATUS_INVALID or body.certificate is None:
         raise acme_errors.IssuanceError(body.error or messages.Error(detail="order invalid"))
     return client.net.post(body.certificate, None, new_nonce_url=nonce_url).text.encode()
+
+
+# =========================================================================== revocation
+
+
+def revoke_certificate(inventory: Inventory, pem: str) -> str:
+    """Revoke a certificate at the ACME CA with the account that ordered it; what happened.
+
+    AcmeError when the CA cannot be reached or fails for now (a re-run tries again). A
+    CA that answers with a final refusal (say, it does not know the certificate: another
+    CA or directory issued it) cannot be asked again with a better outcome: that is
+    reported, not raised, and the offboarding goes on.
+    """
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    account = AcmeAccount(inventory.settings, inventory.state_dir)
+    with acme_call(f"certificate serial {cert.serial_number:x}"):
+        client = account.client()
+        try:
+            client.revoke(cert, REVOKE_REASON)
+        except messages.Error as exc:
+            if exc.code == "alreadyRevoked":
+                return "already revoked"
+            if exc.code in TRANSIENT_ACME_PROBLEMS:
+                raise
+            return f"NOT revoked (the CA refused: {exc.detail or exc.code})"
+    return "revoked"
