@@ -49,8 +49,8 @@ import yaml
 from ..dns.client import DEFAULT_PROPAGATION_TIMEOUT, PropagationTimeout
 from ..dns.step import DnsPlan, apply_dns, plan_dns
 from ..errors import ProvisionerError, SafetyError, UsageError
-from ..hosts import ansible
-from ..hosts.agent import HostClient, SiteFile, SiteSnapshot, host_agent
+from ..hosts import ansible, hostlib
+from ..hosts.agent import HostClient, SiteFile, SiteSnapshot
 from ..plan import Change, Outcome, Plan
 from ..registry.load import load_inventory
 from ..registry.models import Agency, Host, Inventory
@@ -173,8 +173,7 @@ def parse_checksum(text: str, name: str) -> str | None:
 
 def archived_mode(mode: int, *, folder: bool = False) -> int:
     """The mode an archive records and a restore sets (the host agent's one rule)."""
-    agent = host_agent()
-    return agent.dir_mode(mode) if folder else agent.file_mode(mode)
+    return hostlib.dir_mode(mode) if folder else hostlib.file_mode(mode)
 
 
 def _file_entry(f: SiteFile) -> dict[str, Any]:
