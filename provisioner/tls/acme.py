@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import email.utils
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import AcmeError, ProvisionerError
 from ..registry.models import AcmeSettings, Inventory, Settings
-from ..safety.secrets import read_secret_file
+from ..safety.secrets import read_secret_file, write_private_file
 from . import ratelimit
 from .certs import CertTarget
 
@@ -66,17 +65,6 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    """Create a 0600 file (mode set before any byte is written)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(fd, "wb") as handle:
-        handle.write(data)
-    tmp.replace(path)
-
-
 # =========================================================================== ACME account
 
 
@@ -103,7 +91,7 @@ class AcmeAccount:
     def jwk(self) -> jose.JWKEC:
         if self._jwk is None:
             if not self.key_file.exists():
-                _write_secret(self.key_file, key_pem(new_private_key()))
+                write_private_file(self.key_file, key_pem(new_private_key()))
             pem = read_secret_file(self.key_file, "ACME account key")
             key = serialization.load_pem_private_key(pem, password=None)
             self._jwk = jose.JWKEC(key=key)
@@ -132,7 +120,7 @@ class AcmeAccount:
             except acme_errors.ConflictError as exc:
                 regr = messages.RegistrationResource(uri=exc.location, body=registration)
         self._regr = regr
-        _write_secret(self.registration_file, (json.dumps(
+        write_private_file(self.registration_file, (json.dumps(
             {"directory": self.directory_url, "uri": regr.uri,
              "contact": list(regr.body.contact)}, indent=2) + "\n").encode())
 

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from ..errors import ProvisionerError
+from ..hosts import hostlib
 
 # =========================================================================== certificate facts
 
@@ -122,9 +123,7 @@ def write_record(state_dir: Path, record: CertRecord) -> Path:
     folder = records_dir(state_dir)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{record.key}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
-    tmp.replace(path)
+    hostlib.write_atomic(path, (json.dumps(asdict(record), indent=2) + "\n").encode(), None)
     return path
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import tldextract
 
 from ..errors import ProvisionerError
 from ..registry.models import LETS_ENCRYPT_LIMITS, RateLimit
+from ..safety.secrets import write_private_file
 
 CERTIFICATES = "certificates_per_registered_domain"
 ORDERS = "new_orders_per_account"
@@ -283,7 +283,7 @@ class Ledger:
         text = json.dumps({"version": LEDGER_VERSION, "events": [
             {"ca": ca, "kind": e.kind, "key": e.key, "at": e.at.isoformat(timespec="seconds")}
             for ca, e in self._all]}, indent=1) + "\n"
-        _write_private(self.path, text.encode())
+        write_private_file(self.path, text.encode())
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
@@ -294,19 +294,3 @@ def _unreadable(path: Path, exc: Exception) -> ProvisionerError:
     return ProvisionerError(f"{path}: not a rate-limit ledger ({exc})",
                             hint="move it aside; the CA's own limits still apply, so wait a "
                                  "week before ordering many certificates")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with a 0600 file (the mode set before any byte)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with open(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
