@@ -43,7 +43,7 @@ from .dns.client import DnsClient, Prerequisite, UpdateBatch, normalize_name
 from .errors import ProvisionerError
 from .hosts.agent import MIN_FREE_BYTES, HostClient
 from .registry.models import Host, Inventory, Nameserver
-from .tls import certificates as tls
+from .tls.acme import AcmeAccount, existing_account, fetch_directory
 
 STATUSES = ("pass", "warn", "fail", "skip")
 PROBE_NAME = "_provisioner-doctor"  # a name whose TXT the TSIG probe says must exist
@@ -489,7 +489,7 @@ def check_acme(inventory: Inventory) -> list[Check]:
     acme = inventory.settings.acme
     checks = [environment_check(acme.directory, inventory.settings.lab is not None)]
     try:
-        directory = tls.fetch_directory(acme)
+        directory = fetch_directory(acme)
     except ProvisionerError as exc:
         return [*checks, _error_check("acme_directory", acme.directory, exc,
                                       "check acme_directory and that the CA is reachable"),
@@ -503,13 +503,13 @@ def check_acme(inventory: Inventory) -> list[Check]:
 
 def account_check(inventory: Inventory) -> Check:
     acme = inventory.settings.acme
-    key_file = tls.AcmeAccount(inventory.settings, inventory.state_dir).key_file
+    key_file = AcmeAccount(inventory.settings, inventory.state_dir).key_file
     if not key_file.exists():
         return Check("acme_account", acme.directory, "warn",
                      "no account key yet: the first certificate order registers the account",
                      "onboard the first agency (on staging first)")
     try:
-        uri = tls.existing_account(acme, key_file)
+        uri = existing_account(acme, key_file)
     except ProvisionerError as exc:
         return _error_check("acme_account", acme.directory, exc)
     if uri is None:

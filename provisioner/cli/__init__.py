@@ -1227,12 +1227,12 @@ def certs(ctx: typer.Context,
     host really serves from disk. Status: ok, renew due (within --days), missing,
     error (host unreadable: exit 1).
     """
-    from ..tls import certificates as tls
+    from ..tls.listing import listing_status, live_certs, recorded_certs
 
     inv = ctx.obj.inventory()
     now = datetime.datetime.now(datetime.timezone.utc)
-    listings = (tls.live_certs(inv, inv.select([], all_=True), now, days) if live
-                else tls.recorded_certs(inv.state_dir, now, days))
+    listings = (live_certs(inv, inv.select([], all_=True), now, days) if live
+                else recorded_certs(inv.state_dir, now, days))
     if fmt is Format.json:
         emit_json([listing.to_dict(now) for listing in listings])
     elif not listings:
@@ -1247,7 +1247,7 @@ def certs(ctx: typer.Context,
                 r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"]
                for r in rows],
               title=f"{len(rows)} certificates ({'on the hosts' if live else 'issued'})")
-    if any(tls.listing_status(listing) == "error" for listing in listings):
+    if any(listing_status(listing) == "error" for listing in listings):
         raise typer.Exit(1)
 
 

@@ -34,7 +34,7 @@ from ..hosts import hostlib
 from ..hosts.agent import SiteSnapshot
 from ..registry.models import Agency, Inventory
 from ..safety import audit
-from ..tls import certificates as tls
+from ..tls.acme import AcmeAccount
 from ..verify import history
 from . import offboard
 from .restic import BackupSummary, Restic, Snapshot
@@ -167,7 +167,7 @@ def stage_state(folder: Path, inventory: Inventory) -> list[str]:
     if history_file.is_file():
         _copy_sqlite(history_file, folder / history.FILE_NAME)
         staged.append(history.FILE_NAME)
-    account = tls.AcmeAccount(inventory.settings, inventory.state_dir)
+    account = AcmeAccount(inventory.settings, inventory.state_dir)
     for path in (account.key_file, account.registration_file):
         if path.is_file():
             _private_dir(folder / "acme")

@@ -45,8 +45,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
-from acme import messages
-from cryptography import x509
 
 from ..dns.client import DEFAULT_PROPAGATION_TIMEOUT, PropagationTimeout
 from ..dns.step import DnsPlan, apply_dns, plan_dns
@@ -58,7 +56,9 @@ from ..registry.load import load_inventory
 from ..registry.models import Agency, Host, Inventory
 from ..safety.audit import AuditEntry, AuditLog, current_operator
 from ..site import render as site
-from ..tls import certificates as tls
+from ..tls.acme import revoke_certificate
+from ..tls.certs import CertInfo, cert_info, records_dir
+from ..tls.decisions import cert_targets
 from . import access, access_plan
 from . import onboard as onboarding
 
@@ -69,8 +69,6 @@ VHOST_PREFIX = "vhost/"
 ARCHIVE_SUFFIX = ".tar.gz"
 CHECKSUM_SUFFIX = ".sha256"
 ARCHIVES_DIR = "archives"
-REVOKE_REASON = 5  # RFC 5280 CRLReason cessationOfOperation: the site is closed
-TRANSIENT_ACME_PROBLEMS = ("serverInternal", "rateLimited", "badNonce")
 OFFBOARD_STEPS = ("archive", "dns", "vhost", "site", "cert", "registry")
 
 Report = Callable[[str], None]
@@ -184,7 +182,7 @@ def _file_entry(f: SiteFile) -> dict[str, Any]:
 
 
 def make_manifest(agency: Agency, host: Host, snapshot: SiteSnapshot,
-                  cert: tls.CertInfo | None, dns_plan: DnsPlan | None, when: dt.datetime,
+                  cert: CertInfo | None, dns_plan: DnsPlan | None, when: dt.datetime,
                   command: str | None) -> dict[str, Any]:
     """What an archive holds and where it came from (every file's hash and mode)."""
     return {
@@ -428,7 +426,7 @@ def archive_change(agency: Agency, snapshot: SiteSnapshot | None, archived: Path
 
 
 def removal_changes(agency: Agency, host: Host | None, snapshot: SiteSnapshot | None,
-                    cert: tls.CertInfo | None, cert_present: bool, shared_cert: bool,
+                    cert: CertInfo | None, cert_present: bool, shared_cert: bool,
                     revoke: bool) -> list[Change]:
     """The vhost, site and certificate rows of an offboarding plan."""
     slug = agency.slug
@@ -493,7 +491,7 @@ class OffboardPlan:
     archive_dir: Path
     snapshot: SiteSnapshot | None
     archived: Path | None  # an intact archive that already holds the host's content
-    cert: tls.CertInfo | None
+    cert: CertInfo | None
     dns: DnsPlan
     plan: Plan
 
@@ -605,42 +603,19 @@ class _LockedRun(onboarding.LockedRun):
 def _own_cert_dir(inventory: Inventory, agency: Agency, host: Host) -> Path | None:
     """The folder of the agency's own certificate; None when it shares a wildcard one.
     (Certificate targets exist only for hosted agencies: asked as if still active.)"""
-    targets = tls.cert_targets(inventory, [replace(agency, offboarded=False)])
+    targets = cert_targets(inventory, [replace(agency, offboarded=False)])
     if not targets or targets[0].key != agency.slug:
         return None
     return site.cert_paths(agency, host, inventory.settings).fullchain.parent
 
 
-def _cert_info(pem: str | None) -> tls.CertInfo | None:
+def _cert_info(pem: str | None) -> CertInfo | None:
     if not pem:
         return None
     try:
-        return tls.cert_info(pem.encode())
+        return cert_info(pem.encode())
     except ProvisionerError:
         return None
-
-
-def revoke_certificate(inventory: Inventory, pem: str) -> str:
-    """Revoke a certificate at the ACME CA with the account that ordered it; what happened.
-
-    AcmeError when the CA cannot be reached or fails for now (a re-run tries again). A
-    CA that answers with a final refusal (say, it does not know the certificate: another
-    CA or directory issued it) cannot be asked again with a better outcome: that is
-    reported, not raised, and the offboarding goes on.
-    """
-    cert = x509.load_pem_x509_certificate(pem.encode())
-    account = tls.AcmeAccount(inventory.settings, inventory.state_dir)
-    with tls.acme_call(f"certificate serial {cert.serial_number:x}"):
-        client = account.client()
-        try:
-            client.revoke(cert, REVOKE_REASON)
-        except messages.Error as exc:
-            if exc.code == "alreadyRevoked":
-                return "already revoked"
-            if exc.code in TRANSIENT_ACME_PROBLEMS:
-                raise
-            return f"NOT revoked (the CA refused: {exc.detail or exc.code})"
-    return "revoked"
 
 
 class Offboarding(_LockedRun):
@@ -797,7 +772,7 @@ class Offboarding(_LockedRun):
             done.append(revoke_certificate(self.inventory, pem))
         if client.remove_tree(cert_dir, oplan.host.tls_dir) is not None:
             done.append(f"deleted {cert_dir}")
-        record = tls.records_dir(self.inventory.state_dir) / f"{agency.slug}.json"
+        record = records_dir(self.inventory.state_dir) / f"{agency.slug}.json"
         if record.exists():
             record.unlink()
             done.append("controller record removed")

@@ -35,12 +35,15 @@ from ..errors import ProvisionerError, UsageError
 from ..hosts import ansible
 from ..hosts.agent import HostClient, HostFacts, Preflight
 from ..plan import Change, Outcome, Plan
-from ..registry.models import Agency, Inventory
+from ..registry.models import RENEW_DAYS, Agency, Inventory
 from ..safety.audit import AuditEntry, AuditLog
 from ..safety.lock import run_lock
 from ..site import render as site
-from ..tls import certificates as tls
 from ..tls import ratelimit
+from ..tls.certs import CertInfo, CertTarget, Install, cert_info, read_records
+from ..tls.decisions import CertDecision, cert_targets, decide, demands, for_this_ca
+from ..tls.issuer import CertResult, Issuer, open_ledger
+from ..tls.served import served_problems
 from ..verify import verifier as verifying
 from ..verify.sweep import Limits, reasons, verify_shard
 from . import access, access_plan
@@ -66,8 +69,8 @@ class OnboardPlan:
     steps: tuple[str, ...]
     dns: DnsPlan | None
     plan: Plan  # dns, site, vhost and cert changes
-    targets: tuple[tls.CertTarget, ...]
-    decisions: Mapping[str, tls.CertDecision]  # target key -> order / renew / keep
+    targets: tuple[CertTarget, ...]
+    decisions: Mapping[str, CertDecision]  # target key -> order / renew / keep
     tls_ready: Mapping[str, bool]  # slug -> a certificate is installed (HTTPS vhost)
     host_errors: Mapping[str, str]  # host -> why it cannot be used this run
     skipped: tuple[Outcome, ...]  # agencies in scope with nothing to onboard (external)
@@ -170,7 +173,7 @@ def drift_diff(path: Path, edited: str, desired: bytes,
     return (*lines[:limit], f"... {len(lines) - limit} more lines")
 
 
-def cert_changes(target: tls.CertTarget, decision: tls.CertDecision,
+def cert_changes(target: CertTarget, decision: CertDecision,
                  deferred: ratelimit.Deferred | None = None) -> list[Change]:
     """The target's row per agency; a certificate the CA's limits leave for a later run
     is a noop that says when it fits."""
@@ -181,9 +184,9 @@ def cert_changes(target: tls.CertTarget, decision: tls.CertDecision,
                    reason=reason) for slug in target.agencies]
 
 
-def decide_certs(targets: Sequence[tls.CertTarget], facts: Mapping[str, HostFacts],
-                 now: dt.datetime, days: int = tls.RENEW_DAYS
-                 ) -> tuple[dict[str, tls.CertDecision], dict[str, bool]]:
+def decide_certs(targets: Sequence[CertTarget], facts: Mapping[str, HostFacts],
+                 now: dt.datetime, days: int = RENEW_DAYS
+                 ) -> tuple[dict[str, CertDecision], dict[str, bool]]:
     """Per target: order, renew or keep (from the certificate each host serves from disk);
     per agency: whether a certificate is installed at all (its vhost can serve HTTPS)."""
     decisions, installed = {}, {}
@@ -192,7 +195,7 @@ def decide_certs(targets: Sequence[tls.CertTarget], facts: Mapping[str, HostFact
         present = [info for info in infos if info is not None]
         # Every host must hold a good certificate; the worst one decides.
         worst = None if len(present) < len(infos) else min(present, key=lambda i: i.not_after)
-        decisions[target.key] = tls.decide(worst, target.names, now, days)
+        decisions[target.key] = decide(worst, target.names, now, days)
         for slug in target.agencies:
             installed[slug] = len(present) == len(infos)
     return decisions, installed
@@ -207,16 +210,16 @@ def _dns_scope(agencies: Sequence[Agency] | None, selected: Sequence[Agency],
     return [a for a in selected if a.host not in host_errors]
 
 
-def _on_failed_host(target: tls.CertTarget, host_errors: Mapping[str, str]) -> bool:
+def _on_failed_host(target: CertTarget, host_errors: Mapping[str, str]) -> bool:
     return any(place.host in host_errors for place in target.installs)
 
 
-def _installed_cert(facts: HostFacts | None, place: tls.Install) -> tls.CertInfo | None:
+def _installed_cert(facts: HostFacts | None, place: Install) -> CertInfo | None:
     pem = facts.certs.get(place.fullchain) if facts else None
     if not pem:
         return None
     try:
-        return tls.cert_info(pem.encode() if isinstance(pem, str) else pem)
+        return cert_info(pem.encode() if isinstance(pem, str) else pem)
     except ProvisionerError:
         return None  # unreadable: order a new one
 
@@ -302,7 +305,7 @@ class Session(LockedRun):
     # ------------------------------------------------------------------ plan
 
     def plan(self, agencies: Sequence[Agency] | None, *, steps: Sequence[str] = STEPS,
-             force: bool = False, renew_days: int = tls.RENEW_DAYS) -> OnboardPlan:
+             force: bool = False, renew_days: int = RENEW_DAYS) -> OnboardPlan:
         """Read facts and compute every change (agencies None: every active agency)."""
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
@@ -320,7 +323,7 @@ class Session(LockedRun):
             dns_plan = plan_dns(self.inventory, _dns_scope(agencies, selected, host_errors),
                                 force=force, preflight=True, client=self.dns) \
                 if "dns" in steps else None
-            targets = tuple(tls.cert_targets(self.inventory, hosted))
+            targets = tuple(cert_targets(self.inventory, hosted))
             decisions, installed = decide_certs(targets, facts,
                                                 dt.datetime.now(dt.timezone.utc), renew_days)
             changes = list(dns_plan.plan) if dns_plan else []
@@ -332,10 +335,10 @@ class Session(LockedRun):
                 changes += self._access_changes(sorted(facts), access_hosts)
             budget = None
             if "tls" in steps:
-                decisions = tls.for_this_ca(
-                    decisions, {r.key: r for r in tls.read_records(self.inventory.state_dir)},
+                decisions = for_this_ca(
+                    decisions, {r.key: r for r in read_records(self.inventory.state_dir)},
                     self.inventory.settings.acme.directory)
-                budget = self.ledger.budget(tls.demands(
+                budget = self.ledger.budget(demands(
                     [t for t in targets if not _on_failed_host(t, host_errors)], decisions,
                     self.inventory.settings.acme))
                 changes += [c for t in targets for c in cert_changes(
@@ -348,7 +351,7 @@ class Session(LockedRun):
     @functools.cached_property
     def ledger(self) -> ratelimit.Ledger:
         """The CA's rate-limit ledger, read once per run (plan and apply see the same)."""
-        return tls.open_ledger(self.inventory)
+        return open_ledger(self.inventory)
 
     def _web_changes(self, hosted: Sequence[Agency], rendered: Mapping[str, Mapping[str, bytes]],
                      facts: Mapping[str, HostFacts], installed: Mapping[str, bool],
@@ -530,8 +533,8 @@ class Session(LockedRun):
         wanted = [t for t in oplan.targets if oplan.decisions[t.key].action != "keep"
                   and t.key not in deferred and any(slug not in failed for slug in t.agencies)]
         outcomes = [o for t in oplan.targets if oplan.decisions[t.key].action == "keep"
-                    for o in tls.CertResult(t.key, "ok", oplan.decisions[t.key].reason,
-                                            None, t).outcomes()]
+                    for o in CertResult(t.key, "ok", oplan.decisions[t.key].reason,
+                                        None, t).outcomes()]
         outcomes += [Outcome(slug, "tls", "failed", deferred[t.key].reason)
                      for t in oplan.targets if t.key in deferred
                      for slug in t.agencies if slug not in failed]
@@ -539,8 +542,8 @@ class Session(LockedRun):
             return outcomes
         for name in sorted({i.host for t in wanted for i in t.installs}):
             self._client(name)
-        results = tls.Issuer(self.inventory, self.clients, self.dns,
-                             ledger=self.ledger).obtain(wanted)
+        results = Issuer(self.inventory, self.clients, self.dns,
+                         ledger=self.ledger).obtain(wanted)
         self.report(f"tls: {sum(r.status == 'changed' for r in results)} certificate(s) issued")
         issued = {slug for r in results if r.status == "changed" for slug in r.target.agencies}
         activate = [a for a in oplan.agencies if a.slug in issued and a.slug not in failed
@@ -551,7 +554,7 @@ class Session(LockedRun):
         for name in renewed_hosts:
             self.clients[name].reload_nginx()
             reloads[name] = reloads.get(name, 0) + 1
-        served = tls.served_problems(self.inventory, results)
+        served = served_problems(self.inventory, results)
         for result in results:
             for outcome in result.outcomes():
                 problem = web.get(outcome.agency) or served.get(outcome.agency)

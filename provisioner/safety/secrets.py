@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import InputError, Problem
+from ..hosts import hostlib
 
 REDACTED = "[REDACTED]"
 
@@ -119,6 +120,13 @@ def read_secret_file(path: Path, what: str, *, redactor: Redactor | None = None)
 
 
 # =========================================================================== redaction
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with a 0600 file (the mode set before any byte) in a
+    0700 folder: the ACME account key, its registration, the rate-limit ledger."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    hostlib.write_atomic(path, data, 0o600)
+
 
 def tsig_secrets_in(text: str) -> list[str]:
     """The values of every ``secret "..."`` in a BIND key statement."""

@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import tldextract
 
 from ..errors import ProvisionerError
-from ..hosts import hostlib
 from ..registry.models import LETS_ENCRYPT_LIMITS, RateLimit
+from ..safety.secrets import write_private_file
 
 CERTIFICATES = "certificates_per_registered_domain"
 ORDERS = "new_orders_per_account"
@@ -283,7 +283,7 @@ class Ledger:
         text = json.dumps({"version": LEDGER_VERSION, "events": [
             {"ca": ca, "kind": e.kind, "key": e.key, "at": e.at.isoformat(timespec="seconds")}
             for ca, e in self._all]}, indent=1) + "\n"
-        _write_private(self.path, text.encode())
+        write_private_file(self.path, text.encode())
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
@@ -294,9 +294,3 @@ def _unreadable(path: Path, exc: Exception) -> ProvisionerError:
     return ProvisionerError(f"{path}: not a rate-limit ledger ({exc})",
                             hint="move it aside; the CA's own limits still apply, so wait a "
                                  "week before ordering many certificates")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with a 0600 file (the mode set before any byte)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    hostlib.write_atomic(path, data, 0o600)

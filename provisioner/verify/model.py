@@ -134,7 +134,10 @@ class Publication:
 
 
 @dataclass(frozen=True)
-class CertInfo:
+class CertExpiry:
+    """The expiry of the certificate a verification saw (None, None: it saw none), as
+    reports show it. Not ``tls.certs.CertInfo``, what a certificate says of itself."""
+
     not_after: dt.datetime | None
     days_left: int | None
 
@@ -143,7 +146,7 @@ class CertInfo:
                 "days_left": self.days_left}
 
 
-NO_CERT = CertInfo(None, None)
+NO_CERT = CertExpiry(None, None)
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ class AgencyResult:
     url: str
     checks: tuple[CheckResult, ...]
     publication: Publication
-    cert: CertInfo
+    cert: CertExpiry
 
     def status(self, check_id: str) -> Status | None:
         return next((c.status for c in self.checks if c.id == check_id), None)

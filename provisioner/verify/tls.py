@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from ..errors import InputError, Problem
 from ..tls.names import name_matches
-from .model import CertInfo, CheckResult, Status, result
+from .model import CertExpiry, CheckResult, Status, result
 
 WARN_DAYS = 21
 FAIL_DAYS = 7
@@ -119,12 +119,12 @@ def handshake_of(ssl_object: ssl.SSLObject | None, chain_problem: str | None) ->
 # =========================================================================== checks
 
 def tls_checks(name: str, connection: Handshake,
-               now: dt.datetime) -> tuple[list[CheckResult], CertInfo]:
+               now: dt.datetime) -> tuple[list[CheckResult], CertExpiry]:
     """chain, name, expiry, version from one handshake (pure)."""
     cert = connection.cert
     if cert is None:
         return [result(c, Status.FAIL, "the server sent no certificate")
-                for c in TLS_CHECKS[:3]] + [_version(connection)], CertInfo(None, None)
+                for c in TLS_CHECKS[:3]] + [_version(connection)], CertExpiry(None, None)
     days_left = int((cert.not_after - now).total_seconds() // 86400)
     chain = (result("tls.chain", Status.PASS, f"issued by {cert.issuer}")
              if connection.verified else
@@ -134,7 +134,7 @@ def tls_checks(name: str, connection: Handshake,
     named = result("tls.name", Status.PASS if name_ok else Status.FAIL,
                    f"{'valid' if name_ok else 'not valid'} for {name} (names: {valid_for})")
     return [chain, named, _expiry(cert.not_after, days_left), _version(connection)], \
-        CertInfo(cert.not_after, days_left)
+        CertExpiry(cert.not_after, days_left)
 
 
 def _expiry(not_after: dt.datetime, days_left: int) -> CheckResult:

@@ -37,7 +37,7 @@ from .model import (
     NO_CERT,
     WEB_CHECKS,
     AgencyResult,
-    CertInfo,
+    CertExpiry,
     Check,
     CheckResult,
     Publication,
@@ -49,7 +49,7 @@ from .model import (
 from .tls import TLS_CHECKS, ProbeFailure, TlsContexts, failed_checks, make_contexts, tls_checks
 
 __all__ = [
-    "ACTIVE_CHECKS", "CHECKS", "AgencyResult", "CertInfo", "Check", "CheckResult", "Publication",
+    "ACTIVE_CHECKS", "CHECKS", "AgencyResult", "CertExpiry", "Check", "CheckResult", "Publication",
     "Status", "Target", "VerifyContext", "agency_target", "make_context", "resolve_target",
     "url_target", "utc_now", "verify_site", "verify_target",
 ]
@@ -254,7 +254,7 @@ async def _check_dns(target: Target, ctx: VerifyContext) -> dnscheck.DnsOutcome:
 
 
 async def _probe_site(target: Target, address: str,
-                      ctx: VerifyContext) -> tuple[list[CheckResult], Publication, CertInfo]:
+                      ctx: VerifyContext) -> tuple[list[CheckResult], Publication, CertExpiry]:
     """The home page (its connection's handshake for the TLS checks), then the
     publication, over the site's kept-alive connection."""
     nothing = ctx.rules.nothing_published
@@ -283,7 +283,7 @@ def _has_content(response: Response, home: PageAnalysis, ctx: VerifyContext) -> 
 
 
 def _tls_results(target: Target, site: Site, failure: ProbeFailure | None,
-                 ctx: VerifyContext) -> tuple[list[CheckResult], CertInfo]:
+                 ctx: VerifyContext) -> tuple[list[CheckResult], CertExpiry]:
     """The TLS checks from the site's handshake; without one, the failure that
     prevented it."""
     if not target.https_url:

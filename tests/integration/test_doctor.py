@@ -25,8 +25,8 @@ import yaml
 from provisioner import doctor as doctoring
 from provisioner.dns.client import DnsClient, Operation, UpdateBatch
 from provisioner.registry.models import LETS_ENCRYPT_LIMITS, Nameserver
-from provisioner.tls import certificates as tls
 from provisioner.tls import ratelimit
+from provisioner.tls.acme import AcmeAccount, key_pem, new_private_key
 from tests import hostile_dns
 
 from .conftest import TEST_NET, run_cli
@@ -232,9 +232,9 @@ def test_a_nameserver_that_does_not_answer_is_named(dlab: FaultLab, tmp_path: Pa
 
 
 def test_an_account_key_the_ca_does_not_know_is_a_warning(dlab: FaultLab):
-    key_file = tls.AcmeAccount(dlab.inventory.settings, dlab.lab.state_dir).key_file
+    key_file = AcmeAccount(dlab.inventory.settings, dlab.lab.state_dir).key_file
     original = key_file.read_bytes()
-    key_file.write_bytes(tls.key_pem(tls.new_private_key()))
+    key_file.write_bytes(key_pem(new_private_key()))
     try:
         code, checks = doctor(dlab)
     finally:

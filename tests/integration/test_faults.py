@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from provisioner.dns import step as dnsops
 from provisioner.lifecycle import offboard, onboard
 from provisioner.site import render as site
-from provisioner.tls import certificates as tls
+from provisioner.tls.issuer import Issuer
 from tests.unit.test_registry_hostile import AGENCY_PATHS, SAMPLE_AGENCY, set_path, values
 
 from .faultkit import FaultLab, file_states, onboarded_lab
@@ -275,7 +275,7 @@ def test_pebble_stopped(flab: FaultLab):
     assert not cert_dir.exists() and flab.agency("bpbd").offboarded
 
 
-class ChallengeLost(tls.Issuer):
+class ChallengeLost(Issuer):
     """The real issuer; the challenge files vanish from the host after they were placed
     and the pre-order checks passed, just before the CA is told to validate."""
 
@@ -287,7 +287,7 @@ class ChallengeLost(tls.Issuer):
 
 
 def test_pebble_rejects_the_challenge(flab: FaultLab, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(tls, "Issuer", ChallengeLost)
+    monkeypatch.setattr(onboard, "Issuer", ChallengeLost)
     code, out = flab.json("onboard", "disnaker", "--yes")
     monkeypatch.undo()
 

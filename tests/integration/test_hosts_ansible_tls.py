@@ -27,7 +27,10 @@ from provisioner.hosts import ansible
 from provisioner.hosts.agent import HostClient
 from provisioner.registry.models import Agency, Host, Inventory
 from provisioner.site import render as site
-from provisioner.tls import certificates as tls
+from provisioner.tls.certs import cert_info, read_records
+from provisioner.tls.decisions import cert_targets
+from provisioner.tls.issuer import Issuer
+from provisioner.tls.served import served_problems, served_serial
 
 pytestmark = pytest.mark.integration
 
@@ -257,8 +260,8 @@ def dinkes_https(request, inv, clients, first_deploy):
     """An agency with its DNS record, an HTTP-01 certificate and its HTTPS vhost."""
     slug = request.param
     dnsops.dns_step(inv, agencies(inv, slug))
-    issuer = tls.Issuer(inv, clients, DnsClient(inv.settings))
-    [target] = tls.cert_targets(inv, agencies(inv, slug))
+    issuer = Issuer(inv, clients, DnsClient(inv.settings))
+    [target] = cert_targets(inv, agencies(inv, slug))
     [result] = issuer.obtain([target])
     report = deploy(inv, (slug,), tls_ready=True)
     return target, result, report
@@ -278,13 +281,13 @@ def test_an_http01_certificate_is_issued_installed_and_served(inv, lab, dinkes_h
     assert stat.S_IMODE(os.stat(lab.lab.local(host, install.key)).st_mode) == 0o600
     challenges = lab.lab.local(host, site.acme_challenge_dir(host))
     assert list(challenges.iterdir()) == []  # tokens removed
-    record = tls.read_records(inv.state_dir)
+    record = read_records(inv.state_dir)
     assert [r.serial for r in record if r.key == slug] == [result.info.serial_hex]
     assert b"PRIVATE" not in (inv.state_dir / "certs" / f"{slug}.json").read_bytes()
 
     assert report.agencies[slug].status == "changed" and report.hosts[host.name].reloaded
-    assert tls.served_problems(inv, [result]) == {}
-    assert tls.served_serial(host.public_ipv4, 443, agency.fqdn) == result.info.serial
+    assert served_problems(inv, [result]) == {}
+    assert served_serial(host.public_ipv4, 443, agency.fqdn) == result.info.serial
     peer = verified_handshake(host.public_ipv4, agency.fqdn, inv.settings.trust_roots)
     assert ("DNS", agency.fqdn) in peer["subjectAltName"]
     assert get(inv, slug)[0] == 301  # HTTP now redirects to HTTPS
@@ -302,7 +305,7 @@ def test_renew_replaces_a_due_certificate_and_the_site_serves_it(inv, lab, cli, 
     assert result["agencies"][slug]["status"] == "changed"
     assert result["reloads"] == {host.name: 1}
     # every connection right after the run: no old worker still answers with the old one
-    (served, *others) = {tls.served_serial(host.public_ipv4, 443, agency.fqdn)
+    (served, *others) = {served_serial(host.public_ipv4, 443, agency.fqdn)
                          for _ in range(20)}
     assert not others and served != first.info.serial
     assert f"serial {served:x}" in result["agencies"][slug]["detail"]
@@ -324,13 +327,13 @@ def test_renew_replaces_a_due_certificate_and_the_site_serves_it(inv, lab, cli, 
 def test_renew_dry_run_changes_nothing(inv, cli, dinkes_https):
     target, _result, _report = dinkes_https
     slug, agency, host = https_agency(inv, target)
-    before = tls.served_serial(host.public_ipv4, 443, agency.fqdn)
+    before = served_serial(host.public_ipv4, 443, agency.fqdn)
     dry = cli("renew", slug, "--days", "100000", "--dry-run", "--format", "json")
     assert dry.exit_code == 0
     output = json.loads(dry.stdout)
     assert output["result"] is None
     assert [c["action"] for c in output["plan"]["changes"]] == ["update"]
-    assert tls.served_serial(host.public_ipv4, 443, agency.fqdn) == before
+    assert served_serial(host.public_ipv4, 443, agency.fqdn) == before
 
 
 def test_a_wildcard_certificate_is_issued_through_dns01(inv, clients, first_deploy):
@@ -338,26 +341,26 @@ def test_a_wildcard_certificate_is_issued_through_dns01(inv, clients, first_depl
         inv.settings, tls_mode="dns-01-wildcard"))
     dnsops.dns_step(wildcard, agencies(wildcard, "dkisp"))
     dns = DnsClient(wildcard.settings)
-    [target] = tls.cert_targets(wildcard, agencies(wildcard, "dkisp", "setda"))
+    [target] = cert_targets(wildcard, agencies(wildcard, "dkisp", "setda"))
     assert {i.host for i in target.installs} == {"web1", "web2"}
 
-    [result] = tls.Issuer(wildcard, clients, dns).obtain([target])
+    [result] = Issuer(wildcard, clients, dns).obtain([target])
 
     assert result.status == "changed", result.reason
     assert set(result.info.names) == {"*.paserkab.go.id", "paserkab.go.id"}
     for install in target.installs:
         assert stat.S_IMODE(os.stat(install.key).st_mode) == 0o600
-        assert tls.cert_info(install.fullchain.read_bytes()).serial == result.info.serial
+        assert cert_info(install.fullchain.read_bytes()).serial == result.info.serial
     for server in wildcard.settings.nameservers:  # the challenge records are gone
         assert dns.query(server, "_acme-challenge.paserkab.go.id", "TXT").rrset is None
 
     deploy(wildcard, ("dkisp",), tls_ready=True)
     host = wildcard.hosts["web2"]
-    assert tls.served_serial(host.public_ipv4, 443, "dkisp.paserkab.go.id") == result.info.serial
+    assert served_serial(host.public_ipv4, 443, "dkisp.paserkab.go.id") == result.info.serial
     verified_handshake(host.public_ipv4, "dkisp.paserkab.go.id", wildcard.settings.trust_roots)
 
 
-class CountingIssuer(tls.Issuer):
+class CountingIssuer(Issuer):
     """The real issuer, counting the orders it starts."""
 
     orders_started = 0
@@ -375,7 +378,7 @@ def test_no_order_when_the_name_points_at_another_host(inv, clients, first_deplo
     deploy(inv, ("bpbd",))
     issuer = CountingIssuer(inv, clients, DnsClient(inv.settings))
 
-    [result] = issuer.obtain(tls.cert_targets(inv, [bpbd]))
+    [result] = issuer.obtain(cert_targets(inv, [bpbd]))
 
     assert result.status == "failed"
     assert inv.hosts["web1"].public_ipv4 in result.reason
@@ -387,7 +390,7 @@ def test_no_order_when_no_vhost_serves_the_challenge(inv, clients, first_deploy)
     dnsops.dns_step(inv, agencies(inv, "distan"))  # DNS right, but no vhost deployed
     issuer = CountingIssuer(inv, clients, DnsClient(inv.settings))
 
-    [result] = issuer.obtain(tls.cert_targets(inv, agencies(inv, "distan")))
+    [result] = issuer.obtain(cert_targets(inv, agencies(inv, "distan")))
 
     assert result.status == "failed" and "cannot fetch" in result.reason
     assert issuer.orders_started == 0

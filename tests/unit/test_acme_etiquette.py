@@ -1,4 +1,4 @@
-"""How the ACME client waits (provisioner/tls/certificates.py): polling with backoff inside a deadline,
+"""How the ACME client waits (provisioner/tls/acme.py): polling with backoff inside a deadline,
 ``Retry-After`` on polls and on refusals (429, 503). Pure code: real ``requests`` responses
 and acme's real network layer over a scripted transport, a fake clock, no sleeping."""
 
@@ -16,7 +16,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioner.errors import AcmeError, ProvisionerError
 from provisioner.registry.models import AcmeSettings
-from provisioner.tls import certificates as tls
+from provisioner.tls.acme import (
+    BUSY_RETRIES,
+    POLL_FIRST,
+    POLL_GROWTH,
+    POLL_MAX,
+    PatientNetwork,
+    existing_account,
+    poll,
+    retry_after_seconds,
+)
+from provisioner.tls.certs import CertRecord
+from provisioner.tls.decisions import CertDecision, for_this_ca
 
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.timezone.utc)
 NONCE = "bm9uY2Utb25l"
@@ -54,7 +65,7 @@ def response(status: int = 200, headers: dict[str, str] | None = None,
 ])
 def test_retry_after_seconds(header: str | None, seconds: float | None):
     headers = {} if header is None else {"Retry-After": header}
-    assert tls.retry_after_seconds(response(headers=headers), lambda: NOW) == seconds
+    assert retry_after_seconds(response(headers=headers), lambda: NOW) == seconds
 
 
 # --------------------------------------------------------------------------- poll
@@ -81,29 +92,29 @@ class Scripted:
         return done, response(headers=headers)
 
     def poll(self, deadline: float = 90.0, **kwargs: Any) -> bool:
-        return tls.poll(self.fetch, bool, deadline, clock=self.clock, sleep=self.sleep,
-                        **kwargs)
+        return poll(self.fetch, bool, deadline, clock=self.clock, sleep=self.sleep,
+                    **kwargs)
 
 
 def test_poll_waits_about_a_second_first_then_longer_capped():
     run = Scripted([(False, {})] * 9 + [(True, {})])
     assert run.poll(deadline=1000) is True
-    assert run.waits[0] == tls.POLL_FIRST == 1.0
+    assert run.waits[0] == POLL_FIRST == 1.0
     assert run.waits == sorted(run.waits) and run.waits[1] > run.waits[0]
-    assert max(run.waits) == tls.POLL_MAX
+    assert max(run.waits) == POLL_MAX
     assert run.fetches == 10
 
 
 def test_poll_honours_a_longer_retry_after_and_keeps_its_backoff():
     run = Scripted([(False, {"Retry-After": "20"}), (False, {}), (True, {})])
     run.poll()
-    assert run.waits == [1.0, 20.0, tls.POLL_FIRST * tls.POLL_GROWTH ** 2]
+    assert run.waits == [1.0, 20.0, POLL_FIRST * POLL_GROWTH ** 2]
 
 
 def test_poll_a_shorter_retry_after_does_not_hurry_it():
     run = Scripted([(False, {})] * 3 + [(False, {"Retry-After": "0"}), (True, {})])
     run.poll()
-    assert run.waits[4] == pytest.approx(tls.POLL_FIRST * tls.POLL_GROWTH ** 4)
+    assert run.waits[4] == pytest.approx(POLL_FIRST * POLL_GROWTH ** 4)
 
 
 def test_poll_times_out_before_a_wait_past_the_deadline_without_sleeping_it():
@@ -149,9 +160,9 @@ class Transport:
         return self.answers.pop(0)
 
 
-def network(answers: list[requests.Response]) -> tuple[tls.PatientNetwork, Transport, list]:
-    net = tls.PatientNetwork(jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())),
-                             alg=jose.ES256)
+def network(answers: list[requests.Response]) -> tuple[PatientNetwork, Transport, list]:
+    net = PatientNetwork(jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())),
+                         alg=jose.ES256)
     transport = Transport(answers)
     net.session.request = transport.request  # type: ignore[method-assign]
     slept: list[float] = []
@@ -197,11 +208,11 @@ def test_a_refusal_without_retry_after_is_raised_at_once():
 
 
 def test_retries_of_a_busy_ca_are_bounded():
-    net, transport, slept = network([problem(503, "1")] * (tls.BUSY_RETRIES + 1))
+    net, transport, slept = network([problem(503, "1")] * (BUSY_RETRIES + 1))
     with pytest.raises(AcmeError, match="asks to retry after"):
         net.get("https://ca.test/dir")
-    assert slept == [1.0] * tls.BUSY_RETRIES
-    assert transport.calls == ["GET"] * (tls.BUSY_RETRIES + 1)
+    assert slept == [1.0] * BUSY_RETRIES
+    assert transport.calls == ["GET"] * (BUSY_RETRIES + 1)
 
 
 # --------------------------------------------------------------------------- CA switch
@@ -210,32 +221,32 @@ STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 
 
-def record(directory: str) -> tls.CertRecord:
-    return tls.CertRecord(key="dinkes", names=("dinkes.paserkab.go.id",), serial="abc",
-                          not_before="2026-11-01T00:00:00+00:00",
-                          not_after="2027-01-30T00:00:00+00:00", issuer="(STAGING) Ersatz",
-                          hosts=("web1",), agencies=("dinkes",),
-                          issued_at="2026-11-01T00:00:00+00:00", directory=directory)
+def record(directory: str) -> CertRecord:
+    return CertRecord(key="dinkes", names=("dinkes.paserkab.go.id",), serial="abc",
+                      not_before="2026-11-01T00:00:00+00:00",
+                      not_after="2027-01-30T00:00:00+00:00", issuer="(STAGING) Ersatz",
+                      hosts=("web1",), agencies=("dinkes",),
+                      issued_at="2026-11-01T00:00:00+00:00", directory=directory)
 
 
-KEEP = tls.CertDecision("keep", "valid until 2027-01-30 (60 days left)")
-DUE = tls.CertDecision("renew", "expires in 10 days (renewing within 30)", renewal=True)
-ORDER = tls.CertDecision("order", "no certificate installed")
+KEEP = CertDecision("keep", "valid until 2027-01-30 (60 days left)")
+DUE = CertDecision("renew", "expires in 10 days (renewing within 30)", renewal=True)
+ORDER = CertDecision("order", "no certificate installed")
 
 
 @pytest.mark.parametrize("decision,directory,expected", [
     (KEEP, PRODUCTION, KEEP),  # this CA issued it
-    (KEEP, STAGING, tls.CertDecision("renew", f"issued by another CA ({STAGING})")),
+    (KEEP, STAGING, CertDecision("renew", f"issued by another CA ({STAGING})")),
     (KEEP, None, KEEP),  # no record (issued before records, or by hand): keep
     (DUE, PRODUCTION, DUE),  # a renewal at the CA that issued it
-    (DUE, STAGING, tls.CertDecision("renew", DUE.reason)),  # new to this CA: no exemption
-    (DUE, None, tls.CertDecision("renew", DUE.reason)),
+    (DUE, STAGING, CertDecision("renew", DUE.reason)),  # new to this CA: no exemption
+    (DUE, None, CertDecision("renew", DUE.reason)),
     (ORDER, STAGING, ORDER),
 ])
 def test_a_certificate_of_another_ca_is_ordered_again_and_is_no_renewal(decision, directory,
                                                                         expected):
     records = {} if directory is None else {"dinkes": record(directory)}
-    assert tls.for_this_ca({"dinkes": decision}, records, PRODUCTION) == {"dinkes": expected}
+    assert for_this_ca({"dinkes": decision}, records, PRODUCTION) == {"dinkes": expected}
 
 
 def test_an_unreadable_account_key_is_named_before_the_ca_is_asked(tmp_path):
@@ -244,4 +255,4 @@ def test_an_unreadable_account_key_is_named_before_the_ca_is_asked(tmp_path):
     key_file.chmod(0o600)
     acme = AcmeSettings("https://127.0.0.1:9/dir", "mailto:a@b.id", None, True)
     with pytest.raises(ProvisionerError, match="not an ACME account key"):
-        tls.existing_account(acme, key_file)
+        existing_account(acme, key_file)

@@ -7,7 +7,8 @@ import datetime as dt
 
 import pytest
 
-from provisioner.tls.certificates import CertInfo, decide
+from provisioner.tls.certs import CertInfo
+from provisioner.tls.decisions import decide
 from provisioner.tls.names import name_matches
 from provisioner.verify.model import Status
 from provisioner.verify.tls import CertFacts, Handshake, tls_checks

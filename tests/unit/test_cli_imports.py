@@ -7,10 +7,12 @@ import subprocess
 import sys
 
 DEFERRED = (
-    "provisioner.hosts.ansible", "provisioner.hosts.agent", "provisioner.tls.certificates",
+    "provisioner.hosts.ansible", "provisioner.hosts.agent",
     "provisioner.lab.control", "provisioner.lab.prepare", "provisioner.lab.topology",
     "provisioner.lab.processes", "provisioner.lab.probes", "provisioner.lab.render",
     "provisioner.lab.keys",
+    "provisioner.tls.acme", "provisioner.tls.certs", "provisioner.tls.decisions",
+    "provisioner.tls.issuer", "provisioner.tls.listing", "provisioner.tls.served",
     "provisioner.lifecycle.onboard", "provisioner.lifecycle.offboard", "provisioner.site.render", "provisioner.verify.sweep",
     "provisioner.verify.verifier", "provisioner.verify.history", "provisioner.verify.report", "provisioner.registry.xlsx", "openpyxl",
     "ansible_runner", "paramiko", "acme", "httpx", "requests",

@@ -14,7 +14,7 @@ from lxml import html as lxml_html
 
 from provisioner.verify.content import load_rules, score_publication
 from provisioner.verify.history import SweepPoint
-from provisioner.verify.model import AgencyResult, CertInfo, CheckResult, Evidence, Status
+from provisioner.verify.model import AgencyResult, CertExpiry, CheckResult, Evidence, Status
 from provisioner.verify.report import html, jsonl, junit, prom, write_atomic
 from provisioner.verify.sweep import RECORD_SCHEMA, SweepResult, record_of, summarise
 
@@ -38,7 +38,7 @@ def agency(slug: str, statuses: dict[str, Status], days_left: int | None = 60,
                                         ("/",), ("/files/sop.pdf",))
     not_after = START + dt.timedelta(days=days_left) if days_left is not None else None
     return AgencyResult(slug, f"https://{slug}.paserkab.go.id/", checks, publication,
-                        CertInfo(not_after, days_left))
+                        CertExpiry(not_after, days_left))
 
 
 def sweep_of(results: list[AgencyResult]) -> SweepResult:

@@ -1,4 +1,5 @@
-"""Renewal decisions, certificate facts, targets and records (provisioner/tls/certificates.py): pure."""
+"""Renewal decisions, certificate facts, targets and records (provisioner/tls/certs.py and
+decisions.py): pure."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from provisioner.errors import ProvisionerError
 from provisioner.registry.load import load_inventory
-from provisioner.tls import certificates as tls
+from provisioner.tls.certs import (
+    CertInfo,
+    Install,
+    cert_info,
+    make_record,
+    read_records,
+    write_record,
+)
+from provisioner.tls.decisions import CertDecision, cert_targets, decide, renewal_due
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = load_inventory(REPO / "inventory", Path("/nonexistent/provisioner-state"))
@@ -21,9 +31,9 @@ NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)
 
 
-def cert(names=("dinkes.paserkab.go.id",), not_after=NOW + 60 * DAY) -> tls.CertInfo:
-    return tls.CertInfo(serial=0xABC, not_before=not_after - 90 * DAY, not_after=not_after,
-                        names=tuple(names), issuer="Pebble Intermediate CA")
+def cert(names=("dinkes.paserkab.go.id",), not_after=NOW + 60 * DAY) -> CertInfo:
+    return CertInfo(serial=0xABC, not_before=not_after - 90 * DAY, not_after=not_after,
+                    names=tuple(names), issuer="Pebble Intermediate CA")
 
 
 # --------------------------------------------------------------------------- renewal_due
@@ -39,7 +49,7 @@ def cert(names=("dinkes.paserkab.go.id",), not_after=NOW + 60 * DAY) -> tls.Cert
     (NOW + 89 * DAY, 90, True),
 ])
 def test_renewal_due(not_after, days, due):
-    assert tls.renewal_due(not_after, NOW, days) is due
+    assert renewal_due(not_after, NOW, days) is due
 
 
 # --------------------------------------------------------------------------- decide
@@ -62,7 +72,7 @@ def test_renewal_due(not_after, days, due):
 def test_decide(current, names, days, action, reason):
     # A renewal (for the CA's rate limits) is a renew of a certificate with every name.
     renewal = action == "renew" and not reason.startswith("does not cover")
-    assert tls.decide(current, names, NOW, days) == tls.CertDecision(action, reason, renewal)
+    assert decide(current, names, NOW, days) == CertDecision(action, reason, renewal)
 
 
 # --------------------------------------------------------------------------- cert_info
@@ -81,7 +91,7 @@ def _pem(names: list[str], serial: int) -> bytes:
 
 def test_cert_info_reads_the_leaf_of_a_chain():
     leaf = _pem(["dinkes.paserkab.go.id"], 0x1234567890ABCDEF)
-    info = tls.cert_info(leaf + _pem(["other"], 7))
+    info = cert_info(leaf + _pem(["other"], 7))
     assert info.serial == 0x1234567890ABCDEF and info.serial_hex == "1234567890abcdef"
     assert info.names == ("dinkes.paserkab.go.id",)
     assert info.not_after == NOW + 89 * DAY
@@ -89,29 +99,29 @@ def test_cert_info_reads_the_leaf_of_a_chain():
 
 
 def test_cert_info_refuses_what_is_not_a_certificate():
-    with pytest.raises(tls.ProvisionerError, match="not a PEM certificate"):
-        tls.cert_info(b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ProvisionerError, match="not a PEM certificate"):
+        cert_info(b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
 
 
 # --------------------------------------------------------------------------- targets
 
 def test_http01_targets_one_certificate_per_hosted_agency():
     agencies = [INVENTORY.agencies[s] for s in ("dinkes", "dishub")]
-    targets = tls.cert_targets(INVENTORY, agencies)
+    targets = cert_targets(INVENTORY, agencies)
     assert [(t.key, t.names, t.challenge, t.agencies) for t in targets] == [
         ("dinkes", ("dinkes.paserkab.go.id",), "http-01", ("dinkes",)),
         ("dishub", ("dishub.paserkab.go.id",), "http-01", ("dishub",)),
     ]
     host = INVENTORY.hosts[agencies[0].host]
-    assert targets[0].installs == (tls.Install(host.name, host.tls_dir / "dinkes" / "fullchain.pem",
-                                               host.tls_dir / "dinkes" / "privkey.pem"),)
+    assert targets[0].installs == (Install(host.name, host.tls_dir / "dinkes" / "fullchain.pem",
+                                           host.tls_dir / "dinkes" / "privkey.pem"),)
 
 
 def test_wildcard_mode_orders_one_certificate_for_every_host():
     inventory = dataclasses.replace(INVENTORY, settings=dataclasses.replace(
         INVENTORY.settings, tls_mode="dns-01-wildcard"))
     agencies = list(inventory.agencies.values())
-    [target] = tls.cert_targets(inventory, agencies)
+    [target] = cert_targets(inventory, agencies)
     assert target.key == "wildcard.paserkab.go.id" and target.challenge == "dns-01"
     assert target.names == ("*.paserkab.go.id", "paserkab.go.id")
     hosts = sorted({a.host for a in agencies if a.hosted})
@@ -125,18 +135,18 @@ def test_wildcard_mode_orders_one_certificate_for_every_host():
 def test_agencies_hosted_elsewhere_get_no_certificate():
     external = dataclasses.replace(INVENTORY.agencies["dinkes"], host=None,
                                    external_url="https://dinkes.example.org/")
-    assert tls.cert_targets(INVENTORY, [external]) == []
+    assert cert_targets(INVENTORY, [external]) == []
 
 
 # --------------------------------------------------------------------------- records
 
 def test_records_round_trip_without_key_material(tmp_path: Path):
-    [target] = tls.cert_targets(INVENTORY, [INVENTORY.agencies["dinkes"]])
-    record = tls.make_record(target, cert(), "https://acme.test/dir", NOW)
-    path = tls.write_record(tmp_path, record)
+    [target] = cert_targets(INVENTORY, [INVENTORY.agencies["dinkes"]])
+    record = make_record(target, cert(), "https://acme.test/dir", NOW)
+    path = write_record(tmp_path, record)
 
     assert path == tmp_path / "certs" / "dinkes.json"
-    assert tls.read_records(tmp_path) == [record]
+    assert read_records(tmp_path) == [record]
     assert record.serial == "abc" and record.not_after_time == NOW + 60 * DAY
     assert "PRIVATE" not in path.read_text()
 
@@ -144,5 +154,5 @@ def test_records_round_trip_without_key_material(tmp_path: Path):
 def test_a_corrupt_record_is_reported(tmp_path: Path):
     (tmp_path / "certs").mkdir()
     (tmp_path / "certs" / "dinkes.json").write_text("{not json")
-    with pytest.raises(tls.ProvisionerError, match="dinkes.json: not a certificate record"):
-        tls.read_records(tmp_path)
+    with pytest.raises(ProvisionerError, match="dinkes.json: not a certificate record"):
+        read_records(tmp_path)
