@@ -697,12 +697,12 @@ def verify(ctx: typer.Context, target: str = typer.Argument(..., metavar="AGENCY
 
 def _sweep_with_progress(inv: Inventory, **options: Any) -> sweeping.SweepResult:
     """Run the sweep, with a progress bar on stderr when it is a terminal."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ..verify import sweep as sweeping
 
     if not sys.stderr.isatty():
         return sweeping.run_sweep(inv, **options)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task("", total=None)

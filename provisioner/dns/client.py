@@ -788,13 +788,18 @@ class Querier:
 async def _reply(sock: dns.asyncbackend.DatagramSocket, query: dns.message.Message,
                  destination: tuple[Any, ...], expiration: float) -> dns.message.Message:
     """The first reply to ``query`` on the socket (connected to ``destination``: the
-    system drops datagrams from elsewhere) before ``expiration``."""
-    while True:
-        wire, _ = await sock.recvfrom(65535, max(expiration - time.time(), 0))
-        response = dns.message.from_wire(answer_part(wire), ignore_trailing=True,
-                                         raise_on_truncation=True)
-        if query.is_response(response):
-            return response
+    system drops datagrams from elsewhere) before ``expiration``. The wait is timed by
+    asyncio.timeout, not by dnspython (its asyncio.wait_for makes a task a reply)."""
+    try:
+        async with asyncio.timeout(max(expiration - time.time(), 0)):
+            while True:
+                wire, _ = await sock.recvfrom(65535, None)
+                response = dns.message.from_wire(answer_part(wire), ignore_trailing=True,
+                                                 raise_on_truncation=True)
+                if query.is_response(response):
+                    return response
+    except TimeoutError:
+        raise dns.exception.Timeout from None
 
 
 def answer_part(wire: bytes) -> bytes:

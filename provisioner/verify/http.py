@@ -389,11 +389,11 @@ def redirect_result(http_url: str, status: int, location: str | None) -> CheckRe
 
 # =========================================================================== https
 
-def https_checks(path: str, response: Response, page: PageAnalysis,
-                 rules: ScoringRules) -> list[CheckResult]:
-    """status, HSTS, security headers and real content of the home page (pure)."""
+def https_checks(path: str, response: Response, content: CheckResult) -> list[CheckResult]:
+    """status, HSTS and security headers of the home page, then its real content
+    (``content``: content_result's check, which the caller uses too) (pure)."""
     return [_status(path, response), hsts_result(response.headers),
-            headers_result(response.headers), content_result(response, page, rules)]
+            headers_result(response.headers), content]
 
 
 def _status(path: str, response: Response) -> CheckResult:

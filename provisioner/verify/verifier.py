@@ -20,17 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import UsageError
 from ..registry.models import Agency, Inventory, Settings
 from . import dns as dnscheck
-from .content import (
-    PageAnalysis,
-    ScoringRules,
-    analyse_page,
-    load_rules,
-    not_content_reason,
-    publication_checks,
-)
+from .content import ScoringRules, analyse_page, load_rules, publication_checks
 from .crawl import read_publication
 from .health import AddressGate
-from .http import HttpClient, Response, Site, check_redirect, https_checks, user_agent
+from .http import HttpClient, Site, check_redirect, content_result, https_checks, user_agent
 from .model import (
     ACTIVE_CHECKS,
     CHECKS,
@@ -263,23 +256,19 @@ async def _probe_site(target: Target, address: str,
         path, response = await site.get_following(urlsplit(target.url).path or "/")
         checks, cert = _tls_results(target, site, None, ctx)
         home = analyse_page(response.text(), ctx.rules)
-        checks += (https_checks(path, response, home, ctx.rules) if target.https_url
+        content = content_result(response, home, ctx.rules)  # judged once, used twice
+        checks += (https_checks(path, response, content) if target.https_url
                    else skipped(HTTPS_CHECKS, NO_HTTPS))
+        # an error, default, parked or empty home page publishes nothing: its site is not
+        # crawled (a blank 50 MB page on every path would cost its whole deadline)
         publication = (await read_publication(site, path, home, ctx.rules)
-                       if _has_content(response, home, ctx) else nothing)
+                       if content.status is Status.PASS else nothing)
     except ProbeFailure as failure:
         checks, cert = _tls_results(target, site, failure, ctx)
         return checks + _unreadable(target, failure, ctx), nothing, cert
     finally:
         site.close()
     return checks + publication_checks(publication, ctx.rules), publication, cert
-
-
-def _has_content(response: Response, home: PageAnalysis, ctx: VerifyContext) -> bool:
-    """Whether the home page is real content: an error, default, parked or empty page
-    publishes nothing, so its site is not crawled (a blank 50 MB page on every path would
-    cost its whole deadline)."""
-    return response.status == 200 and not_content_reason(home, ctx.rules) is None
 
 
 def _tls_results(target: Target, site: Site, failure: ProbeFailure | None,
