@@ -27,9 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from ..dns.client import DnsClient
 from ..dns.step import DnsPlan, apply_dns, plan_dns
 from ..errors import ProvisionerError, UsageError
 from ..hosts import ansible
@@ -37,25 +36,18 @@ from ..hosts.agent import HostClient, HostFacts, Preflight
 from ..plan import Change, Outcome, Plan
 from ..registry.models import Agency, Inventory
 from ..safety.audit import AuditEntry, AuditLog
-from ..safety.lock import run_lock
 from ..site import render as site
 from ..tls import certificates as tls
 from ..tls import ratelimit
 from ..verify import verifier as verifying
 from ..verify.sweep import Limits, reasons, verify_shard
 from . import access, access_plan
+from .run import LockedRun, Report, quiet
 
 STEPS = ("dns", "web", "tls", "verify")
 PHASES = ("plan", "dns", "web", "tls", "verify")
 VERIFY_CONCURRENCY = 32
 DRIFT_DIFF_LINES = 60  # of a hand-edited vhost's diff shown by plan
-
-Report = Callable[[str], None]
-
-
-def _quiet(_line: str) -> None:
-    return None
-
 
 # =========================================================================== plan data
 
@@ -224,32 +216,6 @@ def _installed_cert(facts: HostFacts | None, place: tls.Install) -> tls.CertInfo
 # =========================================================================== the session
 
 
-class LockedRun:
-    """What every run against the hosts holds: the DNS client, what it opens (closed on
-    exit) and, when it has a ``command`` (the command line, so it may change things), the
-    inventory's lock: refused while another run holds it or an ansible-playbook of a killed
-    run still works on this inventory."""
-
-    def __init__(self, inventory: Inventory, report: Report = _quiet, *,
-                 command: str | None = None, break_lock: bool = False):
-        self.inventory = inventory
-        self.report = report
-        self.command = command
-        self.break_lock = break_lock
-        self.dns = DnsClient(inventory.settings)
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self):
-        if self.command is not None:
-            self._stack.enter_context(run_lock(
-                self.inventory.state_dir, self.command, break_lock=self.break_lock,
-                report=self.report, leftovers=lambda: ansible.running_playbooks(self.inventory)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-
-
 class Session(LockedRun):
     """One onboarding run: SSH connections to the hosts, the DNS client, timings.
 
@@ -260,7 +226,7 @@ class Session(LockedRun):
     it: restore).
     """
 
-    def __init__(self, inventory: Inventory, report: Report = _quiet, *,
+    def __init__(self, inventory: Inventory, report: Report = quiet, *,
                  command: str | None = None, break_lock: bool = False,
                  audit_as: str | None = None):
         super().__init__(inventory, report, command=command, break_lock=break_lock)
