@@ -108,7 +108,7 @@ def test_offboard_then_restore_round_trips_byte_for_byte(olab: FaultLab, tmp_pat
     assert steps == dict.fromkeys(offboard.OFFBOARD_STEPS, "changed")
     archive = Path(out["result"]["archive"])
     assert archive.parent == olab.lab.state_dir / "archives"
-    assert archiving.stat().st_mode & 0o777 == 0o600
+    assert archive.stat().st_mode & 0o777 == 0o600
     archived = archiving.load_archive(archive)
     assert archived.manifest["cert"]["serial"] == f"{old_serial:x}"
     assert {r["type"] for r in archived.manifest["dns"]} == {"A", "TXT"}
@@ -160,7 +160,7 @@ def test_every_change_of_the_round_trip_is_audited(olab: FaultLab):
 def test_restore_refuses_a_tampered_archive_and_changes_nothing(olab: FaultLab, tmp_path: Path):
     archive = archiving.find_archives(olab.lab.state_dir / "archives", SLUG)[0]
     copy = tmp_path / archive.name
-    data = bytearray(archiving.read_bytes())
+    data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))
     shutil.copy(archiving.checksum_path(archive), archiving.checksum_path(copy))
