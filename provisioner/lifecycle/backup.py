@@ -45,7 +45,7 @@ from .archive import (
     make_manifest,
 )
 from .restic import BackupSummary, Restic, Snapshot
-from .run import Report, StepRun, quiet, utc_now
+from .run import LockedRun, Report, quiet, utc_now
 
 BACKUP_DIR = "backup"
 STATE_TAG = "state"
@@ -247,7 +247,7 @@ def _summary_text(summary: BackupSummary) -> str:
             f"{summary.files_unmodified} unchanged files; {summary.data_added} bytes added")
 
 
-class Backup(StepRun):
+class Backup(LockedRun):
     """One backup run (holds the inventory lock: no offboarding removes a site meanwhile)."""
 
     def __init__(self, inventory: Inventory, report: Report = quiet, *,
@@ -284,7 +284,7 @@ class Backup(StepRun):
 
     def _site(self, agency: Agency, known: set[str], dry_run: bool) -> BackupOutcome:
         host = self.inventory.hosts[agency.host]
-        client = self.client(host)
+        client = self.pool.client(host.name)
         folder = self.staging / "sites" / agency.slug
         marker = folder.parent / f"{agency.slug}{LAST_SNAPSHOT}"
         hashes = client.site_snapshot(agency, content=False)

@@ -55,8 +55,8 @@ from .archive import (
     make_manifest,
     write_archive,
 )
-from .run import StepRun, StepsResult, utc_now
 from .registry_status import registry_change, set_registry_status
+from .run import StepRun, StepsResult, utc_now
 
 REVOKE_REASON = 5  # RFC 5280 CRLReason cessationOfOperation: the site is closed
 TRANSIENT_ACME_PROBLEMS = ("serverInternal", "rateLimited", "badNonce")
@@ -192,7 +192,7 @@ class Offboarding(StepRun):
         snapshot = cert = archived = cert_dir = pem = None
         changes = [archive_change(agency, None, None, archive_dir)]
         if host is not None:
-            client = self.client(host)
+            client = self.pool.client(host.name)
             snapshot = client.site_snapshot(agency, content=False)
             covering = covering_archive(archive_dir, agency.slug, snapshot)
             archived = covering.path if covering else None
@@ -237,7 +237,7 @@ class Offboarding(StepRun):
         oplan, slug = state.plan, state.plan.agency.slug
         if oplan.host is None:
             return Outcome(slug, "archive", "ok", "hosted elsewhere: nothing to archive")
-        snapshot = self.client(oplan.host).site_snapshot(oplan.agency, content=True)
+        snapshot = self.pool.client(oplan.host.name).site_snapshot(oplan.agency, content=True)
         state.archive = covering_archive(oplan.archive_dir, slug, snapshot)
         if state.archive is not None:
             return Outcome(slug, "archive", "ok", f"already archived in {state.archive.path}")
@@ -282,7 +282,7 @@ class Offboarding(StepRun):
         oplan, slug = state.plan, state.plan.agency.slug
         if oplan.host is None:
             return Outcome(slug, "vhost", "ok", "hosted elsewhere")
-        removed = self.client(oplan.host).remove_vhost(oplan.agency)
+        removed = self.pool.client(oplan.host.name).remove_vhost(oplan.agency)
         return Outcome(slug, "vhost", "changed" if removed else "ok",
                        "removed (nginx -t passed, reloaded)" if removed else "no vhost")
 
@@ -290,7 +290,7 @@ class Offboarding(StepRun):
         oplan, slug = state.plan, state.plan.agency.slug
         if oplan.host is None:
             return Outcome(slug, "site", "ok", "hosted elsewhere")
-        client = self.client(oplan.host)
+        client = self.pool.client(oplan.host.name)
         removed = self._remove_access(oplan.agency)  # no upload lands after the check below
         current = client.site_snapshot(oplan.agency, content=False)
         if current.files and (state.archive is None or not state.archive.covers(current)):
@@ -313,7 +313,7 @@ class Offboarding(StepRun):
         host_name = recorded[agency.slug].host
         wanted = access_plan.host_access(self.inventory, host_name, recorded,
                                          leaving=[agency.slug])
-        self.client(self.inventory.hosts[host_name]).content_access(wanted.request())
+        self.pool.client(host_name).content_access(wanted.request())
         access.save_accounts(state_dir, wanted.recorded(recorded))
         return f"SFTP account {recorded[agency.slug].account} removed; "
 
@@ -324,7 +324,7 @@ class Offboarding(StepRun):
         cert_dir = _own_cert_dir(self.inventory, agency, oplan.host)
         if cert_dir is None:
             return Outcome(agency.slug, "cert", "ok", "shared wildcard certificate kept")
-        client = self.client(oplan.host)
+        client = self.pool.client(oplan.host.name)
         pem = self._cert_pem(client, agency, oplan.host)
         done = []
         if pem and _cert_info(pem) and self.inventory.settings.acme.revoke_on_offboard:

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..dns.step import DnsPlan, apply_dns, plan_dns
 from ..errors import ProvisionerError, UsageError
 from ..hosts import ansible
-from ..hosts.agent import HostClient, HostFacts, Preflight
+from ..hosts.agent import HostFacts
 from ..plan import Change, Outcome, Plan
 from ..registry.models import Agency, Inventory
 from ..safety.audit import AuditEntry, AuditLog
@@ -231,7 +231,6 @@ class Session(LockedRun):
                  audit_as: str | None = None):
         super().__init__(inventory, report, command=command, break_lock=break_lock)
         self.audit_command = audit_as or command
-        self.clients: dict[str, HostClient] = {}
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -357,7 +356,7 @@ class Session(LockedRun):
                 continue
             sshd = wanted.host.sshd
             try:
-                facts = self._client(name).call("content_access_facts", names=wanted.names,
+                facts = self.pool.client(name).call("content_access_facts", names=wanted.names,
                                                 keys_dir=str(sshd.keys_dir),
                                                 drop_in=str(sshd.drop_in))
             except ProvisionerError as exc:  # this host's accounts wait; the rest goes on
@@ -375,15 +374,15 @@ class Session(LockedRun):
 
         def read(name: str) -> HostFacts | str:
             try:
-                client = self._client(name)
                 on_host = [a for a in hosted if a.host == name]
                 host = self.inventory.hosts[name]
-                preflight: Preflight = client.preflight(
-                    repairable=[site.vhost_path(a, host) for a in on_host])
+                preflight = self.pool.preflight(
+                    name, repairable=[site.vhost_path(a, host) for a in on_host])
                 if not preflight.ok:
                     return "; ".join(preflight.problems)
-                return client.facts(on_host, self.inventory.settings,
-                                    {a.slug: list(rendered[a.slug]) for a in on_host})
+                return self.pool.client(name).facts(
+                    on_host, self.inventory.settings,
+                    {a.slug: list(rendered[a.slug]) for a in on_host})
             except ProvisionerError as exc:
                 return str(exc)
 
@@ -395,13 +394,6 @@ class Session(LockedRun):
                 else:
                     facts[name] = found
         return facts, errors
-
-    def _client(self, name: str) -> HostClient:
-        if name not in self.clients:
-            client = HostClient(self.inventory.hosts[name], self.inventory.settings.known_hosts_file)
-            client.connect()
-            self.clients[name] = self._stack.enter_context(client)
-        return self.clients[name]
 
     # ------------------------------------------------------------------ apply
 
@@ -481,7 +473,7 @@ class Session(LockedRun):
             if not changed and not deployed & {a.slug for a in wanted.keep}:
                 continue
             try:
-                self._client(name).content_access(wanted.request())
+                self.pool.client(name).content_access(wanted.request())
             except ProvisionerError as exc:
                 outcomes += [Outcome(slug, "access", "failed", str(exc)) for slug in changed]
                 continue
@@ -504,8 +496,8 @@ class Session(LockedRun):
         if not wanted:
             return outcomes
         for name in sorted({i.host for t in wanted for i in t.installs}):
-            self._client(name)
-        results = tls.Issuer(self.inventory, self.clients, self.dns,
+            self.pool.client(name)
+        results = tls.Issuer(self.inventory, self.pool.clients, self.dns,
                              ledger=self.ledger).obtain(wanted)
         self.report(f"tls: {sum(r.status == 'changed' for r in results)} certificate(s) issued")
         issued = {slug for r in results if r.status == "changed" for slug in r.target.agencies}
@@ -515,7 +507,7 @@ class Session(LockedRun):
         renewed_hosts = sorted({a.host for a in oplan.agencies if a.slug in issued
                                 and oplan.tls_ready.get(a.slug)} - {a.host for a in activate})
         for name in renewed_hosts:
-            self.clients[name].reload_nginx()
+            self.pool.client(name).reload_nginx()
             reloads[name] = reloads.get(name, 0) + 1
         served = tls.served_problems(self.inventory, results)
         for result in results:

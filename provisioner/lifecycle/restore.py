@@ -28,8 +28,8 @@ from ..safety.audit import current_operator
 from ..site import render as site
 from . import onboard as onboarding
 from .archive import ArchivedSite, archived_mode, load_archive
-from .run import StepRun, StepsResult, utc_now
 from .registry_status import registry_change, set_registry_status
+from .run import StepRun, StepsResult, utc_now
 
 RESTORE_STEPS = ("site", "registry", "dns", "web", "tls", "verify", "vhost")
 
@@ -84,7 +84,7 @@ class Restoring(StepRun):
             raise UsageError(f"{slug} is hosted elsewhere now ({agency.external_url})",
                              hint="set 'host:' in its registry file to restore it here")
         host = self.inventory.hosts[agency.host]
-        snapshot = self.client(host).site_snapshot(agency, content=False)
+        snapshot = self.pool.client(host.name).site_snapshot(agency, content=False)
         actions = restore_actions(archived.manifest["files"], snapshot)
         conflicts = sorted(rel for rel, action in actions.items() if action == "conflict")
         if conflicts:
@@ -130,7 +130,7 @@ class Restoring(StepRun):
         return StepsResult(tuple(outcomes), rplan.archive.path, RESTORE_STEPS)
 
     def _files(self, rplan: RestorePlan) -> Outcome:
-        written, same = self.client(rplan.host).restore_site(
+        written, same = self.pool.client(rplan.host.name).restore_site(
             rplan.agency, rplan.archive.site_files(), rplan.archive.manifest["dirs"])
         return Outcome(rplan.agency.slug, "site", "changed" if written else "ok",
                        f"{written} file(s) written, {same} already identical "
@@ -146,7 +146,7 @@ class Restoring(StepRun):
 
     def _compare_vhost(self, rplan: RestorePlan, agency: Agency) -> Outcome:
         archived = rplan.archive.manifest["vhost"]
-        now = self.client(rplan.host).site_snapshot(agency, content=False).vhost
+        now = self.pool.client(rplan.host.name).site_snapshot(agency, content=False).vhost
         if archived is None:
             return Outcome(agency.slug, "vhost", "ok", "generated (none was archived)")
         if now is not None and now.sha256 == archived["sha256"]:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..dns.client import DnsClient
-from ..errors import ProvisionerError, SafetyError
+from ..errors import ProvisionerError
 from ..hosts import ansible
-from ..hosts.agent import HostClient
+from ..hosts.pool import HostPool
 from ..plan import Change, Outcome
-from ..registry.models import Host, Inventory
+from ..registry.models import Inventory
 from ..safety.audit import AuditEntry, AuditLog
 from ..safety.lock import run_lock
 
@@ -36,8 +36,9 @@ def utc_now() -> dt.datetime:
 
 
 class LockedRun:
-    """What every run against the hosts holds: the DNS client, what it opens (closed on
-    exit) and, when it has a ``command`` (the command line, so it may change things), the
+    """What every run against the hosts holds: the DNS client, the host agents it talks to
+    (``pool``: connected and preflighted on first use), what it opens (closed on exit)
+    and, when it has a ``command`` (the command line, so it may change things), the
     inventory's lock: refused while another run holds it or an ansible-playbook of a killed
     run still works on this inventory."""
 
@@ -48,6 +49,7 @@ class LockedRun:
         self.command = command
         self.break_lock = break_lock
         self.dns = DnsClient(inventory.settings)
+        self.pool = HostPool(inventory.hosts, inventory.settings.known_hosts_file)
         self._stack = contextlib.ExitStack()
 
     def __enter__(self):
@@ -55,6 +57,7 @@ class LockedRun:
             self._stack.enter_context(run_lock(
                 self.inventory.state_dir, self.command, break_lock=self.break_lock,
                 report=self.report, leftovers=lambda: ansible.running_playbooks(self.inventory)))
+        self._stack.enter_context(self.pool)  # closed before the lock is released
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -87,27 +90,8 @@ class StepsResult:
 
 
 class StepRun(LockedRun):
-    """SSH connections (each preflighted), the DNS client, and (with ``command``) the
-    inventory lock."""
-
-    def __init__(self, inventory: Inventory, report: Report = quiet, *,
-                 command: str | None = None, break_lock: bool = False):
-        super().__init__(inventory, report, command=command, break_lock=break_lock)
-        self._clients: dict[str, HostClient] = {}
-
-    def client(self, host: Host) -> HostClient:
-        """The connected client of a host whose preflight passed (HostError when it cannot
-        be reached, SafetyError naming the problems when its preflight fails)."""
-        if host.name not in self._clients:
-            client = self._stack.enter_context(
-                HostClient(host, self.inventory.settings.known_hosts_file))
-            preflight = client.preflight()
-            if not preflight.ok:
-                raise SafetyError(f"host {host.name} cannot be used: "
-                                  + "; ".join(preflight.problems),
-                                  hint="fix the host, then re-run; nothing was changed")
-            self._clients[host.name] = client
-        return self._clients[host.name]
+    """A run of ordered steps (offboarding, restore): each audited and reported as it ends,
+    the first failure stops the run."""
 
     def run_step(self, slug: str, kind: str, changes: Sequence[Change],
                  step: Callable[[], Outcome], outcomes: list[Outcome]) -> bool:

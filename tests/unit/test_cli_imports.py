@@ -8,10 +8,10 @@ import sys
 
 DEFERRED = (
     "provisioner.hosts.ansible", "provisioner.hosts.agent", "provisioner.lab.lab", "provisioner.tls.certificates",
-    "provisioner.lifecycle.onboard", "provisioner.lifecycle.offboard",
-    "provisioner.lifecycle.restore", "provisioner.lifecycle.archive", "provisioner.site.render", "provisioner.verify.sweep",
+    "provisioner.lifecycle.onboard", "provisioner.lifecycle.offboard", "provisioner.site.render", "provisioner.verify.sweep",
     "provisioner.verify.verifier", "provisioner.verify.history", "provisioner.verify.report", "provisioner.registry.xlsx", "openpyxl",
     "ansible_runner", "paramiko", "acme", "httpx", "requests",
+    "provisioner.hosts.pool", "provisioner.lifecycle.restore", "provisioner.lifecycle.archive",
 )
 
 
