@@ -5,6 +5,7 @@ A run is two calls on one ``Session`` (which holds one SSH connection per host):
 every change without side effects; ``apply`` carries the plan out step by step
 and returns one outcome per agency and step. An agency that fails a step is left
 out of the later steps; other agencies go on, and nothing they got is rolled back.
+The rows ``plan`` computes from the facts (pure) are ``onboard_plan.py``.
 
 Steps, in order:
 
@@ -21,12 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import difflib
 import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..dns.step import DnsPlan, apply_dns, plan_dns
@@ -35,19 +34,30 @@ from ..hosts import ansible
 from ..hosts.agent import HostFacts
 from ..plan import Change, Outcome, Plan
 from ..registry.models import Agency, Inventory
-from ..safety.audit import AuditEntry, AuditLog
+from ..safety.audit import AuditLog
 from ..site import render as site
 from ..tls import certificates as tls
 from ..tls import ratelimit
 from ..verify import verifier as verifying
 from ..verify.sweep import Limits, reasons, verify_shard
 from . import access, access_plan
+from .onboard_plan import (
+    audit_entries,
+    cert_changes,
+    decide_certs,
+    dns_scope,
+    drift_diff,
+    interrupted_entries,
+    on_failed_host,
+    site_change,
+    vhost_change,
+)
 from .run import LockedRun, Report, quiet
 
 STEPS = ("dns", "web", "tls", "verify")
 PHASES = ("plan", "dns", "web", "tls", "verify")
 VERIFY_CONCURRENCY = 32
-DRIFT_DIFF_LINES = 60  # of a hand-edited vhost's diff shown by plan
+
 
 # =========================================================================== plan data
 
@@ -115,102 +125,6 @@ class OnboardResult:
 
 def _rank(outcome: Outcome) -> int:
     return {"ok": 0, "changed": 1, "failed": 2}[outcome.status]
-
-
-# =========================================================================== pure planning
-
-
-def site_change(agency: Agency, changes: Sequence[site.FileChange]) -> Change:
-    """One row for an agency's site files: counts per action, edited files named."""
-    by_action: dict[str, list[str]] = {}
-    for change in changes:
-        by_action.setdefault(change.action, []).append(change.path)
-    mutating = {a: by_action.get(a, []) for a in ("create", "update", "remove")}
-    new = tuple(f"{len(paths)} {action}" for action, paths in mutating.items() if paths)
-    kept = by_action.get("keep-edited", [])
-    reason = f"kept, edited by the agency: {', '.join(sorted(kept))}" if kept else ""
-    if not any(mutating.values()):
-        return Change(agency.slug, "site", "noop", agency.fqdn, reason=reason or "up to date")
-    first_deploy = all(c.action == "create" for c in changes)
-    action = "create" if first_deploy else "update"
-    return Change(agency.slug, "site", action, agency.fqdn, new=new, reason=reason)
-
-
-def vhost_change(agency: Agency, current_sha256: str | None, desired: bytes,
-                 tls_ready: bool, drifted: bool = False) -> Change:
-    mode = "https" if tls_ready else "http only, until the certificate exists"
-    if drifted:
-        return Change(agency.slug, "vhost", "update", agency.fqdn, new=(mode,),
-                      reason="drift: changed by hand since provisioner wrote it; restored, "
-                             "the edited copy kept aside")
-    if current_sha256 is None:
-        return Change(agency.slug, "vhost", "create", agency.fqdn, new=(mode,))
-    if current_sha256 == site.sha256_hex(desired):
-        return Change(agency.slug, "vhost", "noop", agency.fqdn, reason="up to date")
-    return Change(agency.slug, "vhost", "update", agency.fqdn, new=(mode,))
-
-
-def drift_diff(path: Path, edited: str, desired: bytes,
-               limit: int = DRIFT_DIFF_LINES) -> tuple[str, ...]:
-    """A vhost of ours changed by hand, as a unified diff from the host's copy to what
-    onboarding writes back (at most ``limit`` lines)."""
-    lines = list(difflib.unified_diff(
-        edited.splitlines(), desired.decode("utf-8").splitlines(),
-        f"{path} (on the host)", f"{path} (provisioner)", lineterm=""))
-    if len(lines) <= limit:
-        return tuple(lines)
-    return (*lines[:limit], f"... {len(lines) - limit} more lines")
-
-
-def cert_changes(target: tls.CertTarget, decision: tls.CertDecision,
-                 deferred: ratelimit.Deferred | None = None) -> list[Change]:
-    """The target's row per agency; a certificate the CA's limits leave for a later run
-    is a noop that says when it fits."""
-    action = "noop" if deferred else \
-        {"order": "create", "renew": "update", "keep": "noop"}[decision.action]
-    reason = f"{decision.reason}; {deferred.reason}" if deferred else decision.reason
-    return [Change(slug, "cert", action, ", ".join(target.names), rdtype=target.challenge,
-                   reason=reason) for slug in target.agencies]
-
-
-def decide_certs(targets: Sequence[tls.CertTarget], facts: Mapping[str, HostFacts],
-                 now: dt.datetime, days: int = tls.RENEW_DAYS
-                 ) -> tuple[dict[str, tls.CertDecision], dict[str, bool]]:
-    """Per target: order, renew or keep (from the certificate each host serves from disk);
-    per agency: whether a certificate is installed at all (its vhost can serve HTTPS)."""
-    decisions, installed = {}, {}
-    for target in targets:
-        infos = [_installed_cert(facts.get(place.host), place) for place in target.installs]
-        present = [info for info in infos if info is not None]
-        # Every host must hold a good certificate; the worst one decides.
-        worst = None if len(present) < len(infos) else min(present, key=lambda i: i.not_after)
-        decisions[target.key] = tls.decide(worst, target.names, now, days)
-        for slug in target.agencies:
-            installed[slug] = len(present) == len(infos)
-    return decisions, installed
-
-
-def _dns_scope(agencies: Sequence[Agency] | None, selected: Sequence[Agency],
-               host_errors: Mapping[str, str]) -> list[Agency] | None:
-    """Whom the DNS step covers: a name never points at a host that cannot serve it
-    this run (None, the whole zone, only while every host is usable)."""
-    if not host_errors:
-        return None if agencies is None else list(agencies)
-    return [a for a in selected if a.host not in host_errors]
-
-
-def _on_failed_host(target: tls.CertTarget, host_errors: Mapping[str, str]) -> bool:
-    return any(place.host in host_errors for place in target.installs)
-
-
-def _installed_cert(facts: HostFacts | None, place: tls.Install) -> tls.CertInfo | None:
-    pem = facts.certs.get(place.fullchain) if facts else None
-    if not pem:
-        return None
-    try:
-        return tls.cert_info(pem.encode() if isinstance(pem, str) else pem)
-    except ProvisionerError:
-        return None  # unreadable: order a new one
 
 
 # =========================================================================== the session
@@ -282,7 +196,7 @@ class Session(LockedRun):
                             for a in selected if not a.hosted)
             rendered = {a.slug: site.render_site(a) for a in hosted}
             facts, host_errors = self._host_facts(hosted, rendered)
-            dns_plan = plan_dns(self.inventory, _dns_scope(agencies, selected, host_errors),
+            dns_plan = plan_dns(self.inventory, dns_scope(agencies, selected, host_errors),
                                 force=force, preflight=True, client=self.dns) \
                 if "dns" in steps else None
             targets = tuple(tls.cert_targets(self.inventory, hosted))
@@ -301,7 +215,7 @@ class Session(LockedRun):
                     decisions, {r.key: r for r in tls.read_records(self.inventory.state_dir)},
                     self.inventory.settings.acme.directory)
                 budget = self.ledger.budget(tls.demands(
-                    [t for t in targets if not _on_failed_host(t, host_errors)], decisions,
+                    [t for t in targets if not on_failed_host(t, host_errors)], decisions,
                     self.inventory.settings.acme))
                 changes += [c for t in targets for c in cert_changes(
                     t, decisions[t.key], budget.deferred.get(t.key))]
@@ -540,44 +454,6 @@ class Session(LockedRun):
         active = sum(r.active for r in results)
         self.report(f"verify: {active}/{len(results)} active")
         return [_verify_outcome(r) for r in results]
-
-
-STEP_OF_KIND = {"dns": "dns", "site": "web", "vhost": "web", "cert": "tls"}
-
-
-def audit_entries(command: str, plan: Plan, outcomes: Sequence[Outcome]) -> list[AuditEntry]:
-    """One entry per planned change, with the result of the step that carried it out;
-    plus every failure that no planned change explains (e.g. a failed verification)."""
-    result_of = {(o.agency, o.kind): o for o in outcomes}
-    entries, explained = [], set()
-    for change in (c for c in plan if c.mutating):
-        outcome = result_of.get((change.agency, STEP_OF_KIND.get(change.kind, change.kind)))
-        if outcome is None:
-            continue  # the step did not run for this agency (an earlier step failed)
-        explained.add((outcome.agency, outcome.kind))
-        entries.append(AuditEntry(
-            command=command, agency=change.agency, kind=change.kind, action=change.action,
-            change={"name": change.name, "type": change.rdtype, "old": list(change.old),
-                    "new": list(change.new)},
-            result=outcome.status,
-            reason=outcome.detail if outcome.status == "failed" else None))
-    entries += [AuditEntry(command=command, agency=o.agency, kind=o.kind, action="apply",
-                           change=o.kind, result="failed", reason=o.detail)
-                for o in outcomes if o.status == "failed" and (o.agency, o.kind) not in explained]
-    return entries
-
-
-def interrupted_entries(command: str, plan: Plan, step: str, outcomes: Sequence[Outcome],
-                        exc: BaseException) -> list[AuditEntry]:
-    """The planned changes of a step that was interrupted before it reported them."""
-    reported = {(o.agency, o.kind) for o in outcomes}
-    reason = (f"interrupted ({type(exc).__name__}) before its result was known: the change "
-              "may have been made; re-run to converge")
-    return [AuditEntry(command=command, agency=c.agency, kind=c.kind, action=c.action,
-                       change={"name": c.name, "type": c.rdtype, "old": list(c.old),
-                               "new": list(c.new)}, result="failed", reason=reason)
-            for c in plan if c.mutating and STEP_OF_KIND.get(c.kind, c.kind) == step
-            and (c.agency, step) not in reported]
 
 
 def _verify_outcome(result: verifying.AgencyResult) -> Outcome:

@@ -12,6 +12,7 @@ DEFERRED = (
     "provisioner.verify.verifier", "provisioner.verify.history", "provisioner.verify.report", "provisioner.registry.xlsx", "openpyxl",
     "ansible_runner", "paramiko", "acme", "httpx", "requests",
     "provisioner.hosts.pool", "provisioner.lifecycle.restore", "provisioner.lifecycle.archive",
+    "provisioner.lifecycle.onboard_plan", "provisioner.lifecycle.run",
 )
 
 
