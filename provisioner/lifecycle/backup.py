@@ -238,6 +238,16 @@ class BackupRun:
                 "outcomes": [o.to_dict() for o in self.outcomes]}
 
 
+@dataclass(frozen=True)
+class PruneResult:
+    kept: int
+    removed: int
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept": self.kept, "removed": self.removed, "dry_run": self.dry_run}
+
+
 # =========================================================================== backup
 
 
@@ -371,16 +381,6 @@ def fetch_from_backup(inventory: Inventory, slug: str, which: str) -> ArchivedSi
     if archived.agency != agency.slug:
         raise UsageError(f"snapshot {chosen.short_id} holds {archived.agency}, not {agency.slug}")
     return archived
-
-
-@dataclass(frozen=True)
-class PruneResult:
-    kept: int
-    removed: int
-    dry_run: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kept": self.kept, "removed": self.removed, "dry_run": self.dry_run}
 
 
 def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
