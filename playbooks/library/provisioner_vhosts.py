@@ -11,7 +11,18 @@ how nginx is tested and reloaded) have one definition:
   offboarding and restore: snapshot a site, remove a vhost as a tested transaction,
   remove a folder, put a site back).
 
-Only the standard library is used: the host needs nothing but python3 and nginx.
+Only the standard library is used: the host needs nothing but python3 and nginx. The
+helpers the controller uses too (atomic writes, walks that never follow a symlink, path
+safety, the site-file plan, /proc) are in ``provisioner/hosts/hostlib.py``, shipped with
+this file: Ansible packs it as ``ansible.module_utils.hostlib`` (``ANSIBLE_MODULE_UTILS``,
+set by provisioner/hosts/ansible.py), and agent.py sends its source first and makes it
+importable as ``hostlib`` (so does ``agent.host_agent`` on the controller).
+
+Why one file of this size (and not a package): it is one program shipped whole. Ansible
+runs a module as one file plus the module_utils it imports, and the SSH agent is started
+from its source on stdin; everything in it is the host's half of a controller operation
+(the vhost transaction, site files, offboarding and restore, content access), reached
+through ``OPERATIONS`` or ``main``. What is shared with the controller lives in hostlib.
 
 The vhost transaction ("never break a neighbour"): changed vhost files are swapped
 in, ``nginx -t`` tests the whole config, and on failure the batch is bisected to find
@@ -23,13 +34,10 @@ once more and nginx is reloaded once, and not at all when nothing changed.
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
-import hashlib
 import io
 import json
 import os
-import posixpath
 import re
 import shutil
 import stat
@@ -37,6 +45,11 @@ import subprocess
 import sys
 import tarfile
 import time
+
+try:  # run by Ansible, which ships provisioner/hosts/hostlib.py with it as a module_utils
+    from ansible.module_utils import hostlib
+except ImportError:  # run by provisioner/hosts/agent.py, which loads hostlib first
+    import hostlib
 
 DOCUMENTATION = r"""
 ---
@@ -96,255 +109,9 @@ nginx_tests:
 
 BUNDLE_SCHEMA = "provisioner/bundle/v1"
 MANIFEST_SCHEMA = "provisioner/site-manifest/v1"
-FILE_MODE = 0o644
-DIR_MODE = 0o755
 NGINX_TIMEOUT = 60
 RELOAD_SETTLE = 10.0  # seconds the master gets to retire the workers of the old config
-ACCEPTING_WORKER = b"nginx: worker process"  # a retiring worker's title adds "is shutting down"
-
-
-# =========================================================================== files
-#
-# Folders below a trusted folder (the web root, the sites dir, the TLS dir: named by the
-# controller) are never trusted: an agency writes into its site, and a symlink it plants
-# (before a run or during one) must not redirect root's reads or writes. So every path
-# below a trusted folder is walked one component at a time, each opened with O_NOFOLLOW
-# relative to its parent's descriptor; files are created O_EXCL under a temp name and
-# renamed within their folder's descriptor; modes and times are set on descriptors.
-
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: opening a FIFO an agency planted must not hang the agent.
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-def sha256_hex(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_mode(mode):
-    """The mode a site file gets on the host: at most rw-r--r--, never setuid/setgid/sticky."""
-    return int(mode) & FILE_MODE
-
-
-def dir_mode(mode):
-    """The mode a site folder gets on the host: at most rwxr-xr-x, never setgid/sticky."""
-    return int(mode) & DIR_MODE
-
-
-def split_rel(rel):
-    """The components of a relative path without '..' (ValueError otherwise); [] for '.'."""
-    norm = posixpath.normpath(rel) if rel else ""
-    if not rel or rel.startswith("/") or norm.startswith("..") or "\x00" in rel \
-            or norm != rel.rstrip("/"):
-        raise ValueError("not a safe relative path: %r" % rel)
-    return [] if norm == "." else norm.split("/")
-
-
-def _below(path, root):
-    """(folders below ``root``, file name) of ``path``; ValueError when it is not below."""
-    parts = split_rel(os.path.relpath(path, root))
-    if not parts:
-        raise ValueError("%s is not below %s" % (path, root))
-    return parts[:-1], parts[-1]
-
-
-def open_below(dir_fd, parts, create=False):
-    """A new descriptor of the folder ``parts`` below ``dir_fd``, never through a symlink
-    (ELOOP/ENOTDIR instead); missing folders are created (0755) when ``create``."""
-    fd = os.dup(dir_fd)
-    try:
-        for name in parts:
-            try:
-                child = os.open(name, DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                try:
-                    os.mkdir(name, DIR_MODE, dir_fd=fd)
-                except FileExistsError:
-                    pass
-                child = os.open(name, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-@contextlib.contextmanager
-def below(dir_fd, parts, create=False):
-    fd = open_below(dir_fd, parts, create)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def open_folder(root, parts=(), create=False):
-    """A new descriptor of ``root``/``parts``: ``root`` is trusted (a folder the controller
-    named, symlinks in its path resolved once), ``parts`` are walked without following."""
-    if create:
-        os.makedirs(root, mode=DIR_MODE, exist_ok=True)
-    root_fd = os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return open_below(root_fd, parts, create)
-    finally:
-        os.close(root_fd)
-
-
-@contextlib.contextmanager
-def folder(root, parts=(), create=False):
-    fd = open_folder(root, parts, create)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _absent(exc):
-    """Missing, or a symlink (ELOOP) on the way: not a file we generated. Anything else
-    is an error."""
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-        return None
-    raise exc
-
-
-def open_file_at(dir_fd, name):
-    """(descriptor, stat) of the regular file ``name`` in ``dir_fd``; None when missing,
-    a symlink or not a regular file."""
-    try:
-        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        return _absent(exc)
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        return None
-    return fd, info
-
-
-def read_at(dir_fd, name):
-    """(content, stat) of the regular file ``name`` in ``dir_fd``; None when missing, a
-    symlink or not a regular file."""
-    found = open_file_at(dir_fd, name)
-    if found is None:
-        return None
-    fd, info = found
-    try:
-        return _read_all(fd), info
-    finally:
-        os.close(fd)
-
-
-def _read_all(fd):
-    chunks = []
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def read_below(dir_fd, rel):
-    """(content, stat) of the regular file at ``rel`` below ``dir_fd``, None when absent
-    (or reached through a symlink)."""
-    parts = split_rel(rel)
-    try:
-        with below(dir_fd, parts[:-1]) as parent:
-            return read_at(parent, parts[-1])
-    except OSError as exc:
-        return _absent(exc)
-
-
-def read_file(path, root=None):
-    """(content, stat) of the regular file ``path`` below the trusted ``root`` (default:
-    its own folder); None when absent."""
-    parents, name = _below(path, root or os.path.dirname(path))
-    try:
-        with folder(root or os.path.dirname(path), parents) as parent:
-            return read_at(parent, name)
-    except OSError as exc:
-        return _absent(exc)
-
-
-def read_bytes(path, root=None):
-    """Content of a regular file, None when missing."""
-    found = read_file(path, root)
-    return found[0] if found else None
-
-
-def write_at(dir_fd, name, data, mode=FILE_MODE, mtime=None):
-    """Write ``name`` in the folder ``dir_fd``: a new temp file (O_EXCL: never an existing
-    file or a planted symlink), mode and mtime set on its descriptor, fsync, then renamed
-    over ``name`` within the folder (a symlink there is replaced, never followed)."""
-    tmp = ".%s.%s.provisioner-tmp" % (name[:100], os.urandom(6).hex())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 mode, dir_fd=dir_fd)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if mtime is not None:
-                os.utime(fd, (mtime, mtime))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        unlink_at(dir_fd, tmp)
-        raise
-
-
-def write_atomic(path, data, mode=FILE_MODE, root=None):
-    """Write ``path`` via an O_EXCL temp file + rename; the folders between the trusted
-    ``root`` (default: its own folder) and the file are created, never followed."""
-    parents, name = _below(path, root or os.path.dirname(path))
-    with folder(root or os.path.dirname(path), parents, create=True) as parent:
-        write_at(parent, name, data, mode)
-
-
-def unlink_at(dir_fd, name):
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def remove_file(path, root=None):
-    """Remove ``path`` (folders below ``root`` never followed); False when absent."""
-    parents, name = _below(path, root or os.path.dirname(path))
-    try:
-        with folder(root or os.path.dirname(path), parents) as parent:
-            return unlink_at(parent, name)
-    except OSError as exc:
-        return bool(_absent(exc))
-
-
-def inside(path, folder_path):
-    """True when ``path`` (after resolving symlinks) is ``folder_path`` or below it."""
-    real, base = os.path.realpath(path), os.path.realpath(folder_path)
-    return real == base or real.startswith(base.rstrip("/") + "/")
-
-
-def strictly_inside(path, folder_path):
-    """True when ``path`` is below ``folder_path`` (not itself) and not a symlink."""
-    return inside(path, folder_path) and not os.path.islink(path) and \
-        os.path.realpath(path) != os.path.realpath(folder_path)
-
-
-def site_parts(site_dir, web_root):
-    """The folders from the web root down to a site; ValueError unless strictly below."""
-    try:
-        parts = split_rel(os.path.relpath(site_dir, web_root)) if site_dir else []
-    except ValueError:
-        parts = []
-    if not parts:
-        raise ValueError("site folder %s is not inside %s" % (site_dir, web_root))
-    return parts
+ACCEPTING_WORKER = "nginx: worker process"  # a retiring worker's title adds "is shutting down"
 
 
 # =========================================================================== site files
@@ -366,7 +133,7 @@ def parse_manifest(data):
         return None
     for rel in files:
         try:
-            if not split_rel(rel):
+            if not hostlib.split_rel(rel):
                 raise ValueError(rel)
         except ValueError:
             raise ValueError("the deployed manifest names a path outside the site: %r (edited "
@@ -375,74 +142,45 @@ def parse_manifest(data):
     return dict(files)
 
 
-def plan_site_files(new_hashes, deployed, current, manifest_path):
-    """path -> (action, reason): the same rules as provisioner.site.render.plan_site_files.
-
-    ``new_hashes``: what we generate now; ``deployed``: what we generated last time
-    (None before the first deploy); ``current``: what is on the host. A file that
-    differs from both our last and our new output was edited by the agency: kept.
-    """
-    deployed = deployed or {}
-    plan = {}
-    for path, new in new_hashes.items():
-        generated, now = deployed.get(path), current.get(path)
-        if now is None:
-            plan[path] = ("create", "missing on host, generated again" if generated
-                          else "new file")
-        elif now == new:
-            plan[path] = ("unchanged", "host copy is current")
-        elif path == manifest_path or now == generated:
-            plan[path] = ("update", "host copy is our previous output")
-        elif generated is None:
-            plan[path] = ("keep-edited", "exists on host but was not generated by us")
-        else:
-            plan[path] = ("keep-edited", "edited on host since the last deploy")
-    for path, generated in deployed.items():
-        if path not in new_hashes and current.get(path) is not None:
-            plan[path] = (("remove", "no longer generated") if current[path] == generated
-                          else ("keep-edited", "no longer generated, but edited on host"))
-    return plan
-
-
 def site_state_at(site_fd, paths, manifest_path):
     """(deployed manifest, current hashes) of the site open at ``site_fd``."""
-    found = read_below(site_fd, manifest_path)
+    found = hostlib.read_below(site_fd, manifest_path)
     deployed = parse_manifest(found[0] if found else None)
     current = {}
     for rel in sorted(set(paths) | set(deployed or {})):
-        found = read_below(site_fd, rel)
+        found = hostlib.read_below(site_fd, rel)
         if found is not None:
-            current[rel] = sha256_hex(found[0])
+            current[rel] = hostlib.sha256_hex(found[0])
     return deployed, current
 
 
 def site_state(site_dir, web_root, paths, manifest_path):
     """(deployed manifest, current hashes) of one site: the facts a plan needs."""
     try:
-        with folder(web_root, site_parts(site_dir, web_root)) as site_fd:
+        with hostlib.folder(web_root, hostlib.site_parts(site_dir, web_root)) as site_fd:
             return site_state_at(site_fd, paths, manifest_path)
     except OSError as exc:
-        _absent(exc)
+        hostlib.none_if_absent(exc)
         return None, {}
 
 
 def apply_site_files(site_fd, files, manifest_path):
     """Write one agency's site files by the plan; the manifest is written last."""
-    new_hashes = {rel: sha256_hex(data) for rel, data in files.items()}
+    new_hashes = {rel: hostlib.sha256_hex(data) for rel, data in files.items()}
     deployed, current = site_state_at(site_fd, files, manifest_path)
-    plan = plan_site_files(new_hashes, deployed, current, manifest_path)
+    plan = hostlib.plan_site_files(new_hashes, deployed, current, manifest_path)
     report = {"created": [], "updated": [], "removed": [], "kept_edited": [], "unchanged": 0}
     ordered = sorted(plan, key=lambda rel: (rel == manifest_path, rel))
     for rel in ordered:
         action, _reason = plan[rel]
-        parts = split_rel(rel)
+        parts = hostlib.split_rel(rel)
         if action in ("create", "update"):
-            with below(site_fd, parts[:-1], create=True) as parent:
-                write_at(parent, parts[-1], files[rel])
+            with hostlib.below(site_fd, parts[:-1], create=True) as parent:
+                hostlib.write_at(parent, parts[-1], files[rel])
             report["created" if action == "create" else "updated"].append(rel)
         elif action == "remove":
-            with below(site_fd, parts[:-1]) as parent:
-                unlink_at(parent, parts[-1])
+            with hostlib.below(site_fd, parts[:-1]) as parent:
+                hostlib.unlink_at(parent, parts[-1])
             report["removed"].append(rel)
         elif action == "keep-edited":
             report["kept_edited"].append(rel)
@@ -462,14 +200,14 @@ def owned_state(data):
     if data is None or not data.startswith(OWNED_MARK):
         return None
     mark, _newline, body = data.partition(b"\n")
-    return "intact" if mark[len(OWNED_MARK):] == sha256_hex(body).encode() else "drift"
+    return "intact" if mark[len(OWNED_MARK):] == hostlib.sha256_hex(body).encode() else "drift"
 
 
 def keep_aside(folder_path, prefix, data, now):
     """Keep a copy of a file for inspection (0600): ``folder_path/<prefix><UTC time>``."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     path = os.path.join(folder_path, prefix + stamp)
-    write_atomic(path, data, mode=0o600)
+    hostlib.write_atomic(path, data, mode=0o600)
     return path
 
 
@@ -477,13 +215,13 @@ def drifted_vhosts(sites_dir):
     """Paths of the files in ``sites_dir`` we own that were changed by hand."""
     found = []
     try:
-        with folder(sites_dir) as dir_fd:
+        with hostlib.folder(sites_dir) as dir_fd:
             for name in sorted(os.listdir(dir_fd)):
-                content = read_at(dir_fd, name)
+                content = hostlib.read_at(dir_fd, name)
                 if content is not None and owned_state(content[0]) == "drift":
                     found.append(os.path.join(sites_dir, name))
     except OSError as exc:
-        _absent(exc)
+        hostlib.none_if_absent(exc)
     return found
 
 
@@ -564,20 +302,10 @@ class Nginx:
 def accepting_workers(master):
     """Pids of the master's children that still take new connections (from /proc)."""
     workers = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as handle:
-                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
-            if parent != master:
-                continue
-            with open("/proc/%s/cmdline" % entry, "rb") as handle:
-                title = handle.read().split(b"\0", 1)[0].strip()
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if title == ACCEPTING_WORKER:
-            workers.add(int(entry))
+    for pid in hostlib.children(master):
+        argv = hostlib.process_argv(pid)
+        if argv and argv[0].strip() == ACCEPTING_WORKER:
+            workers.add(pid)
     return workers
 
 
@@ -609,7 +337,7 @@ class VhostTransaction:
         self.now = now if now is not None else time.time()
         self.paths = {slug: path for slug, (path, _new) in vhosts.items()}
         self.new = {slug: new for slug, (_path, new) in vhosts.items()}
-        self.old = {slug: read_bytes(path) for slug, path in self.paths.items()}
+        self.old = {slug: hostlib.read_bytes(path) for slug, path in self.paths.items()}
         self.drifted = {slug: old for slug, old in self.old.items()
                         if owned_state(old) == "drift"}
         self.old.update(dict.fromkeys(self.drifted))
@@ -693,13 +421,13 @@ class VhostTransaction:
             if (slug in wanted) == (slug in self.installed):
                 continue
             if slug in wanted:
-                write_atomic(self.paths[slug], self.new[slug])
+                hostlib.write_atomic(self.paths[slug], self.new[slug])
                 self.installed.add(slug)
             else:
                 if self.old[slug] is None:
-                    remove_file(self.paths[slug])
+                    hostlib.remove_file(self.paths[slug])
                 else:
-                    write_atomic(self.paths[slug], self.old[slug])
+                    hostlib.write_atomic(self.paths[slug], self.old[slug])
                 self.installed.discard(slug)
 
     def _keep_rejected(self, slug):
@@ -710,7 +438,7 @@ class VhostTransaction:
         kept = {}
         for slug, edited in sorted(self.drifted.items()):
             kept[slug] = keep_aside(self.rejected_dir, "%s.conf.drift-" % slug, edited, self.now)
-            remove_file(self.paths[slug])
+            hostlib.remove_file(self.paths[slug])
         return kept
 
 
@@ -724,7 +452,7 @@ def read_bundle(data):
         for member in tar.getmembers():
             if not member.isfile():
                 raise ValueError("bundle member %r is not a regular file" % member.name)
-            split_rel(member.name)
+            hostlib.split_rel(member.name)
             members[member.name] = tar.extractfile(member).read()
     spec = json.loads(members.pop("bundle.json"))
     if spec.get("schema") != BUNDLE_SCHEMA:
@@ -740,14 +468,14 @@ def apply_bundle(bundle, web_root, sites_dir, rejected_dir, nginx, now=None):
     for entry in spec["agencies"]:
         slug = entry["slug"]
         site_dir, vhost_path = entry["site_dir"], entry["vhost_path"]
-        parts = site_parts(site_dir, web_root)
+        parts = hostlib.site_parts(site_dir, web_root)
         if os.path.dirname(vhost_path) != sites_dir.rstrip("/"):
             raise ValueError("%s: vhost %s is not in %s" % (slug, vhost_path, sites_dir))
         prefix = "sites/%s/" % slug
         files = {name[len(prefix):]: data for name, data in members.items()
                  if name.startswith(prefix)}
         try:
-            with folder(web_root, parts, create=True) as site_fd:
+            with hostlib.folder(web_root, parts, create=True) as site_fd:
                 agencies[slug] = {"files": apply_site_files(site_fd, files, manifest_path)}
         except (OSError, ValueError) as exc:
             agencies[slug] = {"files": None, "error": "site files: %s" % exc}
@@ -785,7 +513,7 @@ MAX_DEPTH = 64  # folders deeper in a site are listed as skipped, not archived
 
 
 def _entry(data, info, with_content):
-    entry = {"sha256": sha256_hex(data), "mode": stat.S_IMODE(info.st_mode),
+    entry = {"sha256": hostlib.sha256_hex(data), "mode": stat.S_IMODE(info.st_mode),
              "size": len(data), "mtime": info.st_mtime}
     if with_content:
         entry["data"] = base64.b64encode(data).decode()
@@ -802,9 +530,9 @@ def _walk_site(dir_fd, prefix, with_content, files, dirs, skipped):
             continue  # removed meanwhile
         if stat.S_ISDIR(info.st_mode) and rel.count("/") < MAX_DEPTH:
             try:
-                child = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+                child = os.open(name, hostlib.DIR_FLAGS, dir_fd=dir_fd)
             except OSError as exc:  # swapped for a symlink meanwhile
-                _absent(exc)
+                hostlib.none_if_absent(exc)
                 skipped.append(rel)
                 continue
             try:
@@ -813,7 +541,7 @@ def _walk_site(dir_fd, prefix, with_content, files, dirs, skipped):
             finally:
                 os.close(child)
             continue
-        found = read_at(dir_fd, name) if stat.S_ISREG(info.st_mode) else None
+        found = hostlib.read_at(dir_fd, name) if stat.S_ISREG(info.st_mode) else None
         if found is None:
             skipped.append(rel)
         else:
@@ -823,7 +551,7 @@ def _walk_site(dir_fd, prefix, with_content, files, dirs, skipped):
 def _open_site(web_root, parts, create=False):
     """The site folder's descriptor; a site folder that is a symlink is a ValueError."""
     try:
-        return open_folder(web_root, parts, create)
+        return hostlib.open_folder(web_root, parts, create)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise ValueError("site folder %s is a symlink or not a folder"
@@ -834,7 +562,7 @@ def _open_site(web_root, parts, create=False):
 def site_snapshot(site_dir, web_root, vhost_path, with_content):
     """Every regular file of a site (hash, mode, size, mtime; content when asked), its
     folders' modes, what could not be taken (symlinks, devices), and its vhost."""
-    parts = site_parts(site_dir, web_root)
+    parts = hostlib.site_parts(site_dir, web_root)
     files, dirs, skipped = {}, {}, []
     exists = True
     try:
@@ -846,7 +574,7 @@ def site_snapshot(site_dir, web_root, vhost_path, with_content):
             _walk_site(site_fd, "", with_content, files, dirs, skipped)
         finally:
             os.close(site_fd)
-    vhost = read_file(vhost_path)
+    vhost = hostlib.read_file(vhost_path)
     return {"exists": exists, "files": files, "dirs": dirs, "skipped": skipped,
             "vhost": _entry(vhost[0], vhost[1], with_content) if vhost else None}
 
@@ -856,14 +584,14 @@ def remove_vhost(nginx, vhost_path, sites_dir):
     is put back as it was and nothing is reloaded; otherwise one reload."""
     if os.path.dirname(vhost_path) != sites_dir.rstrip("/"):
         raise ValueError("vhost %s is not in %s" % (vhost_path, sites_dir))
-    found = read_file(vhost_path)
+    found = hostlib.read_file(vhost_path)
     if found is None:
         return {"removed": False, "reloaded": False, "error": None}
     old, info = found
-    remove_file(vhost_path)
+    hostlib.remove_file(vhost_path)
     ok, problem = nginx.test()
     if not ok:
-        write_atomic(vhost_path, old, mode=stat.S_IMODE(info.st_mode))
+        hostlib.write_atomic(vhost_path, old, mode=stat.S_IMODE(info.st_mode))
         return {"removed": False, "reloaded": False,
                 "error": "nginx -t fails without this vhost (it was put back): " + problem}
     ok, output = nginx.reload()
@@ -876,7 +604,7 @@ def remove_tree(path, root):
     (``shutil.rmtree`` works on descriptors and never follows a symlink)."""
     if not os.path.lexists(path):
         return {"removed": False, "entries": 0}
-    if not strictly_inside(path, root) or not os.path.isdir(path):
+    if not hostlib.strictly_inside(path, root) or not os.path.isdir(path):
         raise ValueError("%s is not a folder inside %s" % (path, root))
     entries = sum(len(folders) + len(names) for _p, folders, names in os.walk(path))
     shutil.rmtree(path)
@@ -890,10 +618,10 @@ def restore_site(site_dir, web_root, files, dirs):
 
     A file on the host whose content differs from the archive is never overwritten:
     then nothing is written at all and the differing paths are returned."""
-    parts = site_parts(site_dir, web_root)
-    wanted = {item["path"]: (split_rel(item["path"]), base64.b64decode(item["data"]), item)
+    parts = hostlib.site_parts(site_dir, web_root)
+    wanted = {item["path"]: (hostlib.split_rel(item["path"]), base64.b64decode(item["data"]), item)
               for item in files}
-    folders = {rel: split_rel(rel) for rel in dirs}
+    folders = {rel: hostlib.split_rel(rel) for rel in dirs}
     if not all(p for p, _d, _i in wanted.values()) or not all(folders.values()):
         raise ValueError("a restored path must be below the site folder")
     conflicts = _restore_conflicts(web_root, parts, wanted, folders)
@@ -902,12 +630,12 @@ def restore_site(site_dir, web_root, files, dirs):
     site_fd = _open_site(web_root, parts, create=True)
     try:
         for rel in sorted(folders):
-            os.close(open_below(site_fd, folders[rel], create=True))
+            os.close(hostlib.open_below(site_fd, folders[rel], create=True))
         written = sum(_restore_file(site_fd, path, data, item)
                       for _rel, (path, data, item) in sorted(wanted.items()))
         for rel in sorted(dirs, key=lambda r: r.count("/"), reverse=True):
-            with below(site_fd, folders[rel]) as fd:
-                os.fchmod(fd, dir_mode(dirs[rel]))
+            with hostlib.below(site_fd, folders[rel]) as fd:
+                os.fchmod(fd, hostlib.dir_mode(dirs[rel]))
     finally:
         os.close(site_fd)
     return {"written": written, "unchanged": len(wanted) - written, "conflicts": []}
@@ -935,14 +663,14 @@ def _restore_conflicts(web_root, parts, wanted, folders):
 def _probe(site_fd, path, rel):
     """Content of the file at ``path`` (None: absent, False: not a regular file)."""
     try:
-        with below(site_fd, path[:-1]) as parent:
+        with hostlib.below(site_fd, path[:-1]) as parent:
             if path[-1] == ".":
                 return None
             try:
                 info = os.stat(path[-1], dir_fd=parent, follow_symlinks=False)
             except FileNotFoundError:
                 return None
-            found = read_at(parent, path[-1]) if stat.S_ISREG(info.st_mode) else None
+            found = hostlib.read_at(parent, path[-1]) if stat.S_ISREG(info.st_mode) else None
             return found[0] if found else False
     except FileNotFoundError:
         return None
@@ -955,19 +683,19 @@ def _probe(site_fd, path, rel):
 def _restore_file(site_fd, path, data, item):
     """Write one archived file back unless identical; its (masked) mode and mtime are set
     on its descriptor either way. True when written."""
-    mode, mtime = file_mode(item["mode"]), float(item["mtime"])
-    with below(site_fd, path[:-1], create=True) as parent:
-        found = open_file_at(parent, path[-1])
+    mode, mtime = hostlib.file_mode(item["mode"]), float(item["mtime"])
+    with hostlib.below(site_fd, path[:-1], create=True) as parent:
+        found = hostlib.open_file_at(parent, path[-1])
         if found is not None:
             fd, _info = found
             try:
-                if _read_all(fd) == data:
+                if hostlib.read_all(fd) == data:
                     os.fchmod(fd, mode)
                     os.utime(fd, (mtime, mtime))
                     return False
             finally:
                 os.close(fd)
-        write_at(parent, path[-1], data, mode, mtime)
+        hostlib.write_at(parent, path[-1], data, mode, mtime)
         return True
 
 
@@ -985,9 +713,9 @@ def op_facts(request):
         except (OSError, ValueError) as exc:
             agencies[entry["slug"]] = {"error": "%s: %s" % (entry["site_dir"], exc)}
             continue
-        vhost = read_bytes(entry["vhost_path"])
+        vhost = hostlib.read_bytes(entry["vhost_path"])
         agencies[entry["slug"]] = {
-            "vhost_sha256": sha256_hex(vhost) if vhost is not None else None,
+            "vhost_sha256": hostlib.sha256_hex(vhost) if vhost is not None else None,
             "vhost_drift": vhost[:MAX_DRIFT_SHOWN].decode("utf-8", "replace")
             if owned_state(vhost) == "drift" else None,
             "deployed": deployed,
@@ -995,7 +723,7 @@ def op_facts(request):
         }
     certs = {}
     for path in request.get("certs", ()):
-        chain = read_bytes(path)
+        chain = hostlib.read_bytes(path)
         certs[path] = _first_pem(chain) if chain else None
     return {"agencies": agencies, "certs": certs}
 
@@ -1039,13 +767,13 @@ def blamed_file(problem):
 def op_write_files(request):
     """Write files (content base64) atomically with their mode; parents are created."""
     for item in request["files"]:
-        write_atomic(item["path"], base64.b64decode(item["data"]), mode=int(item["mode"]),
+        hostlib.write_atomic(item["path"], base64.b64decode(item["data"]), mode=int(item["mode"]),
                      root=item["root"])
     return {"written": len(request["files"])}
 
 
 def op_remove_files(request):
-    removed = [path for path in request["paths"] if remove_file(path)]
+    removed = [path for path in request["paths"] if hostlib.remove_file(path)]
     return {"removed": removed}
 
 
@@ -1146,7 +874,7 @@ MAX_MAIN_CONFIG = 1 << 20  # bytes of the main nginx config sent back to 'provis
 def op_doctor_facts(request):
     """For 'provisioner doctor' (reads only): the main nginx config's text (None when it
     is missing or a symlink) and this host's clock."""
-    data = read_bytes(request["nginx_main_config"])
+    data = hostlib.read_bytes(request["nginx_main_config"])
     return {"main_config": None if data is None
             else data[:MAX_MAIN_CONFIG].decode("utf-8", "replace"),
             "time": time.time()}
@@ -1241,13 +969,13 @@ def hand_over_site(site_fd, uid, gid, manifest_path, top=True):
     (the chroot). Never follows a symlink; skips files with more than one link."""
     if top:
         os.fchown(site_fd, 0, 0)
-        os.fchmod(site_fd, DIR_MODE)
+        os.fchmod(site_fd, hostlib.DIR_MODE)
     for entry in os.scandir(site_fd):
         if top and entry.name == manifest_path:
             continue
         info = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(info.st_mode):
-            with below(site_fd, [entry.name]) as child:
+            with hostlib.below(site_fd, [entry.name]) as child:
                 os.fchown(child, uid, gid)
                 hand_over_site(child, uid, gid, manifest_path, top=False)
         elif stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
@@ -1255,7 +983,7 @@ def hand_over_site(site_fd, uid, gid, manifest_path, top=True):
 
 
 def _ensure_upload_folder(site_fd, name, uid, gid):
-    with below(site_fd, [name], create=True) as upload:
+    with hostlib.below(site_fd, [name], create=True) as upload:
         os.fchown(upload, uid, gid)
 
 
@@ -1271,7 +999,7 @@ class Sshd(object):
 
     def reload(self):
         import signal
-        data = read_bytes(self.pid_file)
+        data = hostlib.read_bytes(self.pid_file)
         try:
             os.kill(int(data.decode().strip()), signal.SIGHUP)
         except (AttributeError, ValueError, OSError) as exc:
@@ -1282,16 +1010,16 @@ class Sshd(object):
 def apply_drop_in(sshd, path, data):
     """Swap the drop-in in, test, reload; the previous one back when the test fails.
     (changed, error)."""
-    previous = read_bytes(path)
+    previous = hostlib.read_bytes(path)
     if previous == data:
         return False, None
-    write_atomic(path, data, FILE_MODE)
+    hostlib.write_atomic(path, data, hostlib.FILE_MODE)
     ok, output = sshd.test()
     if not ok:
         if previous is None:
-            remove_file(path)
+            hostlib.remove_file(path)
         else:
-            write_atomic(path, previous, FILE_MODE)
+            hostlib.write_atomic(path, previous, hostlib.FILE_MODE)
         return False, "sshd -t failed (drop-in restored): " + output[-2000:]
     ok, output = sshd.reload()
     return True, None if ok else output
@@ -1300,7 +1028,7 @@ def apply_drop_in(sshd, path, data):
 def _give_site(item, web_root, manifest_path, upload_folder):
     import pwd
     user = pwd.getpwnam(item["name"])
-    site_fd = _open_site(web_root, site_parts(item["site_dir"], web_root))
+    site_fd = _open_site(web_root, hostlib.site_parts(item["site_dir"], web_root))
     try:
         hand_over_site(site_fd, user.pw_uid, user.pw_gid, manifest_path)
         _ensure_upload_folder(site_fd, upload_folder, user.pw_uid, user.pw_gid)
@@ -1310,7 +1038,7 @@ def _give_site(item, web_root, manifest_path, upload_folder):
 
 def _take_back_site(item, web_root, manifest_path):
     try:
-        site_fd = _open_site(web_root, site_parts(item["site_dir"], web_root))
+        site_fd = _open_site(web_root, hostlib.site_parts(item["site_dir"], web_root))
     except FileNotFoundError:
         return  # offboarded: the folder is gone already
     try:
@@ -1333,11 +1061,12 @@ def op_content_access(request):
             created.append(name)
         _give_site(item, web_root, manifest_path, request["upload_folder"])
         keys = item["keys"].encode()
-        if read_bytes(os.path.join(keys_dir, name), keys_dir) != keys:
-            write_atomic(os.path.join(keys_dir, name), keys, FILE_MODE, root=keys_dir)
+        if hostlib.read_bytes(os.path.join(keys_dir, name), keys_dir) != keys:
+            hostlib.write_atomic(os.path.join(keys_dir, name), keys, hostlib.FILE_MODE,
+                                 root=keys_dir)
             keys_changed.append(name)
     for item in request["remove"]:
-        if remove_file(os.path.join(keys_dir, _checked_account(item["name"])), keys_dir):
+        if hostlib.remove_file(os.path.join(keys_dir, _checked_account(item["name"])), keys_dir):
             keys_changed.append(item["name"])
     sshd = Sshd(request["sshd_binary"], request["sshd_config"], request["sshd_pid_file"])
     drop_in_changed, error = apply_drop_in(sshd, request["drop_in"],
@@ -1357,10 +1086,10 @@ def op_content_access_facts(request):
     keys_dir = request["keys_dir"]
     facts = {}
     for name in request["names"]:
-        keys = read_bytes(os.path.join(keys_dir, _checked_account(name)), keys_dir)
+        keys = hostlib.read_bytes(os.path.join(keys_dir, _checked_account(name)), keys_dir)
         facts[name] = {"exists": _sftp_user(name) is not None,
                        "keys": None if keys is None else keys.decode("utf-8", "replace")}
-    drop_in = read_bytes(request["drop_in"])
+    drop_in = hostlib.read_bytes(request["drop_in"])
     return {"accounts": facts,
             "drop_in": None if drop_in is None else drop_in.decode("utf-8", "replace")}
 

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import shlex
 import socket
+import sys
 import threading
 import types
 from dataclasses import dataclass, field
@@ -36,14 +37,21 @@ from ..errors import HostError
 from ..paths import PLAYBOOK_DIR
 from ..registry.models import Agency, Host, Settings
 from ..site import render as site
+from . import hostlib
 
 HOST_AGENT = PLAYBOOK_DIR / "library" / "provisioner_vhosts.py"
+HOST_LIB = Path(hostlib.__file__)
 REMOTE_PYTHON = "/usr/bin/python3"
-# Reads the agent's source (length-prefixed) from stdin, runs it under a name that is
-# not __main__ (so the Ansible entry point stays idle), then serves request lines.
-_BOOTSTRAP = ("import sys; size = int(sys.stdin.buffer.readline()); "
+# Reads two sources (each length-prefixed) from stdin: hostlib, made importable as
+# ``hostlib`` (the agent's import when Ansible is not there to ship it), then the agent,
+# run under a name that is not __main__ (so the Ansible entry point stays idle); then
+# serves request lines.
+_BOOTSTRAP = ("import sys, types; "
+              "read = lambda: sys.stdin.buffer.read(int(sys.stdin.buffer.readline())).decode(); "
+              "lib = sys.modules['hostlib'] = types.ModuleType('hostlib'); "
+              "exec(read(), lib.__dict__); "
               "ns = {'__name__': 'provisioner_agent'}; "
-              "exec(sys.stdin.buffer.read(size).decode(), ns); ns['serve_forever']()")
+              "exec(read(), ns); ns['serve_forever']()")
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 120.0
 MIN_FREE_BYTES = 100 * 1024 * 1024
@@ -54,6 +62,7 @@ MIN_PYTHON = (3, 8)
 def host_agent() -> types.ModuleType:
     """The host-side half imported on the controller, for hosts that are this machine
     (the lab reloads its nginx with the same code the product runs on a web host)."""
+    sys.modules.setdefault("hostlib", hostlib)  # what the agent imports, as on a host
     spec = importlib.util.spec_from_file_location("provisioner_agent", HOST_AGENT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -269,12 +278,12 @@ class HostClient:
         command = f"{REMOTE_PYTHON} -c {shlex.quote(_BOOTSTRAP)}"
         if self.host.ssh_user != "root":
             command = f"sudo -n {command}"
-        source = HOST_AGENT.read_bytes()
+        sources = (HOST_LIB.read_bytes(), HOST_AGENT.read_bytes())
         try:
             channel = self._client.get_transport().open_session(timeout=self.timeout)
             channel.settimeout(COMMAND_TIMEOUT)
             channel.exec_command(command)
-            channel.sendall(b"%d\n" % len(source) + source)
+            channel.sendall(b"".join(b"%d\n" % len(source) + source for source in sources))
         except (paramiko.SSHException, OSError) as exc:
             raise self._error("cannot start the host agent", exc) from None
         self._agent, self._answers = channel, channel.makefile("rb")

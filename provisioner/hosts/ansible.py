@@ -37,7 +37,8 @@ from ..paths import PLAYBOOK_DIR
 from ..plan import Outcome
 from ..registry.models import Agency, Host, Inventory
 from ..site import render as site
-from .agent import REMOTE_PYTHON
+from . import hostlib
+from .agent import HOST_LIB, REMOTE_PYTHON
 
 DEPLOY_PLAYBOOK = "onboard.yml"
 PING_PLAYBOOK = "ping.yml"
@@ -260,6 +261,7 @@ def runner_env(dirs: AnsibleDirs) -> dict[str, str]:
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_TIMEOUT": "15",
         "ANSIBLE_LIBRARY": str(PLAYBOOK_DIR / "library"),
+        "ANSIBLE_MODULE_UTILS": str(HOST_LIB.parent),  # ships hostlib with the agent module
         "ANSIBLE_ROLES_PATH": str(PLAYBOOK_DIR / "roles"),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
@@ -336,16 +338,11 @@ def running_playbooks(inventory: Inventory) -> list[int]:
     it. Its command line names the runner inventory inside the state dir."""
     workspace = str(ansible_dirs(inventory).private_data) + os.sep
     found = []
-    for process in Path("/proc").iterdir():
-        if not process.name.isdigit():
-            continue
-        try:
-            argv = (process / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue  # ended meanwhile, or not ours to read
-        if any(os.path.basename(arg) == "ansible-playbook" for arg in argv[:2]) \
+    for pid in hostlib.pids():
+        argv = hostlib.process_argv(pid)  # None: ended meanwhile, or not ours to read
+        if argv and any(os.path.basename(arg) == "ansible-playbook" for arg in argv[:2]) \
                 and any(arg.startswith(workspace) for arg in argv):
-            found.append(int(process.name))
+            found.append(pid)
     return sorted(found)
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ProvisionerError, UsageError
-from ..hosts.agent import SiteFile, SiteSnapshot, host_agent
+from ..hosts import hostlib
+from ..hosts.agent import SiteFile, SiteSnapshot
 from ..registry.models import Agency, Host
 from ..safety.audit import current_operator
 from ..site import render as site
@@ -80,8 +81,7 @@ def parse_checksum(text: str, name: str) -> str | None:
 
 def archived_mode(mode: int, *, folder: bool = False) -> int:
     """The mode an archive records and a restore sets (the host agent's one rule)."""
-    agent = host_agent()
-    return agent.dir_mode(mode) if folder else agent.file_mode(mode)
+    return hostlib.dir_mode(mode) if folder else hostlib.file_mode(mode)
 
 
 def _file_entry(f: SiteFile) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import LockedError, ProvisionerError
+from ..hosts import hostlib
 from ..registry.load import ensure_state_dir
 from .audit import current_operator
 
@@ -52,7 +53,7 @@ class LockHolder:
         """Whether the holder still runs; None when it ran on another host (cannot tell)."""
         if self.hostname != socket.gethostname():
             return None
-        return pid_alive(self.pid)
+        return hostlib.process_alive(self.pid)
 
 
 @dataclass(frozen=True)
@@ -74,18 +75,6 @@ class LockInfo:
                     "inventory lock cleanly; taking over (see 'provisioner history --audit' "
                     "for what it changed)")
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID runs on this host (a zombie counts as ended)."""
-    if pid <= 0:
-        return False
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat_line.rpartition(")")[2].split()[0]
-    return state != "Z"
 
 
 def _holder_from(raw: bytes) -> LockHolder | None:

@@ -3,19 +3,15 @@ it never gets (symlinked or hard-linked files, the manifest, the chroot itself).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
+from provisioner.hosts.agent import host_agent
 from provisioner.site import render as site
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "provisioner_vhosts_access", REPO / "playbooks" / "library" / "provisioner_vhosts.py")
-agent = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(agent)
+agent = host_agent()
 
 # No such user is needed: ownership is numeric (the suite runs as root, like the lab).
 ACCOUNT_UID = ACCOUNT_GID = 54321

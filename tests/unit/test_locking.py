@@ -19,8 +19,9 @@ import pytest
 
 from provisioner.errors import LockedError
 from provisioner.hosts import ansible
+from provisioner.hosts.hostlib import process_alive
 from provisioner.registry.load import load_inventory
-from provisioner.safety.lock import LockHolder, inventory_lock, pid_alive, run_lock
+from provisioner.safety.lock import LockHolder, inventory_lock, run_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = """
@@ -243,12 +244,12 @@ def test_a_holder_that_has_not_recorded_itself_yet(tmp_path):
         os.close(fd)
 
 
-# --------------------------------------------------------------------------- pid_alive
+# --------------------------------------------------------------------------- process_alive
 
-def test_pid_alive():
-    assert pid_alive(os.getpid())
-    assert not pid_alive(dead_pid())
-    assert not pid_alive(0) and not pid_alive(-1)
+def test_process_alive():
+    assert process_alive(os.getpid())
+    assert not process_alive(dead_pid())
+    assert not process_alive(0) and not process_alive(-1)
 
 
 def test_a_zombie_counts_as_ended():
@@ -259,6 +260,6 @@ def test_a_zombie_counts_as_ended():
         assert time.monotonic() < deadline, "the child never exited"
         time.sleep(0.01)
     try:
-        assert not pid_alive(process.pid)
+        assert not process_alive(process.pid)
     finally:
         process.wait()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -20,18 +19,14 @@ import pytest
 import yaml
 
 from provisioner.errors import ProvisionerError, UsageError
-from provisioner.hosts.agent import SiteFile, SiteSnapshot
+from provisioner.hosts.agent import SiteFile, SiteSnapshot, host_agent
 from provisioner.lifecycle import archive as archiving
 from provisioner.lifecycle import offboard, registry_status, restore
 from provisioner.registry.load import load_inventory
 
 from .conftest import SAMPLE
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "provisioner_vhosts", REPO / "playbooks" / "library" / "provisioner_vhosts.py")
-agent = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(agent)
+agent = host_agent()
 
 WHEN = dt.datetime(2025, 3, 1, 8, 0, 0, tzinfo=dt.timezone.utc)
 

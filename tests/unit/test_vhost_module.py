@@ -9,7 +9,6 @@ loopback address of this run's prefix (PROVISIONER_TEST_NET) and a free port.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -24,14 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from provisioner.hosts import hostlib
+from provisioner.hosts.agent import host_agent
 from provisioner.hosts.ansible import SiteBundle, bundle_bytes
 from provisioner.site import render as site
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "provisioner_vhosts", REPO / "playbooks" / "library" / "provisioner_vhosts.py")
-module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(module)
+module = host_agent()
 
 ADDRESS = os.environ.get("PROVISIONER_TEST_NET", "127.0.8") + ".250"
 NGINX = "/usr/sbin/nginx"
@@ -565,7 +562,7 @@ def _site_plan(rendered, deployed, current):
 
 
 def _module_plan(rendered, deployed, current):
-    return module.plan_site_files({p: H[v] for p, v in rendered.items()},
+    return hostlib.plan_site_files({p: H[v] for p, v in rendered.items()},
                                   {p: H[v] for p, v in deployed.items()} if deployed else None,
                                   {p: H[v] for p, v in current.items()}, M)
 
