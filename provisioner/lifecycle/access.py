@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Sequence
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
+from ..hosts import hostlib
 from ..registry.models import SshdSettings
 
 # Key types an agency may use: OpenSSH's current defaults and hardware-backed keys.
@@ -202,9 +203,7 @@ def save_accounts(state_dir: Path, accounts: Mapping[str, Recorded]) -> None:
     """Written whole to a temp file and renamed: a crash leaves the old or the new file."""
     path = state_dir / ACCOUNTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(accounts_json(accounts))
-    temp.replace(path)
+    hostlib.write_atomic(path, accounts_json(accounts).encode(), mode=None)
 
 
 # ---------------------------------------------------------------- sshd drop-in

@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -248,40 +247,20 @@ def load_archive(path: Path) -> ArchivedSite:
     return read_archive(data, path)
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Temp file with its final mode from the first byte, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def write_archive(directory: Path, slug: str, when: dt.datetime, data: bytes) -> Path:
     """Write the archive (0600) and its checksum file; the checksum lands first, so an
-    archive on disk always has one. Leftovers of a killed run are removed (the caller
-    holds the inventory lock: no other run writes here)."""
+    archive on disk always has one. Leftovers of a killed run (hidden temp files) are
+    removed (the caller holds the inventory lock: no other run writes here)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for stale in directory.glob(f".{slug}-*.part"):
+    for stale in directory.glob(f".{slug}-*"):
         stale.unlink(missing_ok=True)
     attempt = 0
     while (path := directory / archive_name(slug, when, attempt)).exists():
         attempt += 1
     try:
-        write_atomic(checksum_path(path), checksum_text(path.name, data).encode(), 0o600)
-        write_atomic(path, data, 0o600)
+        hostlib.write_atomic(checksum_path(path), checksum_text(path.name, data).encode(),
+                             0o600, sync_folder=True)
+        hostlib.write_atomic(path, data, 0o600, sync_folder=True)
     except OSError as exc:
         raise ProvisionerError(f"archive {path}: cannot write: {exc.strerror}",
                                hint="check free space and permissions of the archive folder "

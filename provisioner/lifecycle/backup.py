@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import BackupError, ProvisionerError, UsageError
+from ..hosts import hostlib
 from ..hosts.agent import SiteSnapshot
 from ..registry.models import Agency, Inventory
 from ..safety import audit
@@ -105,12 +106,7 @@ def _inside(folder: Path, rel: str) -> Path:
 
 def _write_member(path: Path, data: bytes, mode: int, mtime: float) -> None:
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.unlink(missing_ok=True)
-    tmp.write_bytes(data)
-    tmp.chmod(mode)
-    os.utime(tmp, (mtime, mtime))
-    os.replace(tmp, path)
+    hostlib.write_atomic(path, data, mode, mtime=mtime)
 
 
 def stage_site(folder: Path, manifest: Mapping[str, Any], files: Mapping[str, bytes],

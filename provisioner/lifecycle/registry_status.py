@@ -8,9 +8,9 @@ import re
 import yaml
 
 from ..errors import ProvisionerError
+from ..hosts import hostlib
 from ..plan import Change
 from ..registry.models import Agency
-from .archive import write_atomic
 
 _STATUS_LINE = re.compile(r"^status[ \t]*:[^\r\n]*", re.M)
 _SLUG_LINE = re.compile(r"^slug[ \t]*:[^\r\n]*(\r?\n)?", re.M)
@@ -58,7 +58,8 @@ def set_registry_status(agency: Agency, status: str, note: str) -> bool:
         new = with_status(text, status, note)
     except ProvisionerError as exc:
         raise ProvisionerError(f"{path}: {exc.message}", hint=exc.hint) from None
-    write_atomic(path, new.encode("utf-8"), path.stat().st_mode & 0o7777)
+    hostlib.write_atomic(path, new.encode("utf-8"), path.stat().st_mode & 0o7777,
+                         sync_folder=True)
     return True
 
 

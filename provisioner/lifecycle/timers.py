@@ -21,6 +21,7 @@ from pathlib import Path
 from string import Template
 
 from ..errors import ProvisionerError, UsageError
+from ..hosts import hostlib
 from ..paths import DATA_DIR
 
 TEMPLATE_DIR = DATA_DIR / "systemd"
@@ -172,13 +173,9 @@ def _file_state(path: Path, text: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
     try:
-        temp.write_text(text, encoding="utf-8")
-        temp.chmod(0o644)
-        os.replace(temp, path)
+        hostlib.write_atomic(path, text.encode("utf-8"), 0o644, create=False)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise ProvisionerError(f"cannot write {path}: {exc.strerror or exc}",
                                hint="run as root, or pass --systemd-dir") from None
 
