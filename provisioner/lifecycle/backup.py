@@ -53,6 +53,7 @@ STATE_TAG = "state"
 LAST_SNAPSHOT = ".snapshot"  # beside a staged site: the id of the snapshot that holds it
 VOLATILE_MANIFEST_KEYS = ("created_at", "operator", "command")
 
+
 def agency_tag(slug: str) -> str:
     return f"agency:{slug}"
 
@@ -104,11 +105,6 @@ def _inside(folder: Path, rel: str) -> Path:
     return folder.joinpath(*parts)
 
 
-def _write_member(path: Path, data: bytes, mode: int, mtime: float) -> None:
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    hostlib.write_atomic(path, data, mode, mtime=mtime)
-
-
 def stage_site(folder: Path, manifest: Mapping[str, Any], files: Mapping[str, bytes],
                vhost: bytes | None) -> None:
     """Lay the site out in ``folder`` as an archive's members; a file the previous staging
@@ -121,16 +117,17 @@ def stage_site(folder: Path, manifest: Mapping[str, Any], files: Mapping[str, by
         wanted.add(path)
         if previous.get(rel) == entry and path.is_file():
             continue
-        _write_member(path, files[rel], entry["mode"], entry["mtime"])
+        hostlib.write_atomic(path, files[rel], entry["mode"], mtime=entry["mtime"])
     vhost_path = folder / VHOST_PREFIX.rstrip("/") / f"{manifest['agency']}.conf"
     if vhost is not None:
         wanted.add(vhost_path)
     if vhost is not None and (staged.get("vhost") != manifest["vhost"] or not vhost_path.is_file()):
-        _write_member(vhost_path, vhost, manifest["vhost"]["mode"], manifest["vhost"]["mtime"])
+        hostlib.write_atomic(vhost_path, vhost, manifest["vhost"]["mode"],
+                             mtime=manifest["vhost"]["mtime"])
     _remove_unwanted(folder, wanted | {folder / MANIFEST_MEMBER})
-    _write_member(folder / MANIFEST_MEMBER,
-                  json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n", 0o600,
-                  dt.datetime.now(dt.timezone.utc).timestamp())
+    hostlib.write_atomic(folder / MANIFEST_MEMBER,
+                         json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n",
+                         0o600, mtime=dt.datetime.now(dt.timezone.utc).timestamp())
 
 
 def _remove_unwanted(folder: Path, wanted: set[Path]) -> None:
