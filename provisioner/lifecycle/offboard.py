@@ -28,6 +28,7 @@ every change to the audit log.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -226,7 +227,7 @@ class Offboarding(StepRun):
         outcomes: list[Outcome] = []
         for kind in OFFBOARD_STEPS:
             if not self.run_step(oplan.agency.slug, kind, oplan.plan.of_kind(kind),
-                                 lambda: steps[kind](state), outcomes):
+                                 functools.partial(steps[kind], state), outcomes):
                 break
         return StepsResult(tuple(outcomes), state.archive.path if state.archive else None,
                            OFFBOARD_STEPS)
