@@ -129,12 +129,9 @@ def audit_entries(command: str, plan: Plan, outcomes: Sequence[Outcome]) -> list
         if outcome is None:
             continue  # the step did not run for this agency (an earlier step failed)
         explained.add((outcome.agency, outcome.kind))
-        entries.append(AuditEntry(
-            command=command, agency=change.agency, kind=change.kind, action=change.action,
-            change={"name": change.name, "type": change.rdtype, "old": list(change.old),
-                    "new": list(change.new)},
-            result=outcome.status,
-            reason=outcome.detail if outcome.status == "failed" else None))
+        entries.append(AuditEntry.of_change(
+            command, change, outcome.status,
+            outcome.detail if outcome.status == "failed" else None))
     entries += [AuditEntry(command=command, agency=o.agency, kind=o.kind, action="apply",
                            change=o.kind, result="failed", reason=o.detail)
                 for o in outcomes if o.status == "failed" and (o.agency, o.kind) not in explained]
@@ -147,8 +144,6 @@ def interrupted_entries(command: str, plan: Plan, step: str, outcomes: Sequence[
     reported = {(o.agency, o.kind) for o in outcomes}
     reason = (f"interrupted ({type(exc).__name__}) before its result was known: the change "
               "may have been made; re-run to converge")
-    return [AuditEntry(command=command, agency=c.agency, kind=c.kind, action=c.action,
-                       change={"name": c.name, "type": c.rdtype, "old": list(c.old),
-                               "new": list(c.new)}, result="failed", reason=reason)
+    return [AuditEntry.of_change(command, c, "failed", reason)
             for c in plan if c.mutating and STEP_OF_KIND.get(c.kind, c.kind) == step
             and (c.agency, step) not in reported]

@@ -116,11 +116,8 @@ class StepRun(LockedRun):
         planned = [c for c in changes if c.mutating]
         failed = outcome.status == "failed"
         done = {"done": outcome.detail} if outcome.status == "changed" else {}
-        entries = [AuditEntry(command=self.command, agency=c.agency, kind=c.kind,
-                              action=c.action,
-                              change={"name": c.name, "type": c.rdtype, "old": list(c.old),
-                                      "new": list(c.new), **done},
-                              result=outcome.status, reason=outcome.detail if failed else None)
+        entries = [AuditEntry.of_change(self.command, c, outcome.status,
+                                        outcome.detail if failed else None, **done)
                    for c in planned]
         if not entries and outcome.status != "ok":
             entries.append(AuditEntry(command=self.command, agency=outcome.agency,
