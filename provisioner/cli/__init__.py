@@ -32,8 +32,8 @@ from ..registry.models import RENEW_DAYS, Agency, Inventory
 if TYPE_CHECKING:
     from ..dns import step as dnsops
     from ..hosts import ansible
-    from ..lifecycle import offboard as offboarding
     from ..lifecycle import onboard as onboarding
+    from ..lifecycle.run import StepsResult
     from ..verify import sweep as sweeping
     from ..verify import verifier as verifying
 
@@ -889,7 +889,7 @@ def _show_steps_plan(steps: Plan, title: str) -> None:
     table(list(ROW_COLUMNS[1:]), [c.row()[1:] for c in steps], title=title)
 
 
-def _show_run(result: offboarding.RunResult, title: str, rerun: str) -> None:
+def _show_run(result: StepsResult, title: str, rerun: str) -> None:
     table(["step", "status", "detail"], [[o.kind, o.status, o.detail] for o in result.outcomes],
           title=title)
     if result.failed:
@@ -992,14 +992,14 @@ def restore(ctx: typer.Context,
     if fmt is Format.json and not (yes or dry_run):
         raise UsageError("--format json cannot ask for confirmation",
                          hint="add --yes or --dry-run")
-    from ..lifecycle import offboard as offboarding
+    from ..lifecycle import restore as restoring
 
     inv = ctx.obj.inventory()
     table_output = fmt is Format.table
     report = (lambda line: err_console.print(line, markup=False)) if table_output else \
         (lambda _line: None)
-    with offboarding.Restoring(inv, report, command=None if dry_run else command_line(),
-                               break_lock=break_lock) as run:
+    with restoring.Restoring(inv, report, command=None if dry_run else command_line(),
+                             break_lock=break_lock) as run:
         if from_backup is None:
             rplan = run.plan(archive)
         else:

@@ -13,7 +13,7 @@ snapshot gets no new one (its hashes are compared first, without fetching conten
 Retention is restic's own ``forget --prune`` with the ``backup.retention`` of
 group_vars/all.yml, run after every backup (and by ``provisioner backup prune``).
 A restore gets the agency's snapshot back into a private folder, checks every file
-against the manifest, and hands it to the offboarding restore: files written back byte
+against the manifest, and hands it to the restore (restore.py): files written back byte
 for byte with masked modes, then onboarding.
 """
 
@@ -36,15 +36,22 @@ from ..registry.models import Agency, Inventory
 from ..safety import audit
 from ..tls.acme import AcmeAccount
 from ..verify import history
-from . import offboard
+from .archive import (
+    MANIFEST_MEMBER,
+    SITE_PREFIX,
+    VHOST_PREFIX,
+    ArchivedSite,
+    archived_site,
+    check_received,
+    make_manifest,
+)
 from .restic import BackupSummary, Restic, Snapshot
+from .run import LockedRun, Report, quiet, utc_now
 
 BACKUP_DIR = "backup"
 STATE_TAG = "state"
 LAST_SNAPSHOT = ".snapshot"  # beside a staged site: the id of the snapshot that holds it
 VOLATILE_MANIFEST_KEYS = ("created_at", "operator", "command")
-
-Report = Callable[[str], None]
 
 
 def agency_tag(slug: str) -> str:
@@ -85,7 +92,7 @@ def same_content(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
 
 def read_staged_manifest(folder: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / offboard.MANIFEST_MEMBER).read_text(encoding="utf-8"))
+        return json.loads((folder / MANIFEST_MEMBER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -106,19 +113,19 @@ def stage_site(folder: Path, manifest: Mapping[str, Any], files: Mapping[str, by
     previous = staged.get("files", {})
     wanted = set()
     for rel, entry in manifest["files"].items():
-        path = _inside(folder / offboard.SITE_PREFIX.rstrip("/"), rel)
+        path = _inside(folder / SITE_PREFIX.rstrip("/"), rel)
         wanted.add(path)
         if previous.get(rel) == entry and path.is_file():
             continue
         hostlib.write_atomic(path, files[rel], entry["mode"], mtime=entry["mtime"])
-    vhost_path = folder / offboard.VHOST_PREFIX.rstrip("/") / f"{manifest['agency']}.conf"
+    vhost_path = folder / VHOST_PREFIX.rstrip("/") / f"{manifest['agency']}.conf"
     if vhost is not None:
         wanted.add(vhost_path)
     if vhost is not None and (staged.get("vhost") != manifest["vhost"] or not vhost_path.is_file()):
         hostlib.write_atomic(vhost_path, vhost, manifest["vhost"]["mode"],
                              mtime=manifest["vhost"]["mtime"])
-    _remove_unwanted(folder, wanted | {folder / offboard.MANIFEST_MEMBER})
-    hostlib.write_atomic(folder / offboard.MANIFEST_MEMBER,
+    _remove_unwanted(folder, wanted | {folder / MANIFEST_MEMBER})
+    hostlib.write_atomic(folder / MANIFEST_MEMBER,
                          json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n",
                          0o600, mtime=dt.datetime.now(dt.timezone.utc).timestamp())
 
@@ -135,7 +142,7 @@ def _remove_unwanted(folder: Path, wanted: set[Path]) -> None:
                 path.rmdir()
 
 
-def load_staged(folder: Path, origin: Path) -> offboard.ArchivedSite:
+def load_staged(folder: Path, origin: Path) -> ArchivedSite:
     """A staged (or restored) site read back and checked like an archive."""
     members = {}
     for path in folder.rglob("*"):
@@ -143,7 +150,7 @@ def load_staged(folder: Path, origin: Path) -> offboard.ArchivedSite:
             raise UsageError(f"{origin}: unexpected entry {path.relative_to(folder)}")
         if path.is_file():
             members[path.relative_to(folder).as_posix()] = path.read_bytes()
-    return offboard.archived_site(members, origin)
+    return archived_site(members, origin)
 
 
 def stage_state(folder: Path, inventory: Inventory) -> list[str]:
@@ -224,6 +231,16 @@ class BackupRun:
                 "outcomes": [o.to_dict() for o in self.outcomes]}
 
 
+@dataclass(frozen=True)
+class PruneResult:
+    kept: int
+    removed: int
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept": self.kept, "removed": self.removed, "dry_run": self.dry_run}
+
+
 # =========================================================================== backup
 
 
@@ -233,10 +250,10 @@ def _summary_text(summary: BackupSummary) -> str:
             f"{summary.files_unmodified} unchanged files; {summary.data_added} bytes added")
 
 
-class Backup(offboard._LockedRun):
+class Backup(LockedRun):
     """One backup run (holds the inventory lock: no offboarding removes a site meanwhile)."""
 
-    def __init__(self, inventory: Inventory, report: Report = offboard._quiet, *,
+    def __init__(self, inventory: Inventory, report: Report = quiet, *,
                  command: str | None = None, break_lock: bool = False):
         super().__init__(inventory, report, command=command, break_lock=break_lock)
         self.restic = restic_for(inventory)
@@ -270,7 +287,7 @@ class Backup(offboard._LockedRun):
 
     def _site(self, agency: Agency, known: set[str], dry_run: bool) -> BackupOutcome:
         host = self.inventory.hosts[agency.host]
-        client = self.client(host)
+        client = self.pool.client(host.name)
         folder = self.staging / "sites" / agency.slug
         marker = folder.parent / f"{agency.slug}{LAST_SNAPSHOT}"
         hashes = client.site_snapshot(agency, content=False)
@@ -281,7 +298,7 @@ class Backup(offboard._LockedRun):
                                           self._manifest(agency, hashes)):
             return BackupOutcome(agency.slug, "ok", f"unchanged since snapshot {last[:8]}")
         snapshot = client.site_snapshot(agency, content=True)
-        offboard.check_received(snapshot, host.name)
+        check_received(snapshot, host.name)
         manifest = self._manifest(agency, snapshot)
         stage_site(_private_dir(folder), manifest,
                    {rel: f.data or b"" for rel, f in snapshot.files.items()},
@@ -297,8 +314,7 @@ class Backup(offboard._LockedRun):
 
     def _manifest(self, agency: Agency, snapshot: SiteSnapshot) -> dict[str, Any]:
         host = self.inventory.hosts[agency.host]
-        return offboard.make_manifest(agency, host, snapshot, None, None, offboard._now(),
-                                      self.command)
+        return make_manifest(agency, host, snapshot, None, None, utc_now(), self.command)
 
     def _state(self, dry_run: bool) -> BackupOutcome:
         folder = self.staging / STATE_TAG
@@ -340,7 +356,7 @@ def find_snapshot(snapshots: Sequence[Snapshot], slug: str, which: str) -> Snaps
     return matches[0]
 
 
-def fetch_from_backup(inventory: Inventory, slug: str, which: str) -> offboard.ArchivedSite:
+def fetch_from_backup(inventory: Inventory, slug: str, which: str) -> ArchivedSite:
     """The agency's site from a snapshot, checked against its manifest (in memory)."""
     [agency] = inventory.select([slug])
     restic = restic_for(inventory)
@@ -358,16 +374,6 @@ def fetch_from_backup(inventory: Inventory, slug: str, which: str) -> offboard.A
     if archived.agency != agency.slug:
         raise UsageError(f"snapshot {chosen.short_id} holds {archived.agency}, not {agency.slug}")
     return archived
-
-
-@dataclass(frozen=True)
-class PruneResult:
-    kept: int
-    removed: int
-    dry_run: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kept": self.kept, "removed": self.removed, "dry_run": self.dry_run}
 
 
 def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:

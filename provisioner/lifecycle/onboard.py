@@ -5,6 +5,7 @@ A run is two calls on one ``Session`` (which holds one SSH connection per host):
 every change without side effects; ``apply`` carries the plan out step by step
 and returns one outcome per agency and step. An agency that fails a step is left
 out of the later steps; other agencies go on, and nothing they got is rolled back.
+The rows ``plan`` computes from the facts (pure) are ``onboard_plan.py``.
 
 Steps, in order:
 
@@ -21,43 +22,44 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import difflib
 import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from ..dns.client import DnsClient
 from ..dns.step import DnsPlan, apply_dns, plan_dns
 from ..errors import ProvisionerError, UsageError
 from ..hosts import ansible
-from ..hosts.agent import HostClient, HostFacts, Preflight
+from ..hosts.agent import HostFacts
 from ..plan import Change, Outcome, Plan
 from ..registry.models import RENEW_DAYS, Agency, Inventory
-from ..safety.audit import AuditEntry, AuditLog
-from ..safety.lock import run_lock
+from ..safety.audit import AuditLog
 from ..site import render as site
 from ..tls import ratelimit
-from ..tls.certs import CertInfo, CertTarget, Install, cert_info, read_records
-from ..tls.decisions import CertDecision, cert_targets, decide, demands, for_this_ca
+from ..tls.certs import CertTarget, read_records
+from ..tls.decisions import CertDecision, cert_targets, demands, for_this_ca
 from ..tls.issuer import CertResult, Issuer, open_ledger
 from ..tls.served import served_problems
 from ..verify import verifier as verifying
 from ..verify.sweep import Limits, reasons, verify_shard
 from . import access, access_plan
+from .onboard_plan import (
+    audit_entries,
+    cert_changes,
+    decide_certs,
+    dns_scope,
+    drift_diff,
+    interrupted_entries,
+    on_failed_host,
+    site_change,
+    vhost_change,
+)
+from .run import LockedRun, Report, quiet
 
 STEPS = ("dns", "web", "tls", "verify")
 PHASES = ("plan", "dns", "web", "tls", "verify")
 VERIFY_CONCURRENCY = 32
-DRIFT_DIFF_LINES = 60  # of a hand-edited vhost's diff shown by plan
-
-Report = Callable[[str], None]
-
-
-def _quiet(_line: str) -> None:
-    return None
 
 
 # =========================================================================== plan data
@@ -128,129 +130,7 @@ def _rank(outcome: Outcome) -> int:
     return {"ok": 0, "changed": 1, "failed": 2}[outcome.status]
 
 
-# =========================================================================== pure planning
-
-
-def site_change(agency: Agency, changes: Sequence[site.FileChange]) -> Change:
-    """One row for an agency's site files: counts per action, edited files named."""
-    by_action: dict[str, list[str]] = {}
-    for change in changes:
-        by_action.setdefault(change.action, []).append(change.path)
-    mutating = {a: by_action.get(a, []) for a in ("create", "update", "remove")}
-    new = tuple(f"{len(paths)} {action}" for action, paths in mutating.items() if paths)
-    kept = by_action.get("keep-edited", [])
-    reason = f"kept, edited by the agency: {', '.join(sorted(kept))}" if kept else ""
-    if not any(mutating.values()):
-        return Change(agency.slug, "site", "noop", agency.fqdn, reason=reason or "up to date")
-    first_deploy = all(c.action == "create" for c in changes)
-    action = "create" if first_deploy else "update"
-    return Change(agency.slug, "site", action, agency.fqdn, new=new, reason=reason)
-
-
-def vhost_change(agency: Agency, current_sha256: str | None, desired: bytes,
-                 tls_ready: bool, drifted: bool = False) -> Change:
-    mode = "https" if tls_ready else "http only, until the certificate exists"
-    if drifted:
-        return Change(agency.slug, "vhost", "update", agency.fqdn, new=(mode,),
-                      reason="drift: changed by hand since provisioner wrote it; restored, "
-                             "the edited copy kept aside")
-    if current_sha256 is None:
-        return Change(agency.slug, "vhost", "create", agency.fqdn, new=(mode,))
-    if current_sha256 == site.sha256_hex(desired):
-        return Change(agency.slug, "vhost", "noop", agency.fqdn, reason="up to date")
-    return Change(agency.slug, "vhost", "update", agency.fqdn, new=(mode,))
-
-
-def drift_diff(path: Path, edited: str, desired: bytes,
-               limit: int = DRIFT_DIFF_LINES) -> tuple[str, ...]:
-    """A vhost of ours changed by hand, as a unified diff from the host's copy to what
-    onboarding writes back (at most ``limit`` lines)."""
-    lines = list(difflib.unified_diff(
-        edited.splitlines(), desired.decode("utf-8").splitlines(),
-        f"{path} (on the host)", f"{path} (provisioner)", lineterm=""))
-    if len(lines) <= limit:
-        return tuple(lines)
-    return (*lines[:limit], f"... {len(lines) - limit} more lines")
-
-
-def cert_changes(target: CertTarget, decision: CertDecision,
-                 deferred: ratelimit.Deferred | None = None) -> list[Change]:
-    """The target's row per agency; a certificate the CA's limits leave for a later run
-    is a noop that says when it fits."""
-    action = "noop" if deferred else \
-        {"order": "create", "renew": "update", "keep": "noop"}[decision.action]
-    reason = f"{decision.reason}; {deferred.reason}" if deferred else decision.reason
-    return [Change(slug, "cert", action, ", ".join(target.names), rdtype=target.challenge,
-                   reason=reason) for slug in target.agencies]
-
-
-def decide_certs(targets: Sequence[CertTarget], facts: Mapping[str, HostFacts],
-                 now: dt.datetime, days: int = RENEW_DAYS
-                 ) -> tuple[dict[str, CertDecision], dict[str, bool]]:
-    """Per target: order, renew or keep (from the certificate each host serves from disk);
-    per agency: whether a certificate is installed at all (its vhost can serve HTTPS)."""
-    decisions, installed = {}, {}
-    for target in targets:
-        infos = [_installed_cert(facts.get(place.host), place) for place in target.installs]
-        present = [info for info in infos if info is not None]
-        # Every host must hold a good certificate; the worst one decides.
-        worst = None if len(present) < len(infos) else min(present, key=lambda i: i.not_after)
-        decisions[target.key] = decide(worst, target.names, now, days)
-        for slug in target.agencies:
-            installed[slug] = len(present) == len(infos)
-    return decisions, installed
-
-
-def _dns_scope(agencies: Sequence[Agency] | None, selected: Sequence[Agency],
-               host_errors: Mapping[str, str]) -> list[Agency] | None:
-    """Whom the DNS step covers: a name never points at a host that cannot serve it
-    this run (None, the whole zone, only while every host is usable)."""
-    if not host_errors:
-        return None if agencies is None else list(agencies)
-    return [a for a in selected if a.host not in host_errors]
-
-
-def _on_failed_host(target: CertTarget, host_errors: Mapping[str, str]) -> bool:
-    return any(place.host in host_errors for place in target.installs)
-
-
-def _installed_cert(facts: HostFacts | None, place: Install) -> CertInfo | None:
-    pem = facts.certs.get(place.fullchain) if facts else None
-    if not pem:
-        return None
-    try:
-        return cert_info(pem.encode() if isinstance(pem, str) else pem)
-    except ProvisionerError:
-        return None  # unreadable: order a new one
-
-
 # =========================================================================== the session
-
-
-class LockedRun:
-    """What every run against the hosts holds: the DNS client, what it opens (closed on
-    exit) and, when it has a ``command`` (the command line, so it may change things), the
-    inventory's lock: refused while another run holds it or an ansible-playbook of a killed
-    run still works on this inventory."""
-
-    def __init__(self, inventory: Inventory, report: Report = _quiet, *,
-                 command: str | None = None, break_lock: bool = False):
-        self.inventory = inventory
-        self.report = report
-        self.command = command
-        self.break_lock = break_lock
-        self.dns = DnsClient(inventory.settings)
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self):
-        if self.command is not None:
-            self._stack.enter_context(run_lock(
-                self.inventory.state_dir, self.command, break_lock=self.break_lock,
-                report=self.report, leftovers=lambda: ansible.running_playbooks(self.inventory)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
 
 
 class Session(LockedRun):
@@ -263,12 +143,11 @@ class Session(LockedRun):
     it: restore).
     """
 
-    def __init__(self, inventory: Inventory, report: Report = _quiet, *,
+    def __init__(self, inventory: Inventory, report: Report = quiet, *,
                  command: str | None = None, break_lock: bool = False,
                  audit_as: str | None = None):
         super().__init__(inventory, report, command=command, break_lock=break_lock)
         self.audit_command = audit_as or command
-        self.clients: dict[str, HostClient] = {}
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -320,7 +199,7 @@ class Session(LockedRun):
                             for a in selected if not a.hosted)
             rendered = {a.slug: site.render_site(a) for a in hosted}
             facts, host_errors = self._host_facts(hosted, rendered)
-            dns_plan = plan_dns(self.inventory, _dns_scope(agencies, selected, host_errors),
+            dns_plan = plan_dns(self.inventory, dns_scope(agencies, selected, host_errors),
                                 force=force, preflight=True, client=self.dns) \
                 if "dns" in steps else None
             targets = tuple(cert_targets(self.inventory, hosted))
@@ -339,7 +218,7 @@ class Session(LockedRun):
                     decisions, {r.key: r for r in read_records(self.inventory.state_dir)},
                     self.inventory.settings.acme.directory)
                 budget = self.ledger.budget(demands(
-                    [t for t in targets if not _on_failed_host(t, host_errors)], decisions,
+                    [t for t in targets if not on_failed_host(t, host_errors)], decisions,
                     self.inventory.settings.acme))
                 changes += [c for t in targets for c in cert_changes(
                     t, decisions[t.key], budget.deferred.get(t.key))]
@@ -394,7 +273,7 @@ class Session(LockedRun):
                 continue
             sshd = wanted.host.sshd
             try:
-                facts = self._client(name).call("content_access_facts", names=wanted.names,
+                facts = self.pool.client(name).call("content_access_facts", names=wanted.names,
                                                 keys_dir=str(sshd.keys_dir),
                                                 drop_in=str(sshd.drop_in))
             except ProvisionerError as exc:  # this host's accounts wait; the rest goes on
@@ -412,15 +291,15 @@ class Session(LockedRun):
 
         def read(name: str) -> HostFacts | str:
             try:
-                client = self._client(name)
                 on_host = [a for a in hosted if a.host == name]
                 host = self.inventory.hosts[name]
-                preflight: Preflight = client.preflight(
-                    repairable=[site.vhost_path(a, host) for a in on_host])
+                preflight = self.pool.preflight(
+                    name, repairable=[site.vhost_path(a, host) for a in on_host])
                 if not preflight.ok:
                     return "; ".join(preflight.problems)
-                return client.facts(on_host, self.inventory.settings,
-                                    {a.slug: list(rendered[a.slug]) for a in on_host})
+                return self.pool.client(name).facts(
+                    on_host, self.inventory.settings,
+                    {a.slug: list(rendered[a.slug]) for a in on_host})
             except ProvisionerError as exc:
                 return str(exc)
 
@@ -432,13 +311,6 @@ class Session(LockedRun):
                 else:
                     facts[name] = found
         return facts, errors
-
-    def _client(self, name: str) -> HostClient:
-        if name not in self.clients:
-            client = HostClient(self.inventory.hosts[name], self.inventory.settings.known_hosts_file)
-            client.connect()
-            self.clients[name] = self._stack.enter_context(client)
-        return self.clients[name]
 
     # ------------------------------------------------------------------ apply
 
@@ -518,7 +390,7 @@ class Session(LockedRun):
             if not changed and not deployed & {a.slug for a in wanted.keep}:
                 continue
             try:
-                self._client(name).content_access(wanted.request())
+                self.pool.client(name).content_access(wanted.request())
             except ProvisionerError as exc:
                 outcomes += [Outcome(slug, "access", "failed", str(exc)) for slug in changed]
                 continue
@@ -541,9 +413,9 @@ class Session(LockedRun):
         if not wanted:
             return outcomes
         for name in sorted({i.host for t in wanted for i in t.installs}):
-            self._client(name)
-        results = Issuer(self.inventory, self.clients, self.dns,
-                         ledger=self.ledger).obtain(wanted)
+            self.pool.client(name)
+        results = Issuer(self.inventory, self.pool.clients, self.dns,
+                             ledger=self.ledger).obtain(wanted)
         self.report(f"tls: {sum(r.status == 'changed' for r in results)} certificate(s) issued")
         issued = {slug for r in results if r.status == "changed" for slug in r.target.agencies}
         activate = [a for a in oplan.agencies if a.slug in issued and a.slug not in failed
@@ -552,7 +424,7 @@ class Session(LockedRun):
         renewed_hosts = sorted({a.host for a in oplan.agencies if a.slug in issued
                                 and oplan.tls_ready.get(a.slug)} - {a.host for a in activate})
         for name in renewed_hosts:
-            self.clients[name].reload_nginx()
+            self.pool.client(name).reload_nginx()
             reloads[name] = reloads.get(name, 0) + 1
         served = served_problems(self.inventory, results)
         for result in results:
@@ -585,44 +457,6 @@ class Session(LockedRun):
         active = sum(r.active for r in results)
         self.report(f"verify: {active}/{len(results)} active")
         return [_verify_outcome(r) for r in results]
-
-
-STEP_OF_KIND = {"dns": "dns", "site": "web", "vhost": "web", "cert": "tls"}
-
-
-def audit_entries(command: str, plan: Plan, outcomes: Sequence[Outcome]) -> list[AuditEntry]:
-    """One entry per planned change, with the result of the step that carried it out;
-    plus every failure that no planned change explains (e.g. a failed verification)."""
-    result_of = {(o.agency, o.kind): o for o in outcomes}
-    entries, explained = [], set()
-    for change in (c for c in plan if c.mutating):
-        outcome = result_of.get((change.agency, STEP_OF_KIND.get(change.kind, change.kind)))
-        if outcome is None:
-            continue  # the step did not run for this agency (an earlier step failed)
-        explained.add((outcome.agency, outcome.kind))
-        entries.append(AuditEntry(
-            command=command, agency=change.agency, kind=change.kind, action=change.action,
-            change={"name": change.name, "type": change.rdtype, "old": list(change.old),
-                    "new": list(change.new)},
-            result=outcome.status,
-            reason=outcome.detail if outcome.status == "failed" else None))
-    entries += [AuditEntry(command=command, agency=o.agency, kind=o.kind, action="apply",
-                           change=o.kind, result="failed", reason=o.detail)
-                for o in outcomes if o.status == "failed" and (o.agency, o.kind) not in explained]
-    return entries
-
-
-def interrupted_entries(command: str, plan: Plan, step: str, outcomes: Sequence[Outcome],
-                        exc: BaseException) -> list[AuditEntry]:
-    """The planned changes of a step that was interrupted before it reported them."""
-    reported = {(o.agency, o.kind) for o in outcomes}
-    reason = (f"interrupted ({type(exc).__name__}) before its result was known: the change "
-              "may have been made; re-run to converge")
-    return [AuditEntry(command=command, agency=c.agency, kind=c.kind, action=c.action,
-                       change={"name": c.name, "type": c.rdtype, "old": list(c.old),
-                               "new": list(c.new)}, result="failed", reason=reason)
-            for c in plan if c.mutating and STEP_OF_KIND.get(c.kind, c.kind) == step
-            and (c.agency, step) not in reported]
 
 
 def _verify_outcome(result: verifying.AgencyResult) -> Outcome:

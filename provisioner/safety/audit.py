@@ -17,11 +17,14 @@ import pwd
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ProvisionerError
 from ..registry.load import ensure_state_dir
 from .secrets import LOADED_SECRETS, Redactor
+
+if TYPE_CHECKING:
+    from ..plan import Change
 
 FILE_NAME = "audit.jsonl"
 RESULTS = ("ok", "changed", "failed")
@@ -74,6 +77,17 @@ class AuditEntry:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditEntry:
         return cls(**{**data, "time": datetime.fromisoformat(data["time"])})
+
+    @classmethod
+    def of_change(cls, command: str, change: Change, result: str, reason: str | None = None,
+                  **done: str) -> AuditEntry:
+        """The entry of a planned change: its name, type, old and new values (and ``done``:
+        what the step that carried it out reports)."""
+        return cls(command=command, agency=change.agency, kind=change.kind,
+                   action=change.action,
+                   change={"name": change.name, "type": change.rdtype, "old": list(change.old),
+                           "new": list(change.new), **done},
+                   result=result, reason=reason)
 
 
 class AuditLog:

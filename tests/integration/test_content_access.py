@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.serialization import (
 
 from provisioner.errors import HostError
 from provisioner.hosts.agent import HostClient
-from provisioner.lifecycle import access, offboard
+from provisioner.lifecycle import access
+from provisioner.lifecycle import archive as archiving
 from provisioner.site import render as site
 
 from .conftest import TEST_NET, start_test_lab
@@ -339,5 +340,5 @@ def test_offboarding_removes_the_account_after_the_archive(sftp: Sftp):
     site_step = next(o for o in out["result"]["outcomes"] if o["kind"] == "site")
     assert site_step["detail"].startswith(f"SFTP account {ACCOUNT} removed; deleted ")
     # What the agency uploaded over SFTP is in the archive taken before the account went.
-    archived = offboard.load_archive(Path(out["result"]["archive"]))
+    archived = archiving.load_archive(Path(out["result"]["archive"]))
     assert archived.site_files()[f"{access.UPLOAD_FOLDER}/halo.html"].data == PAGE

@@ -24,6 +24,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from provisioner.dns import step as dnsops
+from provisioner.lifecycle import archive as archiving
 from provisioner.lifecycle import offboard, onboard
 from provisioner.site import render as site
 from provisioner.tls.issuer import Issuer
@@ -105,10 +106,10 @@ def test_ns1_stopped_between_plan_and_apply(flab: FaultLab):
     assert "dns: failed" in offboarding.stderr and "not done: vhost, site, cert, registry" \
         in offboarding.stderr
     assert flab.host_tree() == hosts  # archived, nothing removed
-    assert len(offboard.find_archives(archives, "setda")) == 1
+    assert len(archiving.find_archives(archives, "setda")) == 1
     code, out = flab.json("offboard", "setda", "--yes")
     assert code == 0, out["result"]
-    assert len(offboard.find_archives(archives, "setda")) == 1  # the re-run reused it
+    assert len(archiving.find_archives(archives, "setda")) == 1  # the re-run reused it
     assert flab.owned_orphans() == []
 
 
@@ -220,7 +221,7 @@ def test_write_failure_on_a_host(flab: FaultLab):
         _chattr("-i", dinkes)
     code, out = flab.json("offboard", "dinkes", "--yes")
     assert code == 0, out["result"]
-    archived = offboard.load_archive(Path(out["result"]["archive"]))  # the first run's
+    archived = archiving.load_archive(Path(out["result"]["archive"]))  # the first run's
     assert {rel: (f.sha256, f.mode) for rel, f in archived.site_files().items()} == before
     converges(flab, "diskan", "bappedalitbang")
 
@@ -239,7 +240,7 @@ def test_nginx_config_broken_by_an_unrelated_file(flab: FaultLab):
         assert result.exit_code == 1
         assert "nginx -t fails" in result.stderr and "proxy_buffring" in result.stderr
         assert flab.host_tree(skip=[hand_made]) == hosts
-        assert offboard.find_archives(flab.lab.state_dir / "archives", "dkisp") == []
+        assert archiving.find_archives(flab.lab.state_dir / "archives", "dkisp") == []
     finally:
         hand_made.unlink()
     converges(flab, "dkisp")

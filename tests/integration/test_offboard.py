@@ -21,6 +21,7 @@ import pytest
 from cryptography import x509
 
 from provisioner.lab.render import PEBBLE_MANAGEMENT_PORT
+from provisioner.lifecycle import archive as archiving
 from provisioner.lifecycle import offboard
 from provisioner.site import render as site
 
@@ -108,7 +109,7 @@ def test_offboard_then_restore_round_trips_byte_for_byte(olab: FaultLab, tmp_pat
     archive = Path(out["result"]["archive"])
     assert archive.parent == olab.lab.state_dir / "archives"
     assert archive.stat().st_mode & 0o777 == 0o600
-    archived = offboard.load_archive(archive)
+    archived = archiving.load_archive(archive)
     assert archived.manifest["cert"]["serial"] == f"{old_serial:x}"
     assert {r["type"] for r in archived.manifest["dns"]} == {"A", "TXT"}
     assert b"jadwal vaksinasi" in archived.files["index.html"]
@@ -157,12 +158,12 @@ def test_every_change_of_the_round_trip_is_audited(olab: FaultLab):
 
 
 def test_restore_refuses_a_tampered_archive_and_changes_nothing(olab: FaultLab, tmp_path: Path):
-    archive = offboard.find_archives(olab.lab.state_dir / "archives", SLUG)[0]
+    archive = archiving.find_archives(olab.lab.state_dir / "archives", SLUG)[0]
     copy = tmp_path / archive.name
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))
-    shutil.copy(offboard.checksum_path(archive), offboard.checksum_path(copy))
+    shutil.copy(archiving.checksum_path(archive), archiving.checksum_path(copy))
     hosts, inventory = olab.host_tree(), olab.inventory_tree()
     audit = (olab.lab.state_dir / "audit.jsonl").read_bytes()
 
@@ -178,7 +179,7 @@ def test_restore_refuses_a_tampered_archive_and_changes_nothing(olab: FaultLab, 
 @pytest.mark.parametrize("slug", [SLUG, "kec-batu-engau"])  # web1, web3
 def test_restore_never_overwrites_a_page_changed_since(olab: FaultLab, slug: str):
     # Live again (restored above): its current page differs from the archive.
-    archive = offboard.find_archives(olab.lab.state_dir / "archives", slug)[0]
+    archive = archiving.find_archives(olab.lab.state_dir / "archives", slug)[0]
     site_dir, _vhost, _cert = paths(olab, slug)
     page = site_dir / "index.html"
     page.write_text(page.read_text(encoding="utf-8") + "<!-- diubah lagi -->\n", encoding="utf-8")
@@ -203,8 +204,8 @@ def test_offboard_killed_at_every_step_finishes_and_loses_nothing(olab: FaultLab
     code, out = olab.json("offboard", NEIGHBOUR, "--yes")
 
     assert code == 0, out
-    [archive] = offboard.find_archives(archives, NEIGHBOUR)  # every re-run reused the first
-    held = offboard.load_archive(archive).site_files()
+    [archive] = archiving.find_archives(archives, NEIGHBOUR)  # every re-run reused the first
+    held = archiving.load_archive(archive).site_files()
     assert {rel: (f.sha256, f.mode) for rel, f in held.items()} == before
     assert not site_dir.exists() and not vhost.exists() and not cert_dir.exists()
     assert olab.records_at("ns1", fqdn) == {} and olab.owned_orphans() == []
@@ -242,7 +243,7 @@ def test_vhost_that_nginx_needs_is_put_back_and_nothing_after_it_runs(olab: Faul
 def test_nothing_printed_or_logged_holds_a_secret(olab: FaultLab, tmp_path: Path):
     assert olab.leaks(tmp_path) == []
     for archive in (olab.lab.state_dir / "archives").glob("*.tar.gz"):
-        held = offboard.load_archive(archive)
+        held = archiving.load_archive(archive)
         assert not any(b"PRIVATE KEY" in data for data in held.files.values())
 
 
@@ -261,7 +262,7 @@ def test_a_setuid_file_in_a_site_never_comes_back_setuid(olab: FaultLab):
     code, out = olab.json("offboard", SLUG, "--yes")
     assert code == 0, out["result"]
     archive = Path(out["result"]["archive"])
-    manifest = offboard.load_archive(archive).manifest
+    manifest = archiving.load_archive(archive).manifest
     assert manifest["files"]["unduh/alat"]["mode"] == 0o644
     assert manifest["dirs"]["unduh"] == 0o755
     code, out = olab.json("restore", str(archive), "--yes")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import UsageError
-from provisioner.lifecycle import backup, offboard, restic, timers
+from provisioner.lifecycle import archive as archiving
+from provisioner.lifecycle import backup, restic, timers
 from provisioner.registry.load import load_inventory
 from provisioner.registry.models import BackupSettings
 
@@ -179,7 +180,7 @@ def test_a_snapshot_is_found_by_latest_or_an_unambiguous_prefix() -> None:
 def manifest(files: dict[str, bytes], mtime: float = 1_700_000_000.0) -> dict:
     import hashlib
 
-    return {"schema": offboard.ARCHIVE_SCHEMA, "agency": "dinkes", "created_at": "now",
+    return {"schema": archiving.ARCHIVE_SCHEMA, "agency": "dinkes", "created_at": "now",
             "operator": "op", "command": None, "host": "web1",
             "files": {rel: {"sha256": hashlib.sha256(data).hexdigest(), "mode": 0o644,
                             "size": len(data), "mtime": mtime} for rel, data in files.items()},

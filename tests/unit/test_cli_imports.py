@@ -16,6 +16,8 @@ DEFERRED = (
     "provisioner.lifecycle.onboard", "provisioner.lifecycle.offboard", "provisioner.site.render", "provisioner.verify.sweep",
     "provisioner.verify.verifier", "provisioner.verify.history", "provisioner.verify.report", "provisioner.registry.xlsx", "openpyxl",
     "ansible_runner", "paramiko", "acme", "httpx", "requests",
+    "provisioner.hosts.pool", "provisioner.lifecycle.restore", "provisioner.lifecycle.archive",
+    "provisioner.lifecycle.onboard_plan", "provisioner.lifecycle.run",
 )
 
 

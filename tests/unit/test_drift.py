@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from provisioner.hosts.agent import preflight_problems
-from provisioner.lifecycle import onboard
+from provisioner.lifecycle import onboard_plan
 from provisioner.registry.load import load_inventory
 from provisioner.site import render as site
 
@@ -38,12 +38,12 @@ def test_plan_shows_a_drifted_vhost_as_an_update_with_a_diff():
     desired = site.render_vhost(agency, host, inventory.settings, tls_ready=True)
     edited = desired.decode() + "this line was typed by hand\n"
 
-    change = onboard.vhost_change(agency, site.sha256_hex(edited.encode()), desired, True,
+    change = onboard_plan.vhost_change(agency, site.sha256_hex(edited.encode()), desired, True,
                                   drifted=True)
-    diff = onboard.drift_diff(site.vhost_path(agency, host), edited, desired)
+    diff = onboard_plan.drift_diff(site.vhost_path(agency, host), edited, desired)
 
     assert (change.kind, change.action) == ("vhost", "update") and "drift" in change.reason
     assert diff[0].startswith("--- ") and diff[1].startswith("+++ ")
     assert [line for line in diff[2:] if line[:1] in "+-"] == ["-this line was typed by hand"]
-    long = onboard.drift_diff(Path(CONF), edited + "x\n" * 500, desired, limit=10)
+    long = onboard_plan.drift_diff(Path(CONF), edited + "x\n" * 500, desired, limit=10)
     assert len(long) == 11 and long[-1].endswith("more lines")

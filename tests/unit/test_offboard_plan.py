@@ -20,7 +20,8 @@ import yaml
 
 from provisioner.errors import ProvisionerError, UsageError
 from provisioner.hosts.agent import SiteFile, SiteSnapshot, host_agent
-from provisioner.lifecycle import offboard
+from provisioner.lifecycle import archive as archiving
+from provisioner.lifecycle import offboard, registry_status, restore
 from provisioner.registry.load import load_inventory
 
 from .conftest import SAMPLE
@@ -53,7 +54,7 @@ services:
      "slug: dinkes"),
 ])
 def test_status_is_one_line_and_everything_else_stays(text, status, expected_line, after):
-    new = offboard.with_status(text, status)
+    new = registry_status.with_status(text, status)
 
     lines = new.splitlines()
     assert lines[lines.index(after) + 1] == expected_line
@@ -64,7 +65,7 @@ def test_status_is_one_line_and_everything_else_stays(text, status, expected_lin
 
 
 def test_status_note_is_a_single_comment():
-    new = offboard.with_status(AGENCY, "offboarded", "2025-03-01 by ayu,\narchive x.tar.gz")
+    new = registry_status.with_status(AGENCY, "offboarded", "2025-03-01 by ayu,\narchive x.tar.gz")
 
     assert "status: offboarded  # 2025-03-01 by ayu, archive x.tar.gz\n" in new
     assert yaml.safe_load(new)["status"] == "offboarded"
@@ -77,7 +78,7 @@ def test_status_note_is_a_single_comment():
 ])
 def test_status_edit_that_cannot_be_one_line_is_refused(text):
     with pytest.raises(ProvisionerError):
-        offboard.with_status(text, "offboarded")
+        registry_status.with_status(text, "offboarded")
 
 
 def test_registry_file_keeps_its_mode_and_comments(tmp_path):
@@ -86,8 +87,8 @@ def test_registry_file_keeps_its_mode_and_comments(tmp_path):
     os.chmod(agency.source, 0o640)
     before = agency.source.read_text(encoding="utf-8")
 
-    assert offboard.set_registry_status(agency, "offboarded", "note") is True
-    assert offboard.set_registry_status(agency, "offboarded", "note") is False
+    assert registry_status.set_registry_status(agency, "offboarded", "note") is True
+    assert registry_status.set_registry_status(agency, "offboarded", "note") is False
 
     after = agency.source.read_text(encoding="utf-8")
     assert stat.S_IMODE(agency.source.stat().st_mode) == 0o640
@@ -116,16 +117,16 @@ def snapshot(files=FILES, vhost=VHOST, modes=None, exists=True) -> SiteSnapshot:
 def manifest_of(snap: SiteSnapshot, tmp_path: Path) -> dict:
     inventory = _sample_inventory(tmp_path)
     agency = inventory.agencies["dinkes"]
-    return offboard.make_manifest(agency, inventory.hosts[agency.host], snap, None, None, WHEN,
+    return archiving.make_manifest(agency, inventory.hosts[agency.host], snap, None, None, WHEN,
                                   "provisioner offboard dinkes")
 
 
 def test_archive_round_trip_keeps_bytes_modes_and_times(tmp_path):
     snap = snapshot(modes={"berkas/laporan.pdf": 0o600})
     manifest = manifest_of(snap, tmp_path)
-    data = offboard.build_archive(manifest, FILES, VHOST)
+    data = archiving.build_archive(manifest, FILES, VHOST)
 
-    archived = offboard.read_archive(data, tmp_path / "a.tar.gz")
+    archived = archiving.read_archive(data, tmp_path / "a.tar.gz")
 
     assert archived.files == FILES and archived.vhost == VHOST
     restored = archived.site_files()
@@ -145,7 +146,7 @@ def test_an_archive_never_records_setuid_setgid_or_writable_modes(tmp_path):
     snap = dataclasses.replace(snap, dirs={"layanan": 0o1777, "berkas": 0o2750})
     manifest = manifest_of(snap, tmp_path)
 
-    archived = offboard.read_archive(offboard.build_archive(manifest, FILES, VHOST),
+    archived = archiving.read_archive(archiving.build_archive(manifest, FILES, VHOST),
                                      tmp_path / "a.tar.gz")
 
     assert archived.manifest["files"]["index.html"]["mode"] == 0o644
@@ -178,29 +179,29 @@ def _retar(data: bytes, change) -> bytes:
     (lambda n, b: (None, b) if n == "manifest.json" else (n, b), "manifest.json"),
 ])
 def test_an_archive_that_differs_from_its_manifest_is_refused(tmp_path, change, why):
-    data = offboard.build_archive(manifest_of(snapshot(), tmp_path), FILES, VHOST)
+    data = archiving.build_archive(manifest_of(snapshot(), tmp_path), FILES, VHOST)
 
     with pytest.raises(UsageError) as raised:
-        offboard.read_archive(_retar(data, change), tmp_path / "a.tar.gz")
+        archiving.read_archive(_retar(data, change), tmp_path / "a.tar.gz")
     assert why in str(raised.value) and raised.value.exit_code == 2
 
 
 def test_written_archive_is_private_with_a_checksum_sha256sum_accepts(tmp_path):
-    data = offboard.build_archive(manifest_of(snapshot(), tmp_path), FILES, VHOST)
+    data = archiving.build_archive(manifest_of(snapshot(), tmp_path), FILES, VHOST)
     folder = tmp_path / "archives"
     folder.mkdir()
     (folder / ".dinkes-20250301T070000Z.tar.gz.part").write_bytes(b"left by a killed run")
 
-    first = offboard.write_archive(folder, "dinkes", WHEN, data)
-    second = offboard.write_archive(folder, "dinkes", WHEN, data)
+    first = archiving.write_archive(folder, "dinkes", WHEN, data)
+    second = archiving.write_archive(folder, "dinkes", WHEN, data)
 
     assert first.name == "dinkes-20250301T080000Z.tar.gz"
     assert second.name == "dinkes-20250301T080000Z-1.tar.gz"
     assert stat.S_IMODE(first.stat().st_mode) == 0o600
-    assert stat.S_IMODE(offboard.checksum_path(first).stat().st_mode) == 0o600
+    assert stat.S_IMODE(archiving.checksum_path(first).stat().st_mode) == 0o600
     assert not list(folder.glob(".*.part"))
-    assert offboard.load_archive(first).files == FILES
-    done = subprocess.run(["sha256sum", "-c", offboard.checksum_path(first).name], cwd=folder,
+    assert archiving.load_archive(first).files == FILES
+    done = subprocess.run(["sha256sum", "-c", archiving.checksum_path(first).name], cwd=folder,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -212,16 +213,16 @@ def _flip_middle_byte(data: bytes) -> bytes:
 
 @pytest.mark.parametrize("damage, message", [
     (lambda path: path.write_bytes(_flip_middle_byte(path.read_bytes())), "checksum mismatch"),
-    (lambda path: offboard.checksum_path(path).unlink(), "cannot read"),
-    (lambda path: offboard.checksum_path(path).write_text("not a checksum\n"), "no sha256"),
+    (lambda path: archiving.checksum_path(path).unlink(), "cannot read"),
+    (lambda path: archiving.checksum_path(path).write_text("not a checksum\n"), "no sha256"),
 ])
 def test_damaged_archive_or_checksum_is_refused_with_exit_2(tmp_path, damage, message):
-    data = offboard.build_archive(manifest_of(snapshot(), tmp_path), FILES, VHOST)
-    path = offboard.write_archive(tmp_path / "archives", "dinkes", WHEN, data)
+    data = archiving.build_archive(manifest_of(snapshot(), tmp_path), FILES, VHOST)
+    path = archiving.write_archive(tmp_path / "archives", "dinkes", WHEN, data)
     damage(path)
 
     with pytest.raises(UsageError) as raised:
-        offboard.load_archive(path)
+        archiving.load_archive(path)
     assert message in str(raised.value) and raised.value.exit_code == 2
 
 
@@ -233,21 +234,21 @@ def test_archives_of_an_agency_newest_first_never_a_longer_slug(tmp_path):
                  "kec-20250101T000000Z.tar.gz.sha256", ".kec-20250501T000000Z.tar.gz.part"):
         (folder / name).write_bytes(b"")
 
-    found = [p.name for p in offboard.find_archives(folder, "kec")]
+    found = [p.name for p in archiving.find_archives(folder, "kec")]
 
     assert found == ["kec-20250301T000000Z-1.tar.gz", "kec-20250301T000000Z.tar.gz",
                      "kec-20250101T000000Z.tar.gz"]
-    assert offboard.find_archives(tmp_path / "missing", "kec") == []
+    assert archiving.find_archives(tmp_path / "missing", "kec") == []
 
 
 def test_covering_archive_skips_a_damaged_one(tmp_path):
     snap = snapshot()
-    data = offboard.build_archive(manifest_of(snap, tmp_path), FILES, VHOST)
-    good = offboard.write_archive(tmp_path / "a", "dinkes", WHEN, data)
-    bad = offboard.write_archive(tmp_path / "a", "dinkes", WHEN + dt.timedelta(hours=1), data)
+    data = archiving.build_archive(manifest_of(snap, tmp_path), FILES, VHOST)
+    good = archiving.write_archive(tmp_path / "a", "dinkes", WHEN, data)
+    bad = archiving.write_archive(tmp_path / "a", "dinkes", WHEN + dt.timedelta(hours=1), data)
     bad.write_bytes(b"garbage")
 
-    assert offboard.covering_archive(tmp_path / "a", "dinkes", snap).path == good
+    assert archiving.covering_archive(tmp_path / "a", "dinkes", snap).path == good
 
 
 # --------------------------------------------------------------------------- what an archive covers
@@ -269,14 +270,14 @@ def _without(files, rel):
 def test_an_archive_covers_what_it_holds_and_nothing_else(tmp_path, now, covered):
     manifest = manifest_of(snapshot(), tmp_path)
 
-    assert offboard.covers(manifest, now) is covered
+    assert archiving.covers(manifest, now) is covered
 
 
 def test_archive_without_vhost_does_not_cover_a_host_with_one(tmp_path):
     manifest = manifest_of(snapshot(vhost=None), tmp_path)
 
-    assert offboard.covers(manifest, snapshot(vhost=None)) is True
-    assert offboard.covers(manifest, snapshot()) is False
+    assert archiving.covers(manifest, snapshot(vhost=None)) is True
+    assert archiving.covers(manifest, snapshot()) is False
 
 
 @pytest.mark.parametrize("host_files, modes, expected", [
@@ -292,7 +293,7 @@ def test_restore_never_overwrites_other_content(tmp_path, host_files, modes, exp
     archived = snapshot(files={k: FILES[k] for k in ("index.html", "layanan/izin.html")})
     manifest = manifest_of(archived, tmp_path)
 
-    assert offboard.restore_actions(manifest["files"], snapshot(files=host_files,
+    assert restore.restore_actions(manifest["files"], snapshot(files=host_files,
                                                                 modes=modes)) == expected
 
 
@@ -346,10 +347,10 @@ def test_registry_row(tmp_path):
     inventory = _sample_inventory(tmp_path)
     agency = inventory.agencies["dinkes"]
 
-    assert offboard.registry_change(agency, "offboarded").action == "update"
-    assert offboard.registry_change(agency, "active").action == "noop"
+    assert registry_status.registry_change(agency, "offboarded").action == "update"
+    assert registry_status.registry_change(agency, "active").action == "noop"
     gone = dataclasses.replace(agency, offboarded=True)
-    assert offboard.registry_change(gone, "offboarded").action == "noop"
+    assert registry_status.registry_change(gone, "offboarded").action == "noop"
 
 
 # --------------------------------------------------------------------------- the host agent's side
@@ -443,7 +444,7 @@ def _sample_inventory(tmp_path: Path):
 def test_manifest_records_where_and_what(tmp_path):
     manifest = manifest_of(snapshot(), tmp_path)
 
-    assert manifest["schema"] == offboard.ARCHIVE_SCHEMA
+    assert manifest["schema"] == archiving.ARCHIVE_SCHEMA
     assert (manifest["agency"], manifest["host"]) == ("dinkes", "web1")
     assert manifest["site_dir"].endswith("/www/dinkes")
     assert manifest["created_at"] == "2025-03-01T08:00:00+00:00"
