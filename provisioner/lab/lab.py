@@ -11,7 +11,7 @@ Three layers, top to bottom:
   functions of the inventory, unit-tested without servers);
 * system helpers: keys and certificates, loopback addresses, processes, probes;
 * ``Lab``: ``up`` / ``down`` / ``status`` / ``reset``, returning dataclasses that
-  ``cli.py`` renders.
+  ``provisioner/cli/`` renders.
 
 The lab owns only what it created: processes by the PID files it wrote (checked
 against /proc/PID/cmdline before any signal), the loopback addresses it recorded as
