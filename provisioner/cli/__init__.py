@@ -4,8 +4,13 @@ Exit codes: 0 ok, 1 something checked or attempted failed, 2 usage or input erro
 
 This module is the root app: its options, and every command and group in the order
 'provisioner --help' lists them. The commands live in one module per group beside it;
-what they share (console, escaping, tables, --format, the error-to-exit-code mapping,
-the plan -> confirm -> apply -> emit sequence) is in common.py.
+what they share is in common.py (--format, the error-to-exit-code mapping, the plan ->
+confirm -> apply -> emit sequence) and output.py (consoles, escaping, tables, JSON).
+
+Every run pays for what this package imports, and the heavy modules (Ansible runner,
+SSH, ACME, HTTP clients, the verifier) are each needed by a few commands only: they
+are imported inside the commands that use them. Only what typer evaluates (parameter
+annotations and defaults) and the registry every command loads stay at the top.
 """
 
 from __future__ import annotations

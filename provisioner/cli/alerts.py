@@ -6,14 +6,8 @@ import typer
 
 from ..errors import UsageError
 from ..registry.models import Inventory
-from .common import (
-    Format,
-    Lang,
-    console,
-    emit_json,
-    handles_errors,
-    table,
-)
+from .common import Format, Lang, handles_errors
+from .output import console, emit_json, table
 
 alerts_app = typer.Typer(help="Alerts on change after each sweep (e-mail, webhook, "
                               "Telegram): test the channels, see what waits to be sent.",

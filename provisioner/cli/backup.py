@@ -7,16 +7,8 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
-from .common import (
-    BREAK_LOCK_OPTION,
-    Format,
-    command_line,
-    console,
-    emit_json,
-    err_console,
-    handles_errors,
-    table,
-)
+from .common import BREAK_LOCK_OPTION, Format, command_line, handles_errors
+from .output import console, emit_json, err_console, table
 
 backup_app = typer.Typer()  # its help: backup_run's docstring
 

@@ -1,17 +1,11 @@
-"""What every command shares: the consoles, escaping of untrusted text, tables,
---format, the run's Context (inventory and state folders), and ``handles_errors``,
-which maps the package's exceptions to a message and an exit code.
-
-Every run pays for what this package imports, and the heavy modules (Ansible runner,
-SSH, ACME, HTTP clients, the verifier) are each needed by a few commands only: they
-are imported inside the commands that use them. Only what typer evaluates (parameter
-annotations and defaults) and the registry every command loads stay at the top.
+"""What every command shares: --format and --lang, the run's Context (inventory and state
+folders), and ``handles_errors``, which maps the package's exceptions to a message and an
+exit code. What is printed and how is in output.py.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -19,16 +13,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from ..errors import InputError, ProvisionerError
 from ..registry import load as registry
 from ..registry.models import Inventory
-
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+from .output import err_console, visible
 
 
 class Format(str, Enum):
@@ -69,34 +58,6 @@ def handles_errors(func: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-def emit_json(data: Any) -> None:
-    console.print_json(json.dumps(data, default=str))
-
-
-def visible(value: Any) -> str:
-    """Text for a terminal: every character that is not printable (C0 and C1 controls,
-    ESC, DEL, bidirectional overrides, line breaks) shown as its escape, so that nothing a
-    site, certificate or file holds can move the cursor, recolour or retitle the terminal."""
-    text = "" if value is None else str(value)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-
-
-def cell(value: Any, style: str = "") -> Text:
-    """A table cell or title: escaped (``visible``) and never read as Rich markup."""
-    return Text(visible(value), style=style)
-
-
-def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
-    t = Table(title=cell(title) if title else None)
-    for column in columns:
-        t.add_column(column, overflow="fold")
-    for row in rows:
-        t.add_row(*(cell(v) for v in row))
-    console.print(t)
 
 
 def command_line() -> str:

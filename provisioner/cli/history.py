@@ -13,15 +13,8 @@ from typing import Optional
 import typer
 
 from ..errors import InputError, ProvisionerError
-from .common import (
-    Format,
-    Lang,
-    console,
-    emit_json,
-    err_console,
-    handles_errors,
-    table,
-)
+from .common import Format, Lang, handles_errors
+from .output import console, emit_json, err_console, table
 
 
 def _show_audit(state_dir: Path, agency: str | None, fmt: Format, limit: int) -> None:

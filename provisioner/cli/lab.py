@@ -8,17 +8,8 @@ from typing import Any, Optional
 
 import typer
 
-from .common import (
-    Format,
-    Lang,
-    command_line,
-    console,
-    emit_json,
-    err_console,
-    handles_errors,
-    table,
-    visible,
-)
+from .common import Format, Lang, command_line, handles_errors
+from .output import console, emit_json, err_console, table, visible
 
 lab_app = typer.Typer(help="Start, stop and inspect the local lab (real BIND, nginx, "
                            "OpenSSH and Pebble on loopback addresses).", no_args_is_help=True)

@@ -9,17 +9,9 @@ import typer
 
 from ..errors import UsageError
 from ..plan import ROW_COLUMNS, Plan
-from .common import (
-    BREAK_LOCK_OPTION,
-    Format,
-    command_line,
-    console,
-    emit_json,
-    err_console,
-    handles_errors,
-    table,
-)
+from .common import BREAK_LOCK_OPTION, Format, command_line, handles_errors
 from .onboard import onboard_progress
+from .output import console, emit_json, err_console, table
 
 if TYPE_CHECKING:
     from ..lifecycle import offboard as offboarding

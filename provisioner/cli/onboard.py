@@ -11,17 +11,8 @@ import typer
 from ..errors import UsageError
 from ..plan import ROW_COLUMNS, Plan
 from ..registry.models import Agency, Inventory
-from .common import (
-    BREAK_LOCK_OPTION,
-    Format,
-    command_line,
-    console,
-    emit_json,
-    err_console,
-    handles_errors,
-    table,
-    visible,
-)
+from .common import BREAK_LOCK_OPTION, Format, command_line, handles_errors
+from .output import console, emit_json, err_console, table, visible
 
 if TYPE_CHECKING:
     from ..dns import step as dnsops

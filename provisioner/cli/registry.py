@@ -8,15 +8,8 @@ from typing import Any
 import typer
 
 from ..errors import UsageError
-from .common import (
-    Format,
-    console,
-    emit_json,
-    err_console,
-    handles_errors,
-    table,
-    visible,
-)
+from .common import Format, handles_errors
+from .output import console, emit_json, err_console, table, visible
 
 registry_app = typer.Typer(help="Validate, list and import the agency registry.",
                            no_args_is_help=True)

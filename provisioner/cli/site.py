@@ -6,13 +6,8 @@ from pathlib import Path
 
 import typer
 
-from .common import (
-    Format,
-    console,
-    emit_json,
-    handles_errors,
-    table,
-)
+from .common import Format, handles_errors
+from .output import console, emit_json, table
 
 
 @handles_errors

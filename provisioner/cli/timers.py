@@ -8,13 +8,8 @@ from typing import Any
 
 import typer
 
-from .common import (
-    Format,
-    console,
-    emit_json,
-    handles_errors,
-    table,
-)
+from .common import Format, handles_errors
+from .output import console, emit_json, table
 
 timers_app = typer.Typer(help="The systemd timers: hourly sweep with alerts, weekly report "
                               "to leadership, daily certificate renewal, daily backup.",

@@ -7,16 +7,7 @@ import datetime
 import typer
 
 from ..registry.models import RENEW_DAYS
-from .common import (
-    BREAK_LOCK_OPTION,
-    Format,
-    command_line,
-    console,
-    emit_json,
-    err_console,
-    handles_errors,
-    table,
-)
+from .common import BREAK_LOCK_OPTION, Format, command_line, handles_errors
 from .onboard import (
     deferred_agencies,
     dns_selection,
@@ -24,6 +15,7 @@ from .onboard import (
     show_onboard_result,
     show_rate_limits,
 )
+from .output import console, emit_json, err_console, table
 
 CERT_ACTIONS = {"create": "order", "update": "renew", "noop": "keep"}
 

@@ -13,17 +13,8 @@ from rich.text import Text
 
 from ..errors import ProvisionerError, UsageError
 from ..registry.models import Inventory
-from .common import (
-    Context,
-    Format,
-    Lang,
-    cell,
-    console,
-    emit_json,
-    err_console,
-    handles_errors,
-    visible,
-)
+from .common import Context, Format, Lang, handles_errors
+from .output import cell, console, emit_json, err_console, visible
 
 if TYPE_CHECKING:
     from ..verify import sweep as sweeping
