@@ -6,7 +6,8 @@ import typer
 
 from ..errors import UsageError
 from ..registry.models import Inventory
-from .common import Format, Lang, handles_errors
+from .common import handles_errors
+from .options import FORMAT_OPTION, Format, Lang
 from .output import console, emit_json, table
 
 alerts_app = typer.Typer(help="Alerts on change after each sweep (e-mail, webhook, "
@@ -25,7 +26,7 @@ def _configured_alerts(inv: Inventory) -> None:
 @handles_errors
 def alerts_test(ctx: typer.Context,
                 lang: Lang = typer.Option(Lang.id, "--lang", help="Language of the message."),
-                fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                fmt: Format = FORMAT_OPTION) -> None:
     """Send a test message through every configured channel (no state is changed).
 
     Exit 1 when any channel could not deliver.
@@ -48,7 +49,7 @@ def alerts_test(ctx: typer.Context,
 @alerts_app.command("status")
 @handles_errors
 def alerts_status(ctx: typer.Context,
-                  fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                  fmt: Format = FORMAT_OPTION) -> None:
     """The configured channels and the changes waiting for each (after a failed delivery)."""
     from ..verify import alerts
     from ..verify import history as history_store

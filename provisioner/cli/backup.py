@@ -7,8 +7,9 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
-from .common import BREAK_LOCK_OPTION, Format, command_line, handles_errors
-from .output import console, emit_json, err_console, table
+from .common import command_line, handles_errors, progress_printer
+from .options import BREAK_LOCK_OPTION, FORMAT_OPTION, Format
+from .output import console, emit_json, table
 
 backup_app = typer.Typer()  # its help: backup_run's docstring
 
@@ -23,7 +24,7 @@ def backup_run(ctx: typer.Context,
                                             help="Fetch and stage, let restic say what it "
                                                  "would store; no snapshot, no retention."),
                break_lock: bool = BREAK_LOCK_OPTION,
-               fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+               fmt: Format = FORMAT_OPTION) -> None:
     """Back up agencies' sites and the toolkit's state into the restic repository.
 
     'provisioner backup --all' (or --agency SLUG ...): each site is fetched from its host
@@ -44,9 +45,7 @@ def backup_run(ctx: typer.Context,
     inv = ctx.obj.inventory()
     targets = inv.select(agencies, all_=all_)
     table_output = fmt is Format.table
-    report = (lambda line: err_console.print(line, markup=False)) if table_output else \
-        (lambda _line: None)
-    with backup.Backup(inv, report, command=None if dry_run else command_line(),
+    with backup.Backup(inv, progress_printer(fmt), command=None if dry_run else command_line(),
                        break_lock=break_lock) as run:
         result = run.run(targets, dry_run=dry_run)
     if table_output:
@@ -67,7 +66,7 @@ def backup_run(ctx: typer.Context,
 def backup_list(ctx: typer.Context,
                 agency: Optional[str] = typer.Argument(None, metavar="[AGENCY]",
                                                        help="Only this agency's snapshots."),
-                fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                fmt: Format = FORMAT_OPTION) -> None:
     """The repository's snapshots of this inventory (of one agency), oldest first."""
     from ..lifecycle import backup
 
@@ -97,7 +96,7 @@ def backup_check(ctx: typer.Context) -> None:
 def backup_prune(ctx: typer.Context,
                  dry_run: bool = typer.Option(False, "--dry-run",
                                               help="Say what would be forgotten."),
-                 fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                 fmt: Format = FORMAT_OPTION) -> None:
     """Apply the retention of group_vars/all.yml (restic forget --prune) now."""
     from ..lifecycle import backup
 

@@ -1,6 +1,8 @@
-"""What every command shares: --format and --lang, the run's Context (inventory and state
-folders), and ``handles_errors``, which maps the package's exceptions to a message and an
-exit code. What is printed and how is in output.py.
+"""What every command shares: the run's Context (inventory and state folders),
+``handles_errors``, which maps the package's exceptions to a message and an exit code,
+and ``PlannedChange``, the plan -> confirm -> apply -> emit sequence of the commands that
+change things from a plan. Shared options are in options.py, what is printed and how in
+output.py.
 """
 
 from __future__ import annotations
@@ -8,21 +10,19 @@ from __future__ import annotations
 import functools
 import sys
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import typer
 
-from ..errors import InputError, ProvisionerError
+from ..errors import InputError, ProvisionerError, UsageError
 from ..registry import load as registry
 from ..registry.models import Inventory
-from .output import err_console, visible
+from .options import Format
+from .output import console, emit_json, err_console, visible
 
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
+if TYPE_CHECKING:
+    from ..hosts import ansible
 
 
 @dataclass
@@ -65,11 +65,69 @@ def command_line() -> str:
     return " ".join(["provisioner", *sys.argv[1:]])
 
 
-BREAK_LOCK_OPTION = typer.Option(False, "--break-lock",
-                                 help="Take over the inventory lock of a run that died "
-                                      "without releasing it (its PID must be gone).")
+def progress_printer(fmt: Format) -> Callable[[str], None]:
+    """Where a run's progress lines go: stderr with table output; nowhere with JSON, whose
+    stdout is the document."""
+    if fmt is Format.table:
+        return lambda line: err_console.print(line, markup=False)
+    return lambda _line: None
 
 
-class Lang(str, Enum):
-    id = "id"
-    en = "en"
+def host_progress(event: ansible.Progress) -> None:
+    """An Ansible task that changed or failed something on a host, as it happens."""
+    if event.state in ("changed", "failed", "unreachable"):
+        err_console.print(f"  {event.host}: {event.task}: {event.state}", markup=False)
+
+
+class PlannedChange:
+    """The sequence of every command that changes things from a plan (onboard, renew,
+    offboard, restore): show the plan, stop at --dry-run, ask before applying (unless
+    --yes), apply, show the result, exit 1 when anything failed.
+
+    With --format json nothing is shown along the way and stdout is one document: the
+    plan (with "result": null when nothing is applied) and the result. JSON cannot ask,
+    so it needs --yes or --dry-run.
+    """
+
+    def __init__(self, fmt: Format, *, dry_run: bool, yes: bool) -> None:
+        if fmt is Format.json and not (yes or dry_run):
+            raise UsageError("--format json cannot ask for confirmation",
+                             hint="add --yes or --dry-run")
+        self.table_output = fmt is Format.table
+        self.dry_run = dry_run
+        self.yes = yes
+        self.report = progress_printer(fmt)
+        self.progress = host_progress if self.table_output else None
+        self.plan: Any = None
+
+    def go_ahead(self, plan: Any, show: Callable[[Any], None], *, question: str | None,
+                 nothing_to_do: str | None = None) -> bool:
+        """Show ``plan``; whether to apply it. Not on a dry run, nor when there is
+        ``nothing_to_do`` (said so); ``question`` is asked unless --yes, and a no stops
+        the run with exit 1."""
+        self.plan = plan
+        if self.table_output:
+            show(plan)
+        if self.dry_run or nothing_to_do:
+            if not self.table_output:
+                emit_json({"plan": plan.to_dict(), "result": None})
+            elif nothing_to_do:
+                console.print(nothing_to_do, markup=False)
+            return False
+        if question and not self.yes and not typer.confirm(question, default=False):
+            err_console.print("aborted: nothing was changed")
+            raise typer.Exit(1)
+        return True
+
+    def finish(self, result: Any, show: Callable[[Any], None], *,
+               plan_in_json: bool = True) -> None:
+        """Show the result (JSON: with its plan unless not ``plan_in_json``); exit 1 when
+        anything failed."""
+        if self.table_output:
+            show(result)
+        elif plan_in_json:
+            emit_json({"plan": self.plan.to_dict(), "result": result.to_dict()})
+        else:
+            emit_json(result.to_dict())
+        if result.failed:
+            raise typer.Exit(1)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from .common import Format, handles_errors
+from .common import handles_errors
+from .options import FORMAT_OPTION, Format
 from .output import console, emit_json, table
 
 
 @handles_errors
 def doctor(ctx: typer.Context,
-           fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+           fmt: Format = FORMAT_OPTION) -> None:
     """Check that the inventory is ready to go live, changing nothing.
 
     Each web host: SSH with a known host key, sudo without a password, nginx's version

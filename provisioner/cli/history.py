@@ -13,7 +13,8 @@ from typing import Optional
 import typer
 
 from ..errors import InputError, ProvisionerError
-from .common import Format, Lang, handles_errors
+from .common import handles_errors
+from .options import FORMAT_OPTION, Format, Lang
 from .output import console, emit_json, err_console, table
 
 
@@ -36,7 +37,7 @@ def _show_audit(state_dir: Path, agency: str | None, fmt: Format, limit: int) ->
 
 
 @handles_errors
-def history(ctx: typer.Context, fmt: Format = typer.Option(Format.table, "--format", "-f"),
+def history(ctx: typer.Context, fmt: Format = FORMAT_OPTION,
             limit: int = typer.Option(30, "--limit", min=1,
                                       help="How many past sweeps (or audit entries)."),
             agency: Optional[str] = typer.Option(None, "--agency", metavar="SLUG",

@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import typer
 
-from .common import Format, Lang, command_line, handles_errors
+from .common import command_line, handles_errors, progress_printer
+from .options import FORMAT_OPTION, Format, Lang
 from .output import console, emit_json, err_console, table, visible
 
 lab_app = typer.Typer(help="Start, stop and inspect the local lab (real BIND, nginx, "
@@ -21,44 +22,44 @@ def _lab(ctx: typer.Context):
     return Lab(ctx.obj.inventory())
 
 
-def _server_rows(servers: Any) -> list[list[Any]]:
-    return [[s.name, s.role, s.address, s.pid, s.action] for s in servers]
+def _show_servers(report: Any, fmt: Format, title: str, notes: list[str]) -> None:
+    """What lab up or down did to each server, then the ``notes`` that are not empty
+    (JSON: the whole report)."""
+    if fmt is Format.json:
+        emit_json(dataclasses.asdict(report))
+        return
+    table(["server", "role", "address", "pid", "result"],
+          [[s.name, s.role, s.address, s.pid, s.action] for s in report.servers], title=title)
+    for note in filter(None, notes):
+        console.print(note)
 
 
 @lab_app.command("up")
 @handles_errors
-def lab_up(ctx: typer.Context, fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+def lab_up(ctx: typer.Context, fmt: Format = FORMAT_OPTION) -> None:
     """Start the lab servers (idempotent: servers already up are left alone)."""
     report = _lab(ctx).up()
-    if fmt is Format.json:
-        emit_json(dataclasses.asdict(report))
-        return
-    table(["server", "role", "address", "pid", "result"], _server_rows(report.servers),
-          title=f"lab up in {report.seconds:.2f} s ({report.lab_dir})")
-    if report.addresses_added:
-        console.print("added to lo: " + ", ".join(report.addresses_added))
+    _show_servers(report, fmt, f"lab up in {report.seconds:.2f} s ({report.lab_dir})",
+                  ["added to lo: " + ", ".join(report.addresses_added)
+                   if report.addresses_added else ""])
 
 
 @lab_app.command("down")
 @handles_errors
-def lab_down(ctx: typer.Context, fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+def lab_down(ctx: typer.Context, fmt: Format = FORMAT_OPTION) -> None:
     """Stop the servers the lab started and remove the loopback addresses it added."""
     report = _lab(ctx).down()
-    if fmt is Format.json:
-        emit_json(dataclasses.asdict(report))
-        return
-    table(["server", "role", "address", "pid", "result"], _server_rows(report.servers),
-          title=f"lab down ({report.lab_dir})")
-    if report.ssh_masters_closed:
-        console.print(f"closed {report.ssh_masters_closed} ssh control master(s)")
-    if report.addresses_removed:
-        console.print("removed from lo: " + ", ".join(report.addresses_removed))
+    _show_servers(report, fmt, f"lab down ({report.lab_dir})",
+                  [f"closed {report.ssh_masters_closed} ssh control master(s)"
+                   if report.ssh_masters_closed else "",
+                   "removed from lo: " + ", ".join(report.addresses_removed)
+                   if report.addresses_removed else ""])
 
 
 @lab_app.command("status")
 @handles_errors
 def lab_status(ctx: typer.Context,
-               fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+               fmt: Format = FORMAT_OPTION) -> None:
     """Show each lab server's address, PID and health (from a real probe).
 
     Exit code 1 when any server is down or unhealthy.
@@ -80,7 +81,7 @@ def lab_status(ctx: typer.Context,
 @lab_app.command("reset")
 @handles_errors
 def lab_reset(ctx: typer.Context,
-              fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+              fmt: Format = FORMAT_OPTION) -> None:
     """Wipe provisioned sites, agency DNS records and installed certificates; keep keys."""
     report = _lab(ctx).reset()
     if fmt is Format.json:
@@ -102,7 +103,7 @@ def demo(ctx: typer.Context,
                                                help="Where to write the HTML report "
                                                     "[default: <state>/demo/laporan.html]."),
          lang: Lang = typer.Option(Lang.id, "--lang", help="Language of the HTML report."),
-         fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+         fmt: Format = FORMAT_OPTION) -> None:
     """The whole job on the built-in lab: lab up, onboard every sample agency, sweep,
     write the HTML report. Running it again changes nothing and is fast."""
     from ..lab import demo as demo_run  # the lab's dependencies are only needed here
@@ -113,9 +114,8 @@ def demo(ctx: typer.Context,
                       f"removed: {', '.join(report.addresses_removed) or 'none'}", markup=False)
         return
     inv = ctx.obj.inventory()
-    say = (lambda line: err_console.print(line, markup=False)) if fmt is Format.table \
-        else (lambda _line: None)
-    result = demo_run.run_demo(inv, output, say, lang.value, command=command_line())
+    result = demo_run.run_demo(inv, output, progress_printer(fmt), lang.value,
+                               command=command_line())
     summary = result.onboarding.by_agency()
     counts = {s: sum(o.status == s for o in summary.values()) for s in ("changed", "ok", "failed")}
     if fmt is Format.json:

@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from ..errors import UsageError
 from ..plan import ROW_COLUMNS, Plan
-from .common import BREAK_LOCK_OPTION, Format, command_line, handles_errors
-from .onboard import onboard_progress
-from .output import console, emit_json, err_console, table
+from .common import PlannedChange, command_line, handles_errors
+from .options import BREAK_LOCK_OPTION, DRY_RUN_OPTION, FORMAT_OPTION, YES_OPTION, Format
+from .output import console, err_console, table
 
 if TYPE_CHECKING:
     from ..lifecycle import offboard as offboarding
@@ -31,10 +30,11 @@ def _show_run(result: offboarding.RunResult, title: str, rerun: str) -> None:
                           markup=False)
 
 
-def _confirm_or_stop(question: str) -> None:
-    if not typer.confirm(question, default=False):
-        err_console.print("aborted: nothing was changed")
-        raise typer.Exit(1)
+def _show_offboarding(result: offboarding.RunResult, slug: str) -> None:
+    _show_run(result, f"offboarding of {slug}", f"provisioner offboard {slug}")
+    if result.archive:
+        console.print(f"archive: {result.archive} (restore with 'provisioner restore "
+                      f"{result.archive}')", markup=False)
 
 
 @handles_errors
@@ -44,10 +44,10 @@ def offboard(ctx: typer.Context,
                                                     file_okay=False,
                                                     help="Folder for the archive [default: "
                                                          "<state>/archives]."),
-             yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
-             dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop."),
+             yes: bool = YES_OPTION,
+             dry_run: bool = DRY_RUN_OPTION,
              break_lock: bool = BREAK_LOCK_OPTION,
-             fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+             fmt: Format = FORMAT_OPTION) -> None:
     """Archive an agency's site, then remove its DNS records, vhost, files and certificate.
 
     Shows the plan first and asks before applying (unless --yes). Steps, in order, each
@@ -60,39 +60,23 @@ def offboard(ctx: typer.Context,
     kept). A run that fails or is killed is finished by running it again; content is
     never removed before it is archived. Bring a site back with 'provisioner restore'.
     """
-    if fmt is Format.json and not (yes or dry_run):
-        raise UsageError("--format json cannot ask for confirmation",
-                         hint="add --yes or --dry-run")
+    change = PlannedChange(fmt, dry_run=dry_run, yes=yes)
     from ..lifecycle import offboard as offboarding
 
     inv = ctx.obj.inventory()
     [target] = inv.select([agency])
-    table_output = fmt is Format.table
-    report = (lambda line: err_console.print(line, markup=False)) if table_output else \
-        (lambda _line: None)
-    with offboarding.Offboarding(inv, report, command=None if dry_run else command_line(),
+    with offboarding.Offboarding(inv, change.report, command=None if dry_run else command_line(),
                                  break_lock=break_lock) as run:
         oplan = run.plan(target, offboarding.archive_dir_of(inv, archive))
-        if table_output:
-            _show_steps_plan(oplan.plan, f"offboarding plan for {target.slug} ({target.fqdn})")
-        if dry_run or not oplan.has_changes:
-            if table_output and not oplan.has_changes:
-                console.print(f"nothing to do: {target.slug} is offboarded", markup=False)
-            elif not table_output:
-                emit_json({"plan": oplan.to_dict(), "result": None})
+        title = f"offboarding plan for {target.slug} ({target.fqdn})"
+        if not change.go_ahead(
+                oplan, lambda p: _show_steps_plan(p.plan, title),
+                question=f"Offboard {target.slug}? Its site goes offline (archived first).",
+                nothing_to_do=None if oplan.has_changes
+                else f"nothing to do: {target.slug} is offboarded"):
             return
-        if not yes:
-            _confirm_or_stop(f"Offboard {target.slug}? Its site goes offline (archived first).")
         result = run.apply(oplan)
-    if table_output:
-        _show_run(result, f"offboarding of {target.slug}", f"provisioner offboard {target.slug}")
-        if result.archive:
-            console.print(f"archive: {result.archive} (restore with 'provisioner restore "
-                          f"{result.archive}')", markup=False)
-    else:
-        emit_json({"plan": oplan.to_dict(), "result": result.to_dict()})
-    if result.failed:
-        raise typer.Exit(1)
+    change.finish(result, lambda r: _show_offboarding(r, target.slug))
 
 
 @handles_errors
@@ -105,10 +89,10 @@ def restore(ctx: typer.Context,
                 None, "--from-backup", metavar="latest|SNAPSHOT",
                 help="Restore the agency's site from the backup repository: its latest "
                      "snapshot or the one with this id ('provisioner backup list AGENCY')."),
-            yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
-            dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop."),
+            yes: bool = YES_OPTION,
+            dry_run: bool = DRY_RUN_OPTION,
             break_lock: bool = BREAK_LOCK_OPTION,
-            fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+            fmt: Format = FORMAT_OPTION) -> None:
     """Bring an offboarded site back from its archive, byte for byte, and onboard it again.
 
     The archive is checked against its .sha256 file and every file against the manifest
@@ -120,40 +104,26 @@ def restore(ctx: typer.Context,
     With --from-backup the site comes from a restic snapshot instead (checked the same
     way against the manifest stored with it).
     """
-    if fmt is Format.json and not (yes or dry_run):
-        raise UsageError("--format json cannot ask for confirmation",
-                         hint="add --yes or --dry-run")
+    change = PlannedChange(fmt, dry_run=dry_run, yes=yes)
     from ..lifecycle import offboard as offboarding
 
     inv = ctx.obj.inventory()
-    table_output = fmt is Format.table
-    report = (lambda line: err_console.print(line, markup=False)) if table_output else \
-        (lambda _line: None)
-    with offboarding.Restoring(inv, report, command=None if dry_run else command_line(),
+    with offboarding.Restoring(inv, change.report, command=None if dry_run else command_line(),
                                break_lock=break_lock) as run:
         if from_backup is None:
             rplan = run.plan(archive)
         else:
             from ..lifecycle import backup
 
-            report(f"fetching {archive.name} ({from_backup}) from the backup repository")
+            change.report(f"fetching {archive.name} ({from_backup}) from the backup repository")
             rplan = run.plan_archived(backup.fetch_from_backup(inv, str(archive), from_backup))
         slug = rplan.agency.slug
-        if table_output:
-            _show_steps_plan(rplan.plan, f"restore of {slug} from {rplan.archive.path.name} "
-                                         f"({rplan.archive.manifest['created_at']})")
-        if dry_run:
-            if not table_output:
-                emit_json({"plan": rplan.to_dict(), "result": None})
+        title = (f"restore of {slug} from {rplan.archive.path.name} "
+                 f"({rplan.archive.manifest['created_at']})")
+        if not change.go_ahead(rplan, lambda p: _show_steps_plan(p.plan, title),
+                               question=f"Restore {slug} and put its site online again?"):
             return
-        if not yes:
-            _confirm_or_stop(f"Restore {slug} and put its site online again?")
-        result = run.apply(rplan, progress=onboard_progress if table_output else None)
-    if table_output:
-        rerun = f"provisioner restore {archive}" + (f" --from-backup {from_backup}"
-                                                     if from_backup else "")
-        _show_run(result, f"restore of {slug}", rerun)
-    else:
-        emit_json({"plan": rplan.to_dict(), "result": result.to_dict()})
-    if result.failed:
-        raise typer.Exit(1)
+        result = run.apply(rplan, progress=change.progress)
+    rerun = f"provisioner restore {archive}" + (f" --from-backup {from_backup}"
+                                                 if from_backup else "")
+    change.finish(result, lambda r: _show_run(r, f"restore of {slug}", rerun))

@@ -11,12 +11,12 @@ import typer
 from ..errors import UsageError
 from ..plan import ROW_COLUMNS, Plan
 from ..registry.models import Agency, Inventory
-from .common import BREAK_LOCK_OPTION, Format, command_line, handles_errors
-from .output import console, emit_json, err_console, table, visible
+from .common import PlannedChange, command_line, handles_errors
+from .options import BREAK_LOCK_OPTION, DRY_RUN_OPTION, FORMAT_OPTION, YES_OPTION, Format
+from .output import console, emit_json, table, visible
 
 if TYPE_CHECKING:
     from ..dns import step as dnsops
-    from ..hosts import ansible
     from ..lifecycle import onboard as onboarding
 
 
@@ -88,11 +88,6 @@ def show_rate_limits(oplan: onboarding.OnboardPlan) -> None:
                           markup=False)
 
 
-def onboard_progress(event: ansible.Progress) -> None:
-    if event.state in ("changed", "failed", "unreachable"):
-        err_console.print(f"  {event.host}: {event.task}: {event.state}", markup=False)
-
-
 def show_onboard_result(result: onboarding.OnboardResult, inv: Inventory,
                          timings: bool) -> None:
     from ..lifecycle.onboard import PHASES
@@ -123,7 +118,7 @@ ONLY_HELP = "Run one step only: dns, web, tls or verify (to re-run it)."
 def plan(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
          all_: bool = typer.Option(False, "--all", help=ALL_AGENCIES_HELP),
          only: Optional[str] = typer.Option(None, "--only", help=ONLY_HELP),
-         fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+         fmt: Format = FORMAT_OPTION) -> None:
     """Show what onboarding would change, changing nothing.
 
     DNS records are read from the primary (a signed zone transfer) and listed as
@@ -147,15 +142,15 @@ def plan(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar=
 @handles_errors
 def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
             all_: bool = typer.Option(False, "--all", help=ALL_AGENCIES_HELP),
-            dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop."),
-            yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
+            dry_run: bool = DRY_RUN_OPTION,
+            yes: bool = YES_OPTION,
             force: bool = typer.Option(False, "--force",
                                        help="Adopt unowned records and pass the safety gate."),
             only: Optional[str] = typer.Option(None, "--only", help=ONLY_HELP),
             timings: bool = typer.Option(False, "--timings",
                                          help="Print the time each phase took."),
             break_lock: bool = BREAK_LOCK_OPTION,
-            fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+            fmt: Format = FORMAT_OPTION) -> None:
     """Give agencies their DNS record, vhost, starter site and certificate, then verify.
 
     Shows the plan first and asks before applying (unless --yes). Steps: dns (one
@@ -166,33 +161,16 @@ def onboard(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metav
     second run changes nothing and reloads nothing. Exit 1 when any agency failed;
     agencies that succeeded are kept.
     """
-    if fmt is Format.json and not (yes or dry_run):
-        raise UsageError("--format json cannot ask for confirmation",
-                         hint="add --yes or --dry-run")
+    change = PlannedChange(fmt, dry_run=dry_run, yes=yes)
     from ..lifecycle import onboard as onboarding
 
     inv = ctx.obj.inventory()
     steps = (only,) if only else onboarding.STEPS
-    table_output = fmt is Format.table
-    report = (lambda line: err_console.print(line, markup=False)) if table_output else None
-    with onboarding.Session(inv, report or (lambda _line: None), command=command_line(),
+    with onboarding.Session(inv, change.report, command=command_line(),
                             break_lock=break_lock) as session:
         oplan = session.plan(dns_selection(inv, agencies, all_), steps=steps, force=force)
-        if table_output:
-            _show_onboard_plan(oplan)
-        if dry_run:
-            if not table_output:
-                emit_json({"plan": oplan.to_dict(), "result": None})
+        if not change.go_ahead(oplan, _show_onboard_plan,
+                               question="Apply this plan?" if oplan.has_changes else None):
             return
-        if oplan.has_changes and not yes and \
-                not typer.confirm("Apply this plan?", default=False):
-            err_console.print("aborted: nothing was changed")
-            raise typer.Exit(1)
-        result = session.apply(oplan, force=force,
-                               progress=onboard_progress if table_output else None)
-    if table_output:
-        show_onboard_result(result, inv, timings)
-    else:
-        emit_json(result.to_dict())
-    if result.failed:
-        raise typer.Exit(1)
+        result = session.apply(oplan, force=force, progress=change.progress)
+    change.finish(result, lambda r: show_onboard_result(r, inv, timings), plan_in_json=False)

@@ -8,7 +8,8 @@ from typing import Any
 import typer
 
 from ..errors import UsageError
-from .common import Format, handles_errors
+from .common import handles_errors
+from .options import FORMAT_OPTION, Format
 from .output import console, emit_json, err_console, table, visible
 
 registry_app = typer.Typer(help="Validate, list and import the agency registry.",
@@ -18,7 +19,7 @@ registry_app = typer.Typer(help="Validate, list and import the agency registry."
 @registry_app.command("check")
 @handles_errors
 def registry_check(ctx: typer.Context,
-                   fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                   fmt: Format = FORMAT_OPTION) -> None:
     """Validate the whole inventory and report every problem (file:line: field: message)."""
     inv = ctx.obj.inventory()
     hosted = sum(1 for a in inv.agencies.values() if a.hosted)
@@ -33,7 +34,7 @@ def registry_check(ctx: typer.Context,
 @registry_app.command("list")
 @handles_errors
 def registry_list(ctx: typer.Context,
-                  fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                  fmt: Format = FORMAT_OPTION) -> None:
     """List the agencies: slug, name, site, host, services."""
     inv = ctx.obj.inventory()
     rows = [{"slug": a.slug, "name": a.name, "short_name": a.short_name, "fqdn": a.fqdn, "host": a.host,
@@ -55,7 +56,7 @@ def registry_export(ctx: typer.Context,
                     agencies: list[str] = typer.Argument(None, metavar="[AGENCY]..."),
                     all_: bool = typer.Option(False, "--all", help="Every active agency."),
                     output: Path = typer.Option(..., "--output", "-o", metavar="FILE.xlsx"),
-                    fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                    fmt: Format = FORMAT_OPTION) -> None:
     """Write a workbook an office clerk can fill in (Petunjuk, Instansi, Layanan, Pengaduan).
 
     Return it with 'provisioner registry import FILE.xlsx': an export imported
@@ -88,7 +89,7 @@ def registry_import(ctx: typer.Context, source: Path = typer.Argument(..., metav
                                                        "the rows that could not be used."),
                     dry_run: bool = typer.Option(False, "--dry-run",
                                                  help="Validate and show what would be written."),
-                    fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                    fmt: Format = FORMAT_OPTION) -> None:
     """Create or update agency files from a workbook (.xlsx) or a CSV.
 
     A workbook (from 'registry export') updates existing agencies and adds new ones:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from .common import Format, handles_errors
+from .common import handles_errors
+from .options import FORMAT_OPTION, Format
 from .output import console, emit_json, table
 
 
@@ -21,7 +22,7 @@ def render(ctx: typer.Context, agency: str = typer.Argument(..., help="The agenc
                                           help="Render the vhost as it is once the certificate "
                                                "is installed (HTTPS, HTTP redirects), or as "
                                                "before it (site served over HTTP)."),
-           fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+           fmt: Format = FORMAT_OPTION) -> None:
     """Write an agency's starter site and vhost to a folder for review (no host touched).
 
     The site is what onboarding installs in <web_root>/<slug>/ on the agency's host,
@@ -45,7 +46,7 @@ def render(ctx: typer.Context, agency: str = typer.Argument(..., help="The agenc
 
 @handles_errors
 def access_command(ctx: typer.Context, agency: str = typer.Argument(..., help="The agency's slug."),
-                   fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                   fmt: Format = FORMAT_OPTION) -> None:
     """How the agency's staff reach its site's files over SFTP (in Bahasa Indonesia):
     host, port, user, the host key's SHA256 fingerprint, and what goes where."""
     from ..lifecycle import access, access_plan

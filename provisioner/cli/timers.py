@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from .common import Format, handles_errors
+from .common import handles_errors
+from .options import FORMAT_OPTION, Format
 from .output import console, emit_json, table
 
 timers_app = typer.Typer(help="The systemd timers: hourly sweep with alerts, weekly report "
@@ -62,7 +63,7 @@ def _systemctl_note(result: Any) -> None:
 def timers_install(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
                    dry_run: bool = typer.Option(False, "--dry-run",
                                                 help="Print the unit files and stop."),
-                   fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                   fmt: Format = FORMAT_OPTION) -> None:
     """Install the timers with this inventory, state dir and provisioner command filled in.
 
     Writes provisioner-{sweep,report,renew}.{service,timer} (0644; a file of the same
@@ -101,7 +102,7 @@ def timers_install(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
 def timers_remove(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
                   dry_run: bool = typer.Option(False, "--dry-run",
                                                help="Show what would be removed and stop."),
-                  fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                  fmt: Format = FORMAT_OPTION) -> None:
     """Stop and disable the timers, then delete the unit files 'timers install' wrote."""
     from ..lifecycle import timers
 
@@ -127,7 +128,7 @@ def timers_remove(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
 @timers_app.command("status")
 @handles_errors
 def timers_status(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
-                  fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+                  fmt: Format = FORMAT_OPTION) -> None:
     """Each unit file (installed as it would be written now, differs, missing, foreign)
     and, where systemd is running, whether each timer is enabled and active.
 

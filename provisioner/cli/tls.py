@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
 import typer
 
 from ..registry.models import RENEW_DAYS
-from .common import BREAK_LOCK_OPTION, Format, command_line, handles_errors
-from .onboard import (
-    deferred_agencies,
-    dns_selection,
-    onboard_progress,
-    show_onboard_result,
-    show_rate_limits,
-)
-from .output import console, emit_json, err_console, table
+from .common import PlannedChange, command_line, handles_errors
+from .onboard import deferred_agencies, dns_selection, show_onboard_result, show_rate_limits
+from .options import BREAK_LOCK_OPTION, FORMAT_OPTION, Format
+from .output import console, emit_json, table
+
+if TYPE_CHECKING:
+    from ..lifecycle import onboard as onboarding
 
 CERT_ACTIONS = {"create": "order", "update": "renew", "noop": "keep"}
+
+
+def _show_renewals(oplan: onboarding.OnboardPlan, days: int) -> None:
+    later = deferred_agencies(oplan)
+    table(["agency", "certificate", "action", "reason"],
+          [[c.agency, c.name, "later" if c.agency in later else CERT_ACTIONS[c.action],
+            c.reason] for c in oplan.plan],
+          title=f"certificates (renewing within {days} days)")
+    for host, error in oplan.host_errors.items():
+        console.print(f"host {host} cannot be used: {error}", markup=False)
+    show_rate_limits(oplan)
 
 
 @handles_errors
@@ -28,7 +38,7 @@ def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar
           dry_run: bool = typer.Option(False, "--dry-run",
                                        help="Show what would be renewed and stop."),
           break_lock: bool = BREAK_LOCK_OPTION,
-          fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+          fmt: Format = FORMAT_OPTION) -> None:
     """Renew certificates that expire within N days, install them and verify the served serial.
 
     Reads the certificate each host really has (one SSH round trip per host) and
@@ -42,34 +52,16 @@ def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar
     """
     from ..lifecycle import onboard as onboarding
 
+    change = PlannedChange(fmt, dry_run=dry_run, yes=True)  # a timer's job: never asks
     inv = ctx.obj.inventory()
-    table_output = fmt is Format.table
-    report = (lambda line: err_console.print(line, markup=False)) if table_output else \
-        (lambda _line: None)
-    with onboarding.Session(inv, report, command=command_line(),
+    with onboarding.Session(inv, change.report, command=command_line(),
                             break_lock=break_lock) as session:
         oplan = session.plan(dns_selection(inv, agencies, all_), steps=("tls",),
                              renew_days=days)
-        if table_output:
-            later = deferred_agencies(oplan)
-            table(["agency", "certificate", "action", "reason"],
-                  [[c.agency, c.name, "later" if c.agency in later else CERT_ACTIONS[c.action],
-                    c.reason] for c in oplan.plan],
-                  title=f"certificates (renewing within {days} days)")
-            for host, error in oplan.host_errors.items():
-                console.print(f"host {host} cannot be used: {error}", markup=False)
-            show_rate_limits(oplan)
-        if dry_run:
-            if not table_output:
-                emit_json({"plan": oplan.to_dict(), "result": None})
+        if not change.go_ahead(oplan, lambda p: _show_renewals(p, days), question=None):
             return
-        result = session.apply(oplan, progress=onboard_progress if table_output else None)
-    if table_output:
-        show_onboard_result(result, inv, timings=False)
-    else:
-        emit_json({"plan": oplan.to_dict(), "result": result.to_dict()})
-    if result.failed:
-        raise typer.Exit(1)
+        result = session.apply(oplan, progress=change.progress)
+    change.finish(result, lambda r: show_onboard_result(r, inv, timings=False))
 
 
 @handles_errors
@@ -79,7 +71,7 @@ def certs(ctx: typer.Context,
                                          "trip per host) instead of the controller's records."),
           days: int = typer.Option(RENEW_DAYS, "--days", min=0,
                                    help="Mark certificates that expire within this many days."),
-          fmt: Format = typer.Option(Format.table, "--format", "-f")) -> None:
+          fmt: Format = FORMAT_OPTION) -> None:
     """List every certificate with its expiry.
 
     By default from the controller's records (<state>/certs/*.json, written at each

@@ -13,7 +13,8 @@ from rich.text import Text
 
 from ..errors import ProvisionerError, UsageError
 from ..registry.models import Inventory
-from .common import Context, Format, Lang, handles_errors
+from .common import Context, handles_errors
+from .options import FORMAT_OPTION, Format, Lang
 from .output import cell, console, emit_json, err_console, visible
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def _checks_table(result: verifying.AgencyResult) -> None:
 
 @handles_errors
 def verify(ctx: typer.Context, target: str = typer.Argument(..., metavar="AGENCY|URL"),
-           fmt: Format = typer.Option(Format.table, "--format", "-f"),
+           fmt: Format = FORMAT_OPTION,
            ca: list[Path] = CA_OPTION, timeout: float = TIMEOUT_OPTION,
            deadline: float = DEADLINE_OPTION) -> None:
     """Check one agency site or URL: DNS, HTTP redirect, TLS, HTTPS and publication.
