@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from ..errors import UsageError
-from .common import command_line, handles_errors, progress_printer
+from .common import command_line, handles_errors, progress_printer, show_records
 from .options import BREAK_LOCK_OPTION, FORMAT_OPTION, Format
 from .output import console, emit_json, table
 
@@ -70,13 +70,12 @@ def backup_list(ctx: typer.Context,
     """The repository's snapshots of this inventory (of one agency), oldest first."""
     from ..lifecycle import backup
 
-    snapshots = backup.list_snapshots(ctx.obj.inventory(), agency)
-    if fmt is Format.json:
-        emit_json([s.to_dict() for s in snapshots])
-        return
-    if not snapshots:
-        console.print("no snapshots yet: run 'provisioner backup --all'")
-        return
+    show_records(backup.list_snapshots(ctx.obj.inventory(), agency), fmt,
+                 none_yet="no snapshots yet: run 'provisioner backup --all'",
+                 show=_snapshots_table)
+
+
+def _snapshots_table(snapshots: list[Any]) -> None:
     table(["id", "time", "tags", "path"],
           [[s.short_id, s.time[:19].replace("T", " "), ", ".join(s.tags), ", ".join(s.paths)]
            for s in snapshots], title="backup snapshots")

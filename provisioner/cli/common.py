@@ -65,6 +65,18 @@ def command_line() -> str:
     return " ".join(["provisioner", *sys.argv[1:]])
 
 
+def show_records(records: list[Any], fmt: Format, *, none_yet: str,
+                 show: Callable[[list[Any]], None]) -> None:
+    """A listing: JSON (each record's ``to_dict()``), ``none_yet`` when it is empty, or
+    ``show`` (a table)."""
+    if fmt is Format.json:
+        emit_json([record.to_dict() for record in records])
+    elif not records:
+        console.print(none_yet)
+    else:
+        show(records)
+
+
 def progress_printer(fmt: Format) -> Callable[[str], None]:
     """Where a run's progress lines go: stderr with table output; nowhere with JSON, whose
     stdout is the document."""

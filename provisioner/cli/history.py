@@ -8,27 +8,26 @@ import datetime
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from ..errors import InputError, ProvisionerError
-from .common import handles_errors
+from .common import handles_errors, show_records
 from .options import FORMAT_OPTION, Format, Lang
-from .output import console, emit_json, err_console, table
+from .output import err_console, table
 
 
 def _show_audit(state_dir: Path, agency: str | None, fmt: Format, limit: int) -> None:
     """The last ``limit`` audit entries (optionally of one agency), oldest first."""
     from ..safety.audit import AuditLog
 
-    entries = AuditLog(state_dir).read(agency=agency)[-limit:]
-    if fmt is Format.json:
-        emit_json([e.to_dict() for e in entries])
-        return
-    if not entries:
-        console.print("no changes recorded yet" + (f" for {agency}" if agency else ""))
-        return
+    show_records(AuditLog(state_dir).read(agency=agency)[-limit:], fmt,
+                 none_yet="no changes recorded yet" + (f" for {agency}" if agency else ""),
+                 show=lambda entries: _audit_table(entries, agency))
+
+
+def _audit_table(entries: list[Any], agency: str | None) -> None:
     table(["time", "operator", "command", "agency", "kind", "action", "change", "result"],
           [[e.time.isoformat(timespec="seconds"), e.operator, e.command, e.agency, e.kind, e.action,
             e.change if isinstance(e.change, str) else json.dumps(e.change, ensure_ascii=False),
@@ -58,12 +57,11 @@ def history(ctx: typer.Context, fmt: Format = FORMAT_OPTION,
     state_dir = ctx.obj.resolved_state_dir
     points = (history_store.agency_trend(state_dir, agency, limit) if agency
               else history_store.sweep_trend(state_dir, limit))
-    if fmt is Format.json:
-        emit_json([p.to_dict() for p in points])
-        return
-    if not points:
-        console.print("no sweeps recorded yet: run 'provisioner sweep'")
-        return
+    show_records(points, fmt, none_yet="no sweeps recorded yet: run 'provisioner sweep'",
+                 show=lambda points: _trend_table(points, agency))
+
+
+def _trend_table(points: list[Any], agency: str | None) -> None:
     columns = list(points[0].to_dict())[1:]
     table(columns, [list(p.to_dict().values())[1:] for p in points],
           title=f"history of {agency}" if agency else "sweep history")

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from .common import command_line, handles_errors, progress_printer
+from .onboard import agency_counts
 from .options import FORMAT_OPTION, Format, Lang
 from .output import console, emit_json, err_console, table, visible
 
@@ -117,7 +118,7 @@ def demo(ctx: typer.Context,
     result = demo_run.run_demo(inv, output, progress_printer(fmt), lang.value,
                                command=command_line())
     summary = result.onboarding.by_agency()
-    counts = {s: sum(o.status == s for o in summary.values()) for s in ("changed", "ok", "failed")}
+    counts = agency_counts(summary)
     if fmt is Format.json:
         emit_json({"onboarded": len(summary), "onboard": counts,
                    "onboard_seconds": round(result.onboard_seconds, 2),

@@ -4,7 +4,7 @@ share.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -88,6 +88,11 @@ def show_rate_limits(oplan: onboarding.OnboardPlan) -> None:
                           markup=False)
 
 
+def agency_counts(summary: dict[str, Any]) -> dict[str, int]:
+    """How many agencies of a run's summary changed, were up to date (ok), failed."""
+    return {s: sum(o.status == s for o in summary.values()) for s in ("changed", "ok", "failed")}
+
+
 def show_onboard_result(result: onboarding.OnboardResult, inv: Inventory,
                          timings: bool) -> None:
     from ..lifecycle.onboard import PHASES
@@ -102,7 +107,7 @@ def show_onboard_result(result: onboarding.OnboardResult, inv: Inventory,
         rows.append([slug, outcome.status, steps,
                      outcome.detail if outcome.status == "failed" else url])
     table(["agency", "status", "steps", "detail / site"], rows, title="result")
-    counts = {s: sum(o.status == s for o in summary.values()) for s in ("changed", "ok", "failed")}
+    counts = agency_counts(summary)
     console.print(f"{counts['changed']} changed, {counts['ok']} ok, {counts['failed']} failed; "
                   f"nginx reloads: {sum(result.reloads.values())}", markup=False)
     if timings:

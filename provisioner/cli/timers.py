@@ -46,15 +46,18 @@ def _show_units(result: Any, fmt: Format) -> None:
           title=f"systemd units in {result.units[0].path.parent}")
 
 
-def _systemctl_note(result: Any) -> None:
+def _why_no_systemctl() -> str:
     from ..lifecycle import timers
 
+    return ("systemctl acts only on /etc/systemd/system" if timers.systemd_running()
+            else "systemd is not running on this machine")
+
+
+def _systemctl_note(result: Any) -> None:
     if result.ran_systemctl:
         console.print("ran: " + "; ".join(result.systemctl), markup=False)
         return
-    why = ("systemctl acts only on /etc/systemd/system" if timers.systemd_running()
-           else "systemd is not running on this machine")
-    console.print(f"{why}: nothing was enabled or stopped. Where it runs: "
+    console.print(f"{_why_no_systemctl()}: nothing was enabled or stopped. Where it runs: "
                   + " && ".join(result.systemctl), markup=False)
 
 
@@ -139,8 +142,6 @@ def timers_status(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
     result = timers.status(_timer_units(ctx), systemd_dir)
     _show_units(result, fmt)
     if fmt is Format.table and not result.ran_systemctl:
-        console.print("timer states unknown: " + (
-            "systemctl acts only on /etc/systemd/system" if timers.systemd_running()
-            else "systemd is not running on this machine"), markup=False)
+        console.print(f"timer states unknown: {_why_no_systemctl()}", markup=False)
     if any(u.file != "installed" for u in result.units):
         raise typer.Exit(1)
