@@ -96,9 +96,9 @@ class PlannedChange:
     offboard, restore): show the plan, stop at --dry-run, ask before applying (unless
     --yes), apply, show the result, exit 1 when anything failed.
 
-    With --format json nothing is shown along the way and stdout is one document: the
-    plan (with "result": null when nothing is applied) and the result. JSON cannot ask,
-    so it needs --yes or --dry-run.
+    With --format json nothing is shown along the way and stdout is one document:
+    {"plan": ..., "result": ...}, the result null when nothing was applied (onboard's
+    applied run: the result alone). JSON cannot ask, so it needs --yes or --dry-run.
     """
 
     def __init__(self, fmt: Format, *, dry_run: bool, yes: bool) -> None:
