@@ -56,8 +56,7 @@ def _show_onboard_plan(oplan: onboarding.OnboardPlan) -> None:
     if others:
         counts = ", ".join(f"{n} {a}" for a, n in Plan(others).counts().items() if n)
         console.print(f"sites, vhosts, certificates: {counts}", markup=False)
-    for host, error in oplan.host_errors.items():
-        console.print(f"host {host} cannot be used: {visible(error)}", markup=False)
+    show_host_errors(oplan)
     for slug, diff in oplan.drift.items():
         console.print(f"{slug}: drift: its vhost was changed by hand (onboarding restores it "
                       "and keeps the edited copy aside):", markup=False)
@@ -66,6 +65,11 @@ def _show_onboard_plan(oplan: onboarding.OnboardPlan) -> None:
     for outcome in oplan.skipped:
         console.print(f"{outcome.agency}: {visible(outcome.detail)}", markup=False)
     show_rate_limits(oplan)
+
+
+def show_host_errors(oplan: onboarding.OnboardPlan) -> None:
+    for host, error in oplan.host_errors.items():
+        console.print(f"host {host} cannot be used: {visible(error)}", markup=False)
 
 
 def deferred_agencies(oplan: onboarding.OnboardPlan) -> set[str]:

@@ -9,7 +9,13 @@ import typer
 
 from ..registry.models import RENEW_DAYS
 from .common import PlannedChange, command_line, handles_errors
-from .onboard import deferred_agencies, dns_selection, show_onboard_result, show_rate_limits
+from .onboard import (
+    deferred_agencies,
+    dns_selection,
+    show_host_errors,
+    show_onboard_result,
+    show_rate_limits,
+)
 from .options import BREAK_LOCK_OPTION, FORMAT_OPTION, Format
 from .output import console, emit_json, table
 
@@ -25,8 +31,7 @@ def _show_renewals(oplan: onboarding.OnboardPlan, days: int) -> None:
           [[c.agency, c.name, "later" if c.agency in later else CERT_ACTIONS[c.action],
             c.reason] for c in oplan.plan],
           title=f"certificates (renewing within {days} days)")
-    for host, error in oplan.host_errors.items():
-        console.print(f"host {host} cannot be used: {error}", markup=False)
+    show_host_errors(oplan)
     show_rate_limits(oplan)
 
 
