@@ -1,6 +1,5 @@
-"""Onboarding: plan and onboard, and the plan and result views renew and restore
-share.
-"""
+"""Onboarding: plan and onboard; the views of an onboarding plan and result that renew
+and the demo reuse."""
 
 from __future__ import annotations
 
