@@ -8,7 +8,7 @@ import typer
 
 from ..errors import UsageError
 from .common import command_line, handles_errors, progress_printer, show_records
-from .options import BREAK_LOCK_OPTION, FORMAT_OPTION, Format
+from .options import BREAK_LOCK_OPTION, FORMAT_OPTION, Format, dry_run_option
 from .output import console, emit_json, table
 
 backup_app = typer.Typer()  # its help: backup_run's docstring
@@ -20,9 +20,8 @@ def backup_run(ctx: typer.Context,
                agencies: list[str] = typer.Option([], "--agency", "-a", metavar="AGENCY",
                                                   help="Back up this agency (repeatable)."),
                all_: bool = typer.Option(False, "--all", help="Every hosted agency."),
-               dry_run: bool = typer.Option(False, "--dry-run",
-                                            help="Fetch and stage, let restic say what it "
-                                                 "would store; no snapshot, no retention."),
+               dry_run: bool = dry_run_option("Fetch and stage, let restic say what it "
+                                              "would store; no snapshot, no retention."),
                break_lock: bool = BREAK_LOCK_OPTION,
                fmt: Format = FORMAT_OPTION) -> None:
     """Back up agencies' sites and the toolkit's state into the restic repository.
@@ -93,8 +92,7 @@ def backup_check(ctx: typer.Context) -> None:
 @backup_app.command("prune")
 @handles_errors
 def backup_prune(ctx: typer.Context,
-                 dry_run: bool = typer.Option(False, "--dry-run",
-                                              help="Say what would be forgotten."),
+                 dry_run: bool = dry_run_option("Say what would be forgotten."),
                  fmt: Format = FORMAT_OPTION) -> None:
     """Apply the retention of group_vars/all.yml (restic forget --prune) now."""
     from ..lifecycle import backup

@@ -44,8 +44,7 @@ def offboard(ctx: typer.Context,
                                                     file_okay=False,
                                                     help="Folder for the archive [default: "
                                                          "<state>/archives]."),
-             yes: bool = YES_OPTION,
-             dry_run: bool = DRY_RUN_OPTION,
+             yes: bool = YES_OPTION, dry_run: bool = DRY_RUN_OPTION,
              break_lock: bool = BREAK_LOCK_OPTION,
              fmt: Format = FORMAT_OPTION) -> None:
     """Archive an agency's site, then remove its DNS records, vhost, files and certificate.
@@ -89,8 +88,7 @@ def restore(ctx: typer.Context,
                 None, "--from-backup", metavar="latest|SNAPSHOT",
                 help="Restore the agency's site from the backup repository: its latest "
                      "snapshot or the one with this id ('provisioner backup list AGENCY')."),
-            yes: bool = YES_OPTION,
-            dry_run: bool = DRY_RUN_OPTION,
+            yes: bool = YES_OPTION, dry_run: bool = DRY_RUN_OPTION,
             break_lock: bool = BREAK_LOCK_OPTION,
             fmt: Format = FORMAT_OPTION) -> None:
     """Bring an offboarded site back from its archive, byte for byte, and onboard it again.

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from .common import handles_errors
-from .options import FORMAT_OPTION, Format
+from .options import FORMAT_OPTION, Format, dry_run_option
 from .output import console, emit_json, err_console, table, visible
 
 registry_app = typer.Typer(help="Validate, list and import the agency registry.",
@@ -87,8 +87,7 @@ def registry_import(ctx: typer.Context, source: Path = typer.Argument(..., metav
                     skip_bad: bool = typer.Option(False, "--skip-bad",
                                                   help="CSV: write the usable agencies and report "
                                                        "the rows that could not be used."),
-                    dry_run: bool = typer.Option(False, "--dry-run",
-                                                 help="Validate and show what would be written."),
+                    dry_run: bool = dry_run_option("Validate and show what would be written."),
                     fmt: Format = FORMAT_OPTION) -> None:
     """Create or update agency files from a workbook (.xlsx) or a CSV.
 

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from .common import handles_errors
-from .options import FORMAT_OPTION, Format
+from .options import FORMAT_OPTION, Format, dry_run_option
 from .output import console, emit_json, table
 
 timers_app = typer.Typer(help="The systemd timers: hourly sweep with alerts, weekly report "
@@ -64,8 +64,7 @@ def _systemctl_note(result: Any) -> None:
 @timers_app.command("install")
 @handles_errors
 def timers_install(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
-                   dry_run: bool = typer.Option(False, "--dry-run",
-                                                help="Print the unit files and stop."),
+                   dry_run: bool = dry_run_option("Print the unit files and stop."),
                    fmt: Format = FORMAT_OPTION) -> None:
     """Install the timers with this inventory, state dir and provisioner command filled in.
 
@@ -103,8 +102,7 @@ def timers_install(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
 @timers_app.command("remove")
 @handles_errors
 def timers_remove(ctx: typer.Context, systemd_dir: Path = SYSTEMD_DIR_OPTION,
-                  dry_run: bool = typer.Option(False, "--dry-run",
-                                               help="Show what would be removed and stop."),
+                  dry_run: bool = dry_run_option("Show what would be removed and stop."),
                   fmt: Format = FORMAT_OPTION) -> None:
     """Stop and disable the timers, then delete the unit files 'timers install' wrote."""
     from ..lifecycle import timers

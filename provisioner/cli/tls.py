@@ -16,7 +16,7 @@ from .onboard import (
     show_onboard_result,
     show_rate_limits,
 )
-from .options import BREAK_LOCK_OPTION, FORMAT_OPTION, Format
+from .options import BREAK_LOCK_OPTION, FORMAT_OPTION, Format, dry_run_option
 from .output import console, emit_json, table
 
 if TYPE_CHECKING:
@@ -40,8 +40,7 @@ def renew(ctx: typer.Context, agencies: list[str] = typer.Argument(None, metavar
           all_: bool = typer.Option(False, "--all", help="Every active agency hosted here."),
           days: int = typer.Option(RENEW_DAYS, "--days", min=0,
                                    help="Renew certificates that expire within this many days."),
-          dry_run: bool = typer.Option(False, "--dry-run",
-                                       help="Show what would be renewed and stop."),
+          dry_run: bool = dry_run_option("Show what would be renewed and stop."),
           break_lock: bool = BREAK_LOCK_OPTION,
           fmt: Format = FORMAT_OPTION) -> None:
     """Renew certificates that expire within N days, install them and verify the served serial.
