@@ -1,6 +1,6 @@
 """One exception tree for the whole package.
 
-Only ``cli.py`` turns these into messages and exit codes:
+Only ``provisioner/cli/`` turns these into messages and exit codes:
 
 * ``InputError`` / ``UsageError`` -> exit 2 (a user mistake: nothing was changed)
 * every other ``ProvisionerError`` -> exit 1 (something checked or attempted failed)

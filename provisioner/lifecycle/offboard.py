@@ -33,9 +33,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..acme import revoke_certificate
-from ..certs import CertInfo, cert_info, records_dir
-from ..decisions import cert_targets
 from ..dns.client import DEFAULT_PROPAGATION_TIMEOUT, PropagationTimeout
 from ..dns.step import DnsPlan, apply_dns, plan_dns
 from ..errors import ProvisionerError, SafetyError
@@ -44,6 +41,9 @@ from ..plan import Change, Outcome, Plan
 from ..registry.models import Agency, Host, Inventory
 from ..safety.audit import current_operator
 from ..site import render as site
+from ..tls.acme import revoke_certificate
+from ..tls.certs import CertInfo, cert_info, records_dir
+from ..tls.decisions import cert_targets
 from . import access, access_plan
 from .archive import (
     ARCHIVES_DIR,

@@ -10,8 +10,6 @@ import difflib
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..certs import CertInfo, CertTarget, Install, cert_info
-from ..decisions import CertDecision, decide
 from ..errors import ProvisionerError
 from ..hosts.agent import HostFacts
 from ..plan import Change, Outcome, Plan
@@ -19,6 +17,8 @@ from ..registry.models import RENEW_DAYS, Agency
 from ..safety.audit import AuditEntry
 from ..site import render as site
 from ..tls import ratelimit
+from ..tls.certs import CertInfo, CertTarget, Install, cert_info
+from ..tls.decisions import CertDecision, decide
 
 DRIFT_DIFF_LINES = 60  # of a hand-edited vhost's diff shown by plan
 STEP_OF_KIND = {"dns": "dns", "site": "web", "vhost": "web", "cert": "tls"}

@@ -215,7 +215,8 @@ def test_the_readme_sample_is_what_render_writes() -> None:
 def test_a_broken_history_skips_the_alerts_but_not_the_sweep(sample, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from provisioner.cli import Lang, _send_alerts
+    from provisioner.cli.options import Lang
+    from provisioner.cli.verify import _send_alerts
     from provisioner.registry.load import load_inventory
     from provisioner.verify.sweep import summarise
 

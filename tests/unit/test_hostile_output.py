@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.cli import visible
+from provisioner.cli.output import visible
 from provisioner.verify.content import load_rules
 from provisioner.verify.guard import (
     crash_reason,
