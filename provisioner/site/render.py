@@ -28,7 +28,7 @@ import jinja2
 
 from ..errors import RenderError
 from ..paths import TEMPLATES_DIR
-from ..registry.load import LABEL_RE, UNSAFE_RE, URL_RE, is_hostname
+from ..registry.fields import LABEL_RE, UNSAFE_RE, URL_RE, is_hostname
 from ..registry.models import (
     DELIVERY_COMPONENTS,
     LAPOR_CHANNEL_NAME,
