@@ -33,7 +33,9 @@ def is_hostname(name: str) -> bool:
 
 
 class Collector:
-    """Gathers problems for one file, with line numbers from the YAML source."""
+    """Gathers problems for one file, with line numbers from the YAML source; its
+    methods check one field each (text, path, address, name, port, switch, mapping)
+    and return the value, or None (or the default) with the problem recorded."""
 
     def __init__(self, path: Path, lines: dict[tuple, int]):
         self.path = path
