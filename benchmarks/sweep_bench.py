@@ -71,7 +71,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provisioner.dns.client import answer_part, load_tsig_key  # noqa: E402
+from provisioner.dns.querier import answer_part  # noqa: E402
+from provisioner.dns.tsig import load_tsig_key  # noqa: E402
 from provisioner.lab.control import Lab  # noqa: E402
 from provisioner.registry.load import load_inventory  # noqa: E402
 from provisioner.site import render as site  # noqa: E402

@@ -52,7 +52,7 @@ from sweep_bench import (  # noqa: E402
     run_child,
 )
 
-from provisioner.dns.client import load_tsig_key  # noqa: E402
+from provisioner.dns.tsig import load_tsig_key  # noqa: E402
 from tests.hostile.server import KINDS, Authority, HostileKit, KitSite  # noqa: E402
 
 HEALTHY = 200

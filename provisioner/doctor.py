@@ -39,7 +39,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
-from .dns.client import DnsClient, Prerequisite, UpdateBatch, normalize_name
+from .dns.answer import normalize_name
+from .dns.client import DnsClient, Prerequisite, UpdateBatch
 from .errors import ProvisionerError
 from .hosts.agent import MIN_FREE_BYTES, HostClient
 from .registry.models import Host, Inventory, Nameserver

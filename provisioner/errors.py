@@ -71,29 +71,36 @@ class ExternalError(ProvisionerError):
         self.target = target
 
 
-class DNSError(ExternalError):
-    def __init__(self, server: str, name: str, message: str, *, hint: str | None = None):
-        super().__init__("dns", f"{server} ({name})", message, hint=hint)
+class _SystemError(ExternalError):
+    """An ExternalError of the one system its class names in ``system``."""
 
+    system: str
 
-class HostError(ExternalError):
-    def __init__(self, host: str, message: str, *, hint: str | None = None):
-        super().__init__("host", host, message, hint=hint)
-
-
-class AcmeError(ExternalError):
     def __init__(self, target: str, message: str, *, hint: str | None = None):
-        super().__init__("acme", target, message, hint=hint)
+        super().__init__(self.system, target, message, hint=hint)
 
 
-class LabError(ExternalError):
-    def __init__(self, server: str, message: str, *, hint: str | None = None):
-        super().__init__("lab", server, message, hint=hint)
+class DNSError(_SystemError):
+    system = "dns"
+
+    def __init__(self, server: str, name: str, message: str, *, hint: str | None = None):
+        super().__init__(f"{server} ({name})", message, hint=hint)
 
 
-class BackupError(ExternalError):
-    def __init__(self, repository: str, message: str, *, hint: str | None = None):
-        super().__init__("restic", repository, message, hint=hint)
+class HostError(_SystemError):
+    system = "host"  # the target: the host's name
+
+
+class AcmeError(_SystemError):
+    system = "acme"
+
+
+class LabError(_SystemError):
+    system = "lab"  # the target: the lab server's name
+
+
+class BackupError(_SystemError):
+    system = "restic"  # the target: the repository
 
 
 class RenderError(ProvisionerError):

@@ -24,7 +24,8 @@ from typing import Collection, Iterable, Mapping
 
 from ..plan import Change, Plan
 from ..registry.models import Agency, Host, Settings
-from .client import Expectation, Operation, Prerequisite, RRset, UpdateBatch, ZoneState
+from .answer import RRset
+from .client import Expectation, Operation, Prerequisite, UpdateBatch, ZoneState
 
 KIND = "dns"
 MANAGED_TYPES = ("A", "AAAA", "CNAME")

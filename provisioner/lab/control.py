@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dns.client import load_tsig_key
+from ..dns.tsig import load_tsig_key
 from ..errors import HostError, LabError
 from ..hosts.agent import HostClient, host_agent
 from ..registry.models import Host

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..dns.client import TsigKey, load_tsig_key
+from ..dns.tsig import TsigKey, load_tsig_key
 from ..errors import LabError
 from ..hosts import hostlib
 from .render import tsig_key_text

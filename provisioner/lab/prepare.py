@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..dns.client import TsigKey
+from ..dns.tsig import TsigKey
 from ..errors import LabError
 from ..registry.models import Host
 from .keys import (

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import jinja2
 
-from ..dns.client import TsigKey
+from ..dns.tsig import TsigKey
 from ..paths import TEMPLATES_DIR
 from ..registry.models import Host, LabSettings, Settings
 from .layout import NAMESPACE_MOUNTS, HostPaths, LabPaths, require_lab

@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import replace
 from pathlib import Path
 
-from ..dns.client import load_tsig_key
+from ..dns.tsig import load_tsig_key
 from ..errors import LabError
 from ..registry.models import Host, Inventory, Nameserver, Settings
 from . import processes

@@ -25,7 +25,8 @@ import yaml
 
 from ..errors import InputError, Problem
 from ..hosts import hostlib
-from .load import LABEL_RE, validate_agency_data
+from .agencies import validate_agency_data
+from .fields import LABEL_RE
 from .models import DELIVERY_COMPONENTS, MANAGEMENT_COMPONENTS, Inventory
 
 AGENCY_COLUMNS = ("slug", "name", "short_name", "host", "external", "subdomain", "description",

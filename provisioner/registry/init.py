@@ -8,7 +8,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..errors import UsageError
 from ..paths import TEMPLATES_DIR
-from .load import is_hostname
+from .fields import is_hostname
 
 TEMPLATES = TEMPLATES_DIR / "init"
 FILES = {"hosts.yml": "hosts.yml.j2", "group_vars/all.yml": "all.yml.j2",

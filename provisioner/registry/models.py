@@ -1,8 +1,9 @@
 """The registry's data, as plain immutable dataclasses.
 
-Everything here is validated by ``registry.py`` before it is built, so the rest of
-the package can trust these values (hostnames are valid DNS names, paths are
-absolute, no field holds characters that could break a generated config).
+Everything here is validated (``load.py`` with settings.py, hostvars.py and agencies.py)
+before it is built, so the rest of the package can trust these values (hostnames are
+valid DNS names, paths are absolute, no field holds characters that could break a
+generated config).
 """
 
 from __future__ import annotations

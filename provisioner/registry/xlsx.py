@@ -33,7 +33,7 @@ from ..errors import InputError, Problem, UsageError
 from ..hosts import hostlib
 from . import yamlsrc
 from .csvimport import Incoming
-from .load import CONTROL_RE
+from .fields import CONTROL_RE
 from .models import DELIVERY_COMPONENTS, MANAGEMENT_COMPONENTS, RECORD_TYPES, Agency, Inventory
 
 C1_OR_BIDI_RE = re.compile("[\x80-\x9f\u202a-\u202e\u2066-\u2069]")

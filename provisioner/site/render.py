@@ -29,7 +29,7 @@ from ..errors import RenderError
 from ..hosts import hostlib
 from ..hosts.hostlib import MANIFEST_SCHEMA, owned_file, sha256_hex
 from ..paths import TEMPLATES_DIR
-from ..registry.load import LABEL_RE, UNSAFE_RE, URL_RE, is_hostname
+from ..registry.fields import LABEL_RE, UNSAFE_RE, URL_RE, is_hostname
 from ..registry.models import (
     DELIVERY_COMPONENTS,
     LAPOR_CHANNEL_NAME,

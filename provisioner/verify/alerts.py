@@ -309,12 +309,19 @@ class Channel(Protocol):
     def send(self, message: Message) -> None: ...
 
 
-class EmailChannel:
-    name = "email"
+class _ConfiguredChannel:
+    """A channel built from its settings block; ``timeout`` bounds each network call."""
 
-    def __init__(self, settings: EmailSettings, timeout: float = TIMEOUT):
+    name: str
+
+    def __init__(self, settings: Any, timeout: float = TIMEOUT):
         self.settings = settings
         self.timeout = timeout
+
+
+class EmailChannel(_ConfiguredChannel):
+    name = "email"
+    settings: EmailSettings
 
     def send(self, message: Message) -> None:
         mail = self._mail(message.subject, self.settings.to, message.text)
@@ -379,25 +386,22 @@ def _post_json(channel: str, url: str, body: str, hide: tuple[str, ...],
         raise DeliveryError(channel, target, f"HTTP {status}")
 
 
-class WebhookChannel:
+class WebhookChannel(_ConfiguredChannel):
     name = "webhook"
+    settings: WebhookSettings
 
     def __init__(self, settings: WebhookSettings, zone: str, timeout: float = TIMEOUT):
-        self.settings = settings
+        super().__init__(settings, timeout)
         self.zone = zone
-        self.timeout = timeout
 
     def send(self, message: Message) -> None:
         _post_json(self.name, self.settings.url, webhook_payload(message, self.zone), (),
                    self.timeout)
 
 
-class TelegramChannel:
+class TelegramChannel(_ConfiguredChannel):
     name = "telegram"
-
-    def __init__(self, settings: TelegramSettings, timeout: float = TIMEOUT):
-        self.settings = settings
-        self.timeout = timeout
+    settings: TelegramSettings
 
     def send(self, message: Message) -> None:
         token = read_secret_file(self.settings.bot_token_file, "alerts.telegram.bot_token_file")

@@ -1,7 +1,7 @@
 """DNS checks: does the name answer at every authoritative server of its zone, alike?
 
 Read-only queries need no TSIG key, so verification asks the servers directly
-(recursion off) through the toolkit's one DNS client, ``provisioner.dns.client.Querier``,
+(recursion off) through the toolkit's one DNS client, ``provisioner.dns.querier.Querier``,
 which never raises: what a server does wrong comes back as an ``Answer`` to judge. The
 zone's servers come from its own NS records, asked of the inventory's nameservers; a
 name outside the inventory's zone (an ``external:`` agency) finds its zone and servers
@@ -18,7 +18,8 @@ from typing import Awaitable, Callable, Sequence
 import dns.asyncresolver
 import dns.exception
 
-from ..dns.client import Answer, Limit, Querier, normalize_name, one_line
+from ..dns.answer import Answer, normalize_name, one_line
+from ..dns.querier import Limit, Querier
 from ..registry.models import Nameserver as Server
 from .model import CheckResult, Status, ip_literal, result, skipped
 

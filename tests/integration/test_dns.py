@@ -32,7 +32,8 @@ import yaml
 
 from provisioner.dns import plan as dnsplan
 from provisioner.dns import step as dnsops
-from provisioner.dns.client import DnsClient, load_tsig_key
+from provisioner.dns.client import DnsClient
+from provisioner.dns.tsig import load_tsig_key
 from provisioner.errors import DNSError
 from provisioner.registry.load import load_inventory
 from provisioner.registry.models import Inventory

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provisioner.dns.client import Answer, Querier
+from provisioner.dns.answer import Answer
+from provisioner.dns.querier import Querier
 from provisioner.verify.dns import (
     DnsOutcome,
     Expected,

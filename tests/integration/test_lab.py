@@ -38,7 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from provisioner.dns.client import load_tsig_key
+from provisioner.dns.tsig import load_tsig_key
 from provisioner.errors import LabError
 from provisioner.hosts.hostlib import process_cmdline
 from provisioner.lab.control import Lab

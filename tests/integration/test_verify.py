@@ -34,7 +34,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from provisioner.dns.client import load_tsig_key
+from provisioner.dns.tsig import load_tsig_key
 from provisioner.lab.loopback import add_loopback, loopback_addresses, remove_loopback
 from provisioner.registry.load import load_inventory
 from provisioner.registry.models import Inventory

@@ -8,11 +8,11 @@ import dns.rdatatype
 import pytest
 
 from provisioner.dns import plan as dnsplan
+from provisioner.dns.answer import RRset
 from provisioner.dns.client import (
     Expectation,
     Operation,
     Prerequisite,
-    RRset,
     ZoneState,
     update_message,
 )

@@ -20,7 +20,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from provisioner.dns.client import parse_tsig_key
+from provisioner.dns.tsig import parse_tsig_key
 from provisioner.errors import InputError, LabError
 from provisioner.hosts import hostlib
 from provisioner.lab import keys, layout, prepare, render, topology

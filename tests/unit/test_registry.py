@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pytest
 
 from provisioner.registry import load as registry
+from provisioner.registry.fields import is_hostname
 
 from .conftest import SAMPLE, SampleInventory, run_cli, tree_digest
 
@@ -259,4 +260,4 @@ def test_ensure_state_dir_is_private(tmp_path: Path):
     (".".join(["a" * 50] * 5), False), ("xn--80ak6aa92e.id", True),
 ])
 def test_is_hostname(name: str, ok: bool):
-    assert registry.is_hostname(name) is ok
+    assert is_hostname(name) is ok

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.dns.client import TsigKey, load_tsig_key
+from provisioner.dns.tsig import TsigKey, load_tsig_key
 from provisioner.errors import InputError
 
 SECRET = base64.b64encode(b"very-secret-key-material-0123456789").decode()

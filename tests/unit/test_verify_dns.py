@@ -10,7 +10,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from provisioner.dns.client import MAX_CNAME_CHAIN, RRset, read_answer
+from provisioner.dns.answer import MAX_CNAME_CHAIN, RRset, read_answer
 from provisioner.verify.dns import Answer, Expected, Server, name_checks
 
 NS1, NS2 = Server("ns1.paserkab.go.id", "127.0.0.10"), Server("ns2.paserkab.go.id", "127.0.0.11")
