@@ -32,8 +32,6 @@ from html import escape
 from typing import Any, Iterable, Protocol
 from urllib.parse import urlsplit
 
-import httpx
-
 from ..errors import ExternalError, ProvisionerError
 from ..registry.models import (
     ALERT_CERT_DAYS,
@@ -372,18 +370,20 @@ class EmailChannel(_ConfiguredChannel):
 
 def _post_json(channel: str, url: str, body: str, hide: tuple[str, ...],
                timeout: float) -> None:
-    """POST a JSON body; any answer but 2xx is a failure. The URL is never in a message
-    (it may carry a token): only its host is."""
-    target = urlsplit(url).hostname or "?"
+    """POST a JSON body through the verifier's HTTP client; any answer but 2xx is a
+    failure. The URL is never in a message (its path may carry a token): only its host is."""
+    from .http import request_once  # aiohttp only when an alert is sent
+    from .tls import ProbeFailure
+
+    parts = urlsplit(url)
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            with client.stream("POST", url, content=body.encode("utf-8"),
-                               headers={"content-type": "application/json"}) as response:
-                status = response.status_code
-    except httpx.HTTPError as exc:
-        raise DeliveryError(channel, target, _describe(exc, hide=(url, *hide))) from None
+        status = request_once("POST", url, timeout=timeout, data=body.encode("utf-8"),
+                              headers={"content-type": "application/json"}).status
+    except ProbeFailure as exc:
+        raise DeliveryError(channel, parts.hostname or "?",
+                            _describe(exc, hide=(url, parts.path, *hide))) from None
     if not 200 <= status < 300:
-        raise DeliveryError(channel, target, f"HTTP {status}")
+        raise DeliveryError(channel, parts.hostname or "?", f"HTTP {status}")
 
 
 class WebhookChannel(_ConfiguredChannel):

@@ -442,17 +442,20 @@ def content_result(response: Response, page: PageAnalysis, rules: ScoringRules) 
 
 def request_once(method: str, url: str, *, timeout: float,
                  ssl_context: ssl.SSLContext | None = None, json: Any = None,
-                 headers: Mapping[str, str] | None = None) -> Response:
+                 data: bytes | None = None, headers: Mapping[str, str] | None = None
+                 ) -> Response:
     """One request outside a sweep (the TLS guardrails, the lab's probes), in an event
     loop and session of its own, with the verifier's caps (headers, MAX_BODY) and no
     redirect followed: the answer, whatever its status, or a ProbeFailure in the
     verifier's words. ``ssl_context``: the trust for https:// (default: the system's);
-    ``headers`` may name another Host than the URL's."""
-    return asyncio.run(_request_once(method, url, timeout, ssl_context, json, headers or {}))
+    the body is ``json`` (an object) or ``data`` (bytes as they are); ``headers`` may name
+    another Host than the URL's."""
+    return asyncio.run(_request_once(method, url, timeout, ssl_context, json, data,
+                                     headers or {}))
 
 
 async def _request_once(method: str, url: str, timeout: float,
-                        ssl_context: ssl.SSLContext | None, json: Any,
+                        ssl_context: ssl.SSLContext | None, json: Any, data: bytes | None,
                         headers: Mapping[str, str]) -> Response:
     context = ssl_context or _system_trust()
     client = HttpClient(TlsContexts(context, context), timeout)
@@ -461,7 +464,7 @@ async def _request_once(method: str, url: str, timeout: float,
     target = _path_of(url)
     try:
         answer = await client.session.request(
-            method, url, headers={**client.headers, **headers}, json=json,
+            method, url, headers={**client.headers, **headers}, json=json, data=data,
             allow_redirects=False, ssl=context if site.https else True)
         async with answer:
             return await _read(answer)
