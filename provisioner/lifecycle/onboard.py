@@ -50,8 +50,8 @@ from .onboard_plan import (
     decide_certs,
     dns_scope,
     drift_diff,
+    failed_hosts,
     interrupted_entries,
-    on_failed_host,
     site_change,
     vhost_change,
 )
@@ -218,7 +218,7 @@ class Session(LockedRun):
                     decisions, {r.key: r for r in read_records(self.inventory.state_dir)},
                     self.inventory.settings.acme.directory)
                 budget = self.ledger.budget(demands(
-                    [t for t in targets if not on_failed_host(t, host_errors)], decisions,
+                    [t for t in targets if not failed_hosts(t, host_errors)], decisions,
                     self.inventory.settings.acme))
                 changes += [c for t in targets for c in cert_changes(
                     t, decisions[t.key], budget.deferred.get(t.key))]
@@ -410,6 +410,11 @@ class Session(LockedRun):
         outcomes += [Outcome(slug, "tls", "failed", deferred[t.key].reason)
                      for t in oplan.targets if t.key in deferred
                      for slug in t.agencies if slug not in failed]
+        blocked = {t.key: failed_hosts(t, oplan.host_errors) for t in wanted}
+        outcomes += [Outcome(slug, "tls", "failed", "not installed: cannot use host(s) "
+                             f"{', '.join(blocked[t.key])} this run")
+                     for t in wanted if blocked[t.key] for slug in t.agencies if slug not in failed]
+        wanted = [t for t in wanted if not blocked[t.key]]
         if not wanted:
             return outcomes
         for name in sorted({i.host for t in wanted for i in t.installs}):

@@ -103,8 +103,9 @@ def dns_scope(agencies: Sequence[Agency] | None, selected: Sequence[Agency],
     return [a for a in selected if a.host not in host_errors]
 
 
-def on_failed_host(target: CertTarget, host_errors: Mapping[str, str]) -> bool:
-    return any(place.host in host_errors for place in target.installs)
+def failed_hosts(target: CertTarget, host_errors: Mapping[str, str]) -> list[str]:
+    """The hosts a certificate goes to that cannot be used this run."""
+    return sorted({place.host for place in target.installs} & set(host_errors))
 
 
 def _installed_cert(facts: HostFacts | None, place: Install) -> CertInfo | None:
