@@ -49,6 +49,7 @@ from sweep_bench import (  # noqa: E402
     blackbox_exporter,
     blackbox_round,
     machine,
+    readable,
     run_child,
 )
 
@@ -212,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="verdict-bench-") as tmp, \
-            bench_lab(Path(tmp), args.prefix, args.offset, HEALTHY) as bench:
+            bench_lab(readable(Path(tmp)), args.prefix, args.offset, HEALTHY) as bench:
         root = Path(tmp)
         servers, shared_host = kit_servers(args.prefix, bench.zone)
         kit = HostileKit([*servers.values(), shared_host], Authority.create(root / "kit"),
