@@ -243,7 +243,8 @@ def write_at(dir_fd, name, data, mode=FILE_MODE, mtime=None):
     file or a planted symlink), mode and mtime set on its descriptor, fsync, then renamed
     over ``name`` within the folder (a symlink there is replaced, never followed).
 
-    ``mode`` None: a new file's usual mode (0666 less the umask)."""
+    ``mode`` None: a new file's usual mode (0666 less the umask). ``data``: bytes, or an
+    iterable of bytes (a large file written as it is made, never whole in memory)."""
     tmp = ".%s.%s.provisioner-tmp" % (name[:100], os.urandom(6).hex())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o666 if mode is None else mode, dir_fd=dir_fd)
@@ -251,9 +252,10 @@ def write_at(dir_fd, name, data, mode=FILE_MODE, mtime=None):
         try:
             if mode is not None:
                 os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
             os.fsync(fd)

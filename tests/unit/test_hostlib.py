@@ -29,6 +29,21 @@ def test_write_atomic_sets_the_mode_and_leaves_no_temp_file(tmp_path):
     assert os.listdir(tmp_path) == ["key.pem"]
 
 
+def test_write_atomic_takes_the_content_in_pieces_as_they_are_made(tmp_path):
+    target = tmp_path / "sweep.jsonl"
+    made = []
+
+    def lines():
+        for i in range(3):
+            made.append(i)
+            yield f"{i}\n".encode()
+
+    hostlib.write_atomic(target, lines())
+    assert target.read_bytes() == b"0\n1\n2\n" and made == [0, 1, 2]
+    hostlib.write_atomic(target, memoryview(b"whole"))
+    assert target.read_bytes() == b"whole"
+
+
 def test_write_atomic_without_a_mode_follows_the_umask(tmp_path):
     old = os.umask(0o027)
     try:

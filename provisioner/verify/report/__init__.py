@@ -42,7 +42,8 @@ def write_atomic(path: Path, text: str | Iterable[str]) -> None:
             raise ProvisionerError(f"cannot write {path}: {exc.strerror or exc}") from None
         return
     try:
-        hostlib.write_atomic(path, "".join(_pieces(text)).encode("utf-8"), 0o644, create=False)
+        hostlib.write_atomic(path, (piece.encode("utf-8") for piece in _pieces(text)), 0o644,
+                             create=False)
     except OSError as exc:
         raise ProvisionerError(f"cannot write {path}: {exc.strerror or exc}") from None
 
