@@ -28,7 +28,6 @@ from lxml import etree
 from .content import (
     Link,
     PageAnalysis,
-    Publication,
     Published,
     ScoringRules,
     missing_items,
@@ -39,6 +38,7 @@ from .content import (
     score_publication,
 )
 from .http import Site
+from .model import Publication
 from .tls import ProbeFailure
 
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
