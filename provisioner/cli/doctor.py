@@ -23,7 +23,7 @@ def doctor(ctx: typer.Context,
     or production. Every check says pass, warn, fail or skip, with a fix. Exit 1 when
     any check fails.
     """
-    from .. import doctor as doctoring
+    from ..doctor import run as doctoring
 
     report = doctoring.run(ctx.obj.inventory())
     if fmt is Format.json:

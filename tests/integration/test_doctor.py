@@ -22,8 +22,9 @@ import dns.rrset
 import pytest
 import yaml
 
-from provisioner import doctor as doctoring
 from provisioner.dns.client import DnsClient, Operation, UpdateBatch
+from provisioner.doctor.checks import parent_check
+from provisioner.doctor.dns import delegated_names
 from provisioner.registry.models import LETS_ENCRYPT_LIMITS, Nameserver
 from provisioner.tls import ratelimit
 from provisioner.tls.acme import AcmeAccount, key_pem, new_private_key
@@ -295,9 +296,9 @@ def test_the_parents_delegation_is_read_from_a_real_server(behaviour, status):
     with hostile_dns.start("127.0.0.1", 0) as parent:
         parent.add("paserkab.go.id", behaviour)
         server = Nameserver("ns.go.id", parent.address, parent.port)
-        found = doctoring.delegated_names("paserkab.go.id", [server], timeout=0.5)
-    check = doctoring.parent_check("paserkab.go.id", ["ns1.paserkab.go.id", "ns2.paserkab.go.id"],
-                                found, "go.id")
+        found = delegated_names("paserkab.go.id", [server], timeout=0.5)
+    check = parent_check("paserkab.go.id", ["ns1.paserkab.go.id", "ns2.paserkab.go.id"], found,
+                         "go.id")
     assert check.status == status, check
 
 

@@ -1,10 +1,10 @@
-"""The doctor's pure evaluators (provisioner/doctor.py): what was read -> pass/warn/fail."""
+"""The doctor's pure evaluators (provisioner/doctor/checks.py): what was read -> pass/warn/fail."""
 
 from __future__ import annotations
 
 import pytest
 
-from provisioner import doctor
+from provisioner.doctor import checks
 
 LAB_MAIN = """\
 user www-data;
@@ -34,7 +34,7 @@ http {
 
 
 def test_http_level_directives_ignore_server_blocks_and_includes():
-    found = doctor.http_directives(LAB_MAIN)
+    found = checks.http_directives(LAB_MAIN)
     assert found["ssl_protocols"] == ["TLSv1.2", "TLSv1.3"]  # not the server block's
     assert found["server_tokens"] == ["off"]
 
@@ -42,7 +42,7 @@ def test_http_level_directives_ignore_server_blocks_and_includes():
 @pytest.mark.parametrize("config", ["http { ssl_protocols TLSv1.2;", "http { } }", "\"open"])
 def test_a_broken_main_config_is_a_value_error(config: str):
     with pytest.raises(ValueError):
-        doctor.http_directives(config)
+        checks.http_directives(config)
 
 
 @pytest.mark.parametrize("config,version,status,fragment", [
@@ -57,7 +57,7 @@ def test_a_broken_main_config_is_a_value_error(config: str):
     ("events {}", (1, 25, 0), "pass", "not set"),
 ])
 def test_tls_protocols_at_the_http_level(config, version, status, fragment):
-    check = doctor.tls_protocols_check("web1", doctor.http_directives(config), version)
+    check = checks.tls_protocols_check("web1", checks.http_directives(config), version)
     assert (check.id, check.target, check.status) == ("nginx_tls_protocols", "web1", status)
     assert fragment in check.detail
     assert bool(check.hint) is (status == "fail")
@@ -68,7 +68,7 @@ def test_tls_protocols_at_the_http_level(config, version, status, fragment):
     ("http { server_tokens build; }", "warn"),
 ])
 def test_server_tokens(config, status):
-    assert doctor.server_tokens_check("web1", doctor.http_directives(config)).status == status
+    assert checks.server_tokens_check("web1", checks.http_directives(config)).status == status
 
 
 @pytest.mark.parametrize("text,version", [
@@ -76,14 +76,14 @@ def test_server_tokens(config, status):
     ("nginx/1.18.0 (Ubuntu)", (1, 18, 0)), (None, None), ("", None), ("nginx", None),
 ])
 def test_nginx_version(text, version):
-    assert doctor.nginx_version(text) == version
+    assert checks.nginx_version(text) == version
 
 
 @pytest.mark.parametrize("free,status", [
     (None, "fail"), (50 * 2**20, "fail"), (500 * 2**20, "warn"), (20 * 2**30, "pass"),
 ])
 def test_disk(free, status):
-    assert doctor.disk_check("web1", "/var/www/agencies", free).status == status
+    assert checks.disk_check("web1", "/var/www/agencies", free).status == status
 
 
 @pytest.mark.parametrize("skew,status,word", [
@@ -91,7 +91,7 @@ def test_disk(free, status):
     (-45.0, "warn", "behind"), (61.0, "fail", "ahead"), (-400.0, "fail", "behind"),
 ])
 def test_clock(skew, status, word):
-    check = doctor.clock_check("web1", skew)
+    check = checks.clock_check("web1", skew)
     assert check.status == status and word in check.detail
 
 
@@ -100,7 +100,7 @@ def test_clock(skew, status, word):
     ({"ns1": 7, "ns2": None}, "fail"), ({"ns1": 7}, "pass"),
 ])
 def test_serials(serials, status):
-    assert doctor.serials_check("paserkab.go.id", serials).status == status
+    assert checks.serials_check("paserkab.go.id", serials).status == status
 
 
 @pytest.mark.parametrize("configured,served,status", [
@@ -110,7 +110,7 @@ def test_serials(serials, status):
     (["ns1.paserkab.go.id"], [], "fail"),
 ])
 def test_ns_set(configured, served, status):
-    assert doctor.ns_set_check("paserkab.go.id", configured, served).status == status
+    assert checks.ns_set_check("paserkab.go.id", configured, served).status == status
 
 
 @pytest.mark.parametrize("delegated,status", [
@@ -118,7 +118,7 @@ def test_ns_set(configured, served, status):
     (["ns1.paserkab.go.id", "old.example.net"], "fail"), ([], "fail"),
 ])
 def test_parent(delegated, status):
-    check = doctor.parent_check("paserkab.go.id", ["ns1.paserkab.go.id", "ns2.paserkab.go.id"],
+    check = checks.parent_check("paserkab.go.id", ["ns1.paserkab.go.id", "ns2.paserkab.go.id"],
                                 delegated, "go.id")
     assert check.status == status
 
@@ -139,7 +139,7 @@ def test_parent(delegated, status):
     (['0 issue "letsencrypt.org"'], "letsencrypt.org", True, "pass"),
 ])
 def test_caa(records, identity, wildcard, status):
-    assert doctor.caa_check("paserkab.go.id", records, identity, wildcard).status == status
+    assert checks.caa_check("paserkab.go.id", records, identity, wildcard).status == status
 
 
 @pytest.mark.parametrize("directory,lab,status,fragment", [
@@ -149,23 +149,23 @@ def test_caa(records, identity, wildcard, status):
     ("https://acme.example.net/directory", False, "warn", "cannot tell"),
 ])
 def test_environment_said_plainly(directory, lab, status, fragment):
-    check = doctor.environment_check(directory, lab)
+    check = checks.environment_check(directory, lab)
     assert check.status == status and fragment in check.detail
 
 
 def test_caa_identity_defaults_to_lets_encrypt_for_its_urls():
-    assert doctor.caa_identity("https://acme-v02.api.letsencrypt.org/directory", None) == \
+    assert checks.caa_identity("https://acme-v02.api.letsencrypt.org/directory", None) == \
         "letsencrypt.org"
-    assert doctor.caa_identity("https://127.0.0.30:14000/dir", None) is None
-    assert doctor.caa_identity("https://127.0.0.30:14000/dir", "pebble.test") == "pebble.test"
+    assert checks.caa_identity("https://127.0.0.30:14000/dir", None) is None
+    assert checks.caa_identity("https://127.0.0.30:14000/dir", "pebble.test") == "pebble.test"
 
 
 def test_report_fails_only_on_a_fail():
-    passing = doctor.Check("ssh", "web1", "pass", "ok")
-    warned = doctor.Check("disk", "web1", "warn", "low", "free space")
-    assert not doctor.DoctorReport((passing, warned)).failed
-    report = doctor.DoctorReport((passing, doctor.Check("ports", "web1", "fail", "closed", "x")))
+    passing = checks.Check("ssh", "web1", "pass", "ok")
+    warned = checks.Check("disk", "web1", "warn", "low", "free space")
+    assert not checks.DoctorReport((passing, warned)).failed
+    report = checks.DoctorReport((passing, checks.Check("ports", "web1", "fail", "closed", "x")))
     assert report.failed and report.to_dict()["counts"] == {"pass": 1, "warn": 0, "fail": 1,
                                                             "skip": 0}
     with pytest.raises(ValueError):
-        doctor.Check("ssh", "web1", "ok", "")
+        checks.Check("ssh", "web1", "ok", "")
