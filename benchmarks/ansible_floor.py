@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from provisioner.hosts import ansible  # noqa: E402
+from provisioner.hosts.deploy import deploy_sites, site_bundle  # noqa: E402
 from provisioner.lab.control import Lab  # noqa: E402
 from provisioner.registry.load import load_inventory  # noqa: E402
 from provisioner.registry.models import Inventory  # noqa: E402
@@ -55,13 +56,13 @@ def timed(func) -> tuple[float, object]:
 
 def deploy(inv: Inventory, slugs: list[str], samples: dict[str, list[float]], label: str,
            tasks: dict[str, int]) -> None:
-    bundles = [ansible.site_bundle(inv.agencies[s], inv, tls_ready=False) for s in slugs]
-    ms, report = timed(lambda: ansible.deploy_sites(inv, bundles))
+    bundles = [site_bundle(inv.agencies[s], inv, tls_ready=False) for s in slugs]
+    ms, report = timed(lambda: deploy_sites(inv, bundles))
     assert {a.status for a in report.agencies.values()} == {"changed"}, report.failed
     assert report.hosts["web1"].reloaded
     samples[f"{label}: first deploy"].append(ms)
     tasks[label] = report.run.stats["web1"].ok
-    ms, again = timed(lambda: ansible.deploy_sites(inv, bundles))
+    ms, again = timed(lambda: deploy_sites(inv, bundles))
     assert {a.status for a in again.agencies.values()} == {"ok"}
     assert not again.hosts["web1"].reloaded
     samples[f"{label}: re-run, nothing to change"].append(ms)

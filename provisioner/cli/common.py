@@ -22,7 +22,7 @@ from .options import Format
 from .output import console, emit_json, err_console, visible
 
 if TYPE_CHECKING:
-    from ..hosts import ansible
+    from ..hosts.ansible_events import Progress
 
 
 @dataclass
@@ -85,7 +85,7 @@ def progress_printer(fmt: Format) -> Callable[[str], None]:
     return lambda _line: None
 
 
-def host_progress(event: ansible.Progress) -> None:
+def host_progress(event: Progress) -> None:
     """An Ansible task that changed or failed something on a host, as it happens."""
     if event.state in ("changed", "failed", "unreachable"):
         err_console.print(f"  {event.host}: {event.task}: {event.state}", markup=False)

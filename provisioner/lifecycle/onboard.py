@@ -30,8 +30,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..dns.step import DnsPlan, apply_dns, plan_dns
 from ..errors import ProvisionerError, UsageError
-from ..hosts import ansible
+from ..hosts import deploy
 from ..hosts.agent import HostFacts
+from ..hosts.ansible_events import ProgressCallback
 from ..plan import Change, Outcome, Plan
 from ..registry.models import RENEW_DAYS, Agency, Inventory
 from ..safety.audit import AuditLog
@@ -315,7 +316,7 @@ class Session(LockedRun):
     # ------------------------------------------------------------------ apply
 
     def apply(self, oplan: OnboardPlan, *, force: bool = False,
-              progress: ansible.ProgressCallback | None = None) -> OnboardResult:
+              progress: ProgressCallback | None = None) -> OnboardResult:
         outcomes: list[Outcome] = list(oplan.skipped)
         reloads: dict[str, int] = {}
         failed: set[str] = set()
@@ -357,7 +358,7 @@ class Session(LockedRun):
 
     def _deploy(self, oplan: OnboardPlan, agencies: Sequence[Agency],
                 tls_ready: Mapping[str, bool], reloads: dict[str, int],
-                progress: ansible.ProgressCallback | None, *,
+                progress: ProgressCallback | None, *,
                 only_if_planned: bool = False) -> list[Outcome]:
         """Ship site files and vhosts (``only_if_planned``: no Ansible run at all when the
         plan has no site or vhost change for these agencies)."""
@@ -367,9 +368,9 @@ class Session(LockedRun):
         if only_if_planned and not any(c.mutating for c in oplan.plan
                                        if c.agency in slugs and c.kind in ("site", "vhost")):
             return [Outcome(a.slug, "web", "ok", "site and vhost up to date") for a in agencies]
-        bundles = [ansible.site_bundle(a, self.inventory, tls_ready=tls_ready.get(a.slug, False))
+        bundles = [deploy.site_bundle(a, self.inventory, tls_ready=tls_ready.get(a.slug, False))
                    for a in agencies]
-        report = ansible.deploy_sites(self.inventory, bundles, progress)
+        report = deploy.deploy_sites(self.inventory, bundles, progress)
         for host in report.hosts.values():
             reloads[host.host] = reloads.get(host.host, 0) + int(host.reloaded)
         self.report(f"web: {len(bundles)} agencies on {len(report.hosts)} host(s), "
@@ -400,7 +401,7 @@ class Session(LockedRun):
         return outcomes
 
     def _certificates(self, oplan: OnboardPlan, failed: set[str], reloads: dict[str, int],
-                      progress: ansible.ProgressCallback | None) -> list[Outcome]:
+                      progress: ProgressCallback | None) -> list[Outcome]:
         deferred = oplan.budget.deferred if oplan.budget else {}
         wanted = [t for t in oplan.targets if oplan.decisions[t.key].action != "keep"
                   and t.key not in deferred and any(slug not in failed for slug in t.agencies)]
@@ -440,7 +441,7 @@ class Session(LockedRun):
         return outcomes
 
     def _activate_https(self, oplan: OnboardPlan, agencies: Sequence[Agency],
-                        reloads: dict[str, int], progress: ansible.ProgressCallback | None
+                        reloads: dict[str, int], progress: ProgressCallback | None
                         ) -> dict[str, str]:
         """Second web run: the HTTPS vhost for agencies whose first certificate just arrived."""
         if not agencies:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import SafetyError, UsageError
-from ..hosts import ansible
 from ..hosts.agent import SiteSnapshot
+from ..hosts.ansible_events import ProgressCallback
 from ..plan import Change, Outcome, Plan
 from ..registry.load import load_inventory
 from ..registry.models import Agency, Host
@@ -108,7 +108,7 @@ class Restoring(StepRun):
                            Plan((site_row, registry_change(agency, "active"), onboard_row)))
 
     def apply(self, rplan: RestorePlan, *,
-              progress: ansible.ProgressCallback | None = None) -> StepsResult:
+              progress: ProgressCallback | None = None) -> StepsResult:
         """Files, registry, then onboarding (its outcomes included); the first failure
         stops the run."""
         slug = rplan.agency.slug

@@ -67,7 +67,7 @@ class LockedRun:
 @dataclass(frozen=True)
 class StepsResult:
     """Outcomes of an offboarding or restore, one per step that ran, in order. (Not
-    ``hosts.ansible.RunResult``: that is one ansible-playbook run, read from its events.)"""
+    ``hosts.ansible_events.RunResult``: that is one ansible-playbook run, read from its events.)"""
 
     outcomes: tuple[Outcome, ...]
     archive: Path | None

@@ -25,6 +25,7 @@ from provisioner.dns.client import DnsClient
 from provisioner.errors import HostError
 from provisioner.hosts import ansible
 from provisioner.hosts.agent import HostClient
+from provisioner.hosts.deploy import deploy_sites, site_bundle
 from provisioner.registry.models import Agency, Host, Inventory
 from provisioner.site import render as site
 from provisioner.tls.certs import cert_info, read_records
@@ -79,11 +80,11 @@ def nginx_workers(lab, host: str) -> set[int]:
 
 
 def deploy(inv: Inventory, slugs, *, tls_ready: bool = False, broken: str = ""):
-    bundles = [ansible.site_bundle(a, inv, tls_ready=tls_ready) for a in agencies(inv, *slugs)]
+    bundles = [site_bundle(a, inv, tls_ready=tls_ready) for a in agencies(inv, *slugs)]
     bundles = [dataclasses.replace(b, vhost=b.vhost.replace(b"server_tokens off;\n",
                                                             b"server_tokens off;\n" + BROKEN.encode()))
                if b.slug == broken else b for b in bundles]
-    return ansible.deploy_sites(inv, bundles)
+    return deploy_sites(inv, bundles)
 
 
 def host_clients(inv: Inventory) -> dict[str, HostClient]:
@@ -171,7 +172,7 @@ def test_facts_report_sites_vhosts_and_edits_in_one_connection(inv, lab, clients
                                          {slug: rendered})
     finally:
         index.write_bytes(original)
-    vhost = ansible.site_bundle(agency, inv, tls_ready=False).vhost
+    vhost = site_bundle(agency, inv, tls_ready=False).vhost
     assert facts.sites[slug].vhost_sha256 == site.sha256_hex(vhost)
     assert facts.sites[slug].edited == ["index.html"]
     plan = {c.path: c.action for c in facts.sites[slug].plan(rendered)}

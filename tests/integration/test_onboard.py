@@ -23,7 +23,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from provisioner.hosts import ansible
+from provisioner.hosts import ansible, deploy
 from provisioner.registry.load import load_inventory
 from provisioner.site import render as site
 
@@ -218,16 +218,16 @@ def test_broken_vhost_for_one_agency_leaves_every_other_site_serving(olab: TestL
                 except (OSError, ssl.SSLError) as exc:
                     failures.append(f"{slug}: {exc}")
 
-    bad = ansible.site_bundle(broken, inventory, tls_ready=True)
-    bad = ansible.SiteBundle(bad.slug, bad.host, bad.site_dir, bad.vhost_path,
-                             bad.vhost.replace(b"server_name", b"server_nme", 1), bad.files)
-    good = ansible.site_bundle(changed, inventory, tls_ready=True)
-    good = ansible.SiteBundle(good.slug, good.host, good.site_dir, good.vhost_path,
-                              good.vhost + b"# reviewed\n", good.files)
+    bad = deploy.site_bundle(broken, inventory, tls_ready=True)
+    bad = deploy.SiteBundle(bad.slug, bad.host, bad.site_dir, bad.vhost_path,
+                            bad.vhost.replace(b"server_name", b"server_nme", 1), bad.files)
+    good = deploy.site_bundle(changed, inventory, tls_ready=True)
+    good = deploy.SiteBundle(good.slug, good.host, good.site_dir, good.vhost_path,
+                             good.vhost + b"# reviewed\n", good.files)
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        report = ansible.deploy_sites(inventory, [bad, good])
+        report = deploy.deploy_sites(inventory, [bad, good])
         time.sleep(0.5)
     finally:
         stop.set()

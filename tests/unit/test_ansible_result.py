@@ -1,4 +1,5 @@
-"""ansible-runner events -> data (provisioner/hosts/ansible.py): pure, table-driven.
+"""ansible-runner events -> data (provisioner/hosts/ansible_events.py, deploy.py): pure,
+table-driven.
 
 The event shapes are those ansible-runner 2.4 / ansible-core 2.19 emit (recorded
 from runs against the lab, trimmed to the fields that matter).
@@ -10,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.hosts.ansible import (
+from provisioner.hosts.ansible_events import (
     HostStats,
     Progress,
-    SiteBundle,
-    deploy_outcomes,
     failure_message,
     parse_events,
     progress_of,
 )
+from provisioner.hosts.deploy import SiteBundle, deploy_outcomes
 
 APPLY = "Apply site files and vhosts (nginx -t, swap, one reload)"
 PING = "Ping"

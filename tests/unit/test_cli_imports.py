@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 DEFERRED = (
-    "provisioner.hosts.ansible", "provisioner.hosts.agent",
+    "provisioner.hosts.ansible", "provisioner.hosts.ansible_events", "provisioner.hosts.deploy",
+    "provisioner.hosts.agent",
     "provisioner.lab.control", "provisioner.lab.prepare", "provisioner.lab.topology",
     "provisioner.lab.processes", "provisioner.lab.probes", "provisioner.lab.render",
     "provisioner.lab.keys",

@@ -2,7 +2,7 @@
 
 The module (playbooks/library/provisioner_vhosts.py) is imported and its core
 function ``apply_bundle`` called directly, with bundles built by
-provisioner.hosts.ansible.bundle_bytes, against a real nginx master started here on a
+provisioner.hosts.deploy.bundle_bytes, against a real nginx master started here on a
 loopback address of this run's prefix (PROVISIONER_TEST_NET) and a free port.
 """
 
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from provisioner.hosts import hostlib
 from provisioner.hosts.agent import host_agent
-from provisioner.hosts.ansible import SiteBundle, bundle_bytes
+from provisioner.hosts.deploy import SiteBundle, bundle_bytes
 from provisioner.site import render as site
 
 module = host_agent()
